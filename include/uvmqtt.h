@@ -1,0 +1,344 @@
+/* uvmqtt: an MQTT 3.1.1 / 5.0 client that lives inside a libuv event loop.
+ *
+ * The caller owns the loop and the uvmqtt_client_t. Nothing here blocks.
+ * Conventions (libuv's):
+ *  - calls that can fail return a negative error (UVMQTT_E* or a libuv UV_E*
+ *    passed through); uvmqtt_strerror() names it;
+ *  - when a call that takes a callback fails, that callback never runs;
+ *  - callbacks carry a status (0 or a negative error); MQTT reason codes from
+ *    the broker are data beside it, never errors;
+ *  - views (uvmqtt_bytes_t, uvmqtt_props_t) handed to a callback are valid only
+ *    until it returns: copy what you keep;
+ *  - closing the client from inside any of its callbacks is legal.
+ */
+#ifndef UVMQTT_H
+#define UVMQTT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "uvmqtt/codec.h"
+#include "uvmqtt/errors.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define UVMQTT_VERSION_MAJOR 0
+#define UVMQTT_VERSION_MINOR 1
+#define UVMQTT_VERSION_PATCH 0
+#define UVMQTT_VERSION_HEX                                                                         \
+  ((UVMQTT_VERSION_MAJOR << 16) | (UVMQTT_VERSION_MINOR << 8) | UVMQTT_VERSION_PATCH)
+
+/* "0.1.0". */
+const char *uvmqtt_version_string(void);
+unsigned uvmqtt_version(void);
+
+/* ---- Allocator ---------------------------------------------------------- */
+
+typedef void *(*uvmqtt_malloc_func)(size_t size);
+typedef void *(*uvmqtt_realloc_func)(void *ptr, size_t size);
+typedef void *(*uvmqtt_calloc_func)(size_t count, size_t size);
+typedef void (*uvmqtt_free_func)(void *ptr);
+
+/* Replaces the allocator every uvmqtt allocation uses. Call before any other
+ * uvmqtt function. Returns 0 or UVMQTT_EINVAL (a NULL function). */
+int uvmqtt_replace_allocator(uvmqtt_malloc_func m, uvmqtt_realloc_func r, uvmqtt_calloc_func c,
+                             uvmqtt_free_func f);
+
+/* ---- Types --------------------------------------------------------------- */
+
+typedef struct uvmqtt_client_s uvmqtt_client_t;
+
+/* An incoming application message. */
+typedef struct {
+  uvmqtt_bytes_t topic; /* resolved when the broker used a topic alias */
+  uvmqtt_bytes_t payload;
+  uint8_t qos;
+  uint8_t retain;
+  uint8_t dup;
+  uint16_t packet_id;
+  const uvmqtt_props_t *props; /* v5 properties; NULL on 3.1.1 */
+} uvmqtt_message_t;
+
+typedef void (*uvmqtt_message_cb)(uvmqtt_client_t *client, const uvmqtt_message_t *msg, void *arg);
+
+/* ---- Reconnect policy ---------------------------------------------------- */
+
+/* What a reconnect policy is told after a lost connection or failed attempt. */
+typedef struct {
+  uint32_t attempt;      /* 1 for the first retry after a loss or the first failure */
+  int status;            /* why: a negative error */
+  uint8_t reason;        /* the broker's reason code (CONNACK or DISCONNECT), else 0 */
+  uint64_t connected_ms; /* how long the last connection lived; 0 if it never came up */
+  uint64_t down_ms;      /* time since the connection was lost (or the first attempt began) */
+} uvmqtt_reconnect_info_t;
+
+/* Returns the delay in ms before the next attempt, or a negative value to
+ * give up (the client then reports UVMQTT_EGAVEUP and stays disconnected). */
+typedef int64_t (*uvmqtt_reconnect_fn)(void *state, const uvmqtt_reconnect_info_t *info);
+
+typedef struct {
+  uvmqtt_reconnect_fn fn; /* NULL: never reconnect */
+  void *state;
+} uvmqtt_reconnect_policy_t;
+
+/* State of the built-in policies. One may be shared by many clients. */
+typedef struct {
+  uint32_t min_ms;       /* fixed: the delay; backoff: the first ceiling */
+  uint32_t max_ms;       /* backoff: the largest ceiling */
+  uint32_t max_attempts; /* 0: no limit */
+  uint64_t max_total_ms; /* give up once down this long; 0: no limit */
+  uint64_t rng;          /* jitter state; any seed, 0 picks one */
+} uvmqtt_backoff_t;
+
+/* Never reconnect (the plain client). */
+int64_t uvmqtt_reconnect_never(void *state, const uvmqtt_reconnect_info_t *info);
+/* umqtt.robust's behaviour: wait min_ms, try again, forever (or up to the limits). */
+int64_t uvmqtt_reconnect_fixed(void *state, const uvmqtt_reconnect_info_t *info);
+/* Exponential backoff with full jitter: a uniform delay in
+ * [0, min(max_ms, min_ms * 2^(attempt-1))], within the limits. Refusals that
+ * retrying cannot fix (bad credentials, not authorized, banned) wait max_ms.
+ * The default policy, with min 500 ms, max 30 s, no limits. */
+int64_t uvmqtt_reconnect_backoff(void *state, const uvmqtt_reconnect_info_t *info);
+/* Backoff as above, but give up once down for max_total_ms (required). */
+int64_t uvmqtt_reconnect_deadline(void *state, const uvmqtt_reconnect_info_t *info);
+
+/* ---- Delivery policy ------------------------------------------------------ */
+
+typedef enum {
+  UVMQTT_DELIVERY_DEFAULT = 0, /* use the client's default */
+  /* Not connected: the publish completes at once with UVMQTT_ENOTCONN.
+   * Connected: sent once; if the connection drops before the ack, it
+   * completes with the connection's error. Never queued, never retried. */
+  UVMQTT_DELIVERY_DROP,
+  /* Queued while offline, resent after reconnects, until acknowledged or
+   * until `deadline_ms` after the publish call. At the deadline a message
+   * that was never handed to the socket completes with UVMQTT_EEXPIRED and is
+   * never sent afterwards. One that was handed to the socket (it may have
+   * reached the broker) is not expired: it completes when acknowledged, or
+   * with the connection's error if the connection drops after the deadline. */
+  UVMQTT_DELIVERY_DEADLINE,
+  /* Kept until acknowledged across any number of reconnects. */
+  UVMQTT_DELIVERY_UNTIL_DELIVERED,
+  /* The client's `decide` callback says, at each connection loss, whether the
+   * message is kept (return 1) or dropped (return 0: it completes with the
+   * connection's error). */
+  UVMQTT_DELIVERY_CUSTOM
+} uvmqtt_delivery_kind_t;
+
+typedef struct {
+  uint8_t kind; /* uvmqtt_delivery_kind_t */
+  uint32_t deadline_ms;
+} uvmqtt_delivery_t;
+
+/* What a custom delivery policy sees about one message. */
+typedef struct {
+  uvmqtt_bytes_t topic;
+  uint32_t payload_len;
+  uint8_t qos;
+  uint8_t sent;    /* handed to the socket at least once */
+  uint64_t age_ms; /* since the publish call */
+  void *arg;       /* the publish's arg */
+} uvmqtt_pending_info_t;
+
+typedef int (*uvmqtt_delivery_decide_fn)(void *state, const uvmqtt_pending_info_t *msg, int status);
+
+typedef enum {
+  UVMQTT_OVERFLOW_REJECT_NEW = 0, /* the new publish fails with UVMQTT_EQUEUEFULL */
+  UVMQTT_OVERFLOW_DROP_OLDEST     /* the oldest unsent message completes with UVMQTT_EDROPPED */
+} uvmqtt_overflow_t;
+
+/* ---- Options ----------------------------------------------------------------- */
+
+typedef struct {
+  /* Server(s): "mqtt://host:port" (port 1883 by default); host may be a name,
+   * an IPv4 address or "[v6]". With several, attempts go round the list. */
+  const char *uri;
+  const char *const *uris;
+  size_t uri_count;
+
+  uint8_t version;       /* UVMQTT_V311 (default) or UVMQTT_V5 */
+  const char *client_id; /* NULL or "": the broker assigns one (v5), or one is made up */
+  uint8_t clean_start;   /* default 1 */
+  uint16_t keepalive;    /* seconds; default 60; 0 disables */
+  const char *username;
+  const void *password;
+  size_t password_len;
+
+  /* Will. */
+  const char *will_topic; /* NULL: no will */
+  const void *will_payload;
+  size_t will_payload_len;
+  uint8_t will_qos;
+  uint8_t will_retain;
+  const uvmqtt_props_t *will_props; /* v5 */
+
+  /* v5 CONNECT properties: session expiry, receive maximum, maximum packet
+   * size, topic alias maximum (incoming aliases we accept), request
+   * response/problem information, user properties, authentication. */
+  const uvmqtt_props_t *connect_props;
+  /* Outgoing topic aliases to use, capped by the broker's maximum. 0: none. */
+  uint16_t topic_alias_out;
+
+  uint32_t connect_timeout_ms; /* resolve + TCP + CONNACK; default 10000 */
+
+  /* Offline queue and outgoing buffer bounds (the backpressure limit):
+   * messages not yet acknowledged and bytes not yet written. 0: defaults
+   * (65536 messages, 16 MiB). */
+  uint32_t max_queued;
+  size_t max_queued_bytes;
+  uint8_t overflow; /* uvmqtt_overflow_t */
+
+  uvmqtt_reconnect_policy_t reconnect; /* zero: backoff 500 ms..30 s */
+  uint8_t no_reconnect;                /* 1: never reconnect (overrides `reconnect`) */
+  uvmqtt_delivery_t delivery;          /* default: UNTIL_DELIVERED */
+  uvmqtt_delivery_decide_fn decide;    /* for UVMQTT_DELIVERY_CUSTOM */
+  void *decide_state;
+} uvmqtt_options_t;
+
+/* Fills `opts` with the defaults. */
+void uvmqtt_options_init(uvmqtt_options_t *opts);
+
+/* ---- Callbacks ------------------------------------------------------------------ */
+
+/* The result of CONNACK. */
+typedef struct {
+  uint8_t reason; /* 0: accepted */
+  uint8_t session_present;
+  const uvmqtt_props_t *props; /* v5 CONNACK properties; NULL on 3.1.1 */
+  const char *server;          /* the URI this connection went to */
+} uvmqtt_connack_t;
+
+/* Why a connection ended, and what happens next. */
+typedef struct {
+  int status;         /* the cause: UV_EOF, UVMQTT_EKEEPALIVE, UVMQTT_EREFUSED... */
+  uint8_t reason;     /* the broker's reason code if it sent one (DISCONNECT/CONNACK) */
+  uint8_t will_retry; /* 1: a reconnect is scheduled in retry_in_ms */
+  uint64_t retry_in_ms;
+  uint32_t attempt; /* the attempt number the policy was given */
+} uvmqtt_disconnect_t;
+
+/* Hook run before every connection attempt: it may change the options below
+ * through uvmqtt_client_set_* calls (credentials, server). */
+typedef void (*uvmqtt_pre_connect_cb)(uvmqtt_client_t *client, uint32_t attempt);
+
+typedef struct {
+  /* A connection came up (status 0, ack filled) or an attempt failed
+   * (status < 0; for a refusal UVMQTT_EREFUSED with ack->reason). */
+  void (*on_connect)(uvmqtt_client_t *client, int status, const uvmqtt_connack_t *ack);
+  /* An established connection or a failed attempt ended; says whether and
+   * when the client retries. With will_retry 0 the client is now stopped
+   * (status UVMQTT_EGAVEUP when the policy gave up). Not called after
+   * uvmqtt_disconnect() or uvmqtt_close(). */
+  void (*on_disconnect)(uvmqtt_client_t *client, const uvmqtt_disconnect_t *info);
+  /* A message arrived that no per-subscription callback took. QoS 1/2 are
+   * acknowledged after this returns. */
+  uvmqtt_message_cb on_message;
+  uvmqtt_pre_connect_cb pre_connect;
+} uvmqtt_callbacks_t;
+
+/* A publish finished. status 0: QoS 0 written to the socket, QoS 1 PUBACK,
+ * QoS 2 PUBCOMP received, with the broker's reason code (v5; >= 0x80 means
+ * the broker refused it). Negative: UVMQTT_ENOTCONN (drop policy while
+ * offline), UVMQTT_EEXPIRED, UVMQTT_EDROPPED, UVMQTT_ECLOSED (client closed),
+ * or the connection's error. */
+typedef void (*uvmqtt_publish_cb)(uvmqtt_client_t *client, int status, uint8_t reason, void *arg);
+
+/* A SUBSCRIBE or UNSUBSCRIBE finished: status 0 with the broker's reason code
+ * per filter (SUBACK: granted QoS 0-2 or >= 0x80 failure), or an error. */
+typedef void (*uvmqtt_subscribe_cb)(uvmqtt_client_t *client, int status, const uint8_t *reasons,
+                                    size_t count, void *arg);
+
+typedef void (*uvmqtt_close_cb)(uvmqtt_client_t *client);
+
+/* ---- Client --------------------------------------------------------------------------- */
+
+struct uvmqtt_client_s {
+  void *data;                    /* the application's */
+  uv_loop_t *loop;               /* read-only */
+  struct uvmqtt__client_s *impl; /* private */
+};
+
+/* Prepares a client on `loop`. Copies what it needs from `opts` (strings
+ * included) and `cbs`, so both may be freed afterwards. Allocates the private
+ * state; nothing touches the loop until uvmqtt_connect().
+ * Errors: UVMQTT_EINVAL (NULL argument, bad option), UVMQTT_EBADURI,
+ * UVMQTT_ENOMEM. */
+int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_options_t *opts,
+                       const uvmqtt_callbacks_t *cbs);
+
+/* Starts connecting (and reconnecting, per the policy). on_connect reports
+ * each attempt. Errors: UVMQTT_EINVAL, UVMQTT_EBUSY (already started),
+ * UVMQTT_ECLOSED. */
+int uvmqtt_connect(uvmqtt_client_t *client);
+
+/* Per-publish settings. NULL means QoS 0, no retain, the default delivery. */
+typedef struct {
+  uint8_t qos;
+  uint8_t retain;
+  const uvmqtt_props_t *props; /* v5 PUBLISH properties (topic alias is managed here) */
+  uvmqtt_delivery_t delivery;
+} uvmqtt_publish_opts_t;
+
+/* Publishes a copy of topic and payload. `cb` (may be NULL) reports the end.
+ * Errors (then no callback): UVMQTT_EINVAL, UVMQTT_EBADTOPIC, UVMQTT_EBADUTF8,
+ * UVMQTT_EBADQOS, UVMQTT_EQOSNOTSUP, UVMQTT_ERETAINNOTSUP, UVMQTT_EPKTTOOBIG,
+ * UVMQTT_EQUEUEFULL, UVMQTT_ENOMEM, UVMQTT_ECLOSED. */
+int uvmqtt_publish(uvmqtt_client_t *client, const char *topic, const void *payload, size_t len,
+                   const uvmqtt_publish_opts_t *opts, uvmqtt_publish_cb cb, void *arg);
+
+/* Subscribes to `count` filters (options: UVMQTT_SUB_QOS(q) | flags). The
+ * client remembers them and re-subscribes after a reconnect that found no
+ * session. Messages matching a filter go to `on_message` when it is not NULL,
+ * else to the client's on_message. `props` (v5, may be NULL) may carry a
+ * subscription identifier and user properties.
+ * Errors: UVMQTT_EINVAL, UVMQTT_EBADTOPIC, UVMQTT_ENOMEM, UVMQTT_ECLOSED. */
+int uvmqtt_subscribe(uvmqtt_client_t *client, const uvmqtt_topic_sub_t *subs, size_t count,
+                     const uvmqtt_props_t *props, uvmqtt_message_cb on_message,
+                     uvmqtt_subscribe_cb cb, void *arg);
+
+/* Unsubscribes and forgets the filters. Same errors as uvmqtt_subscribe(). */
+int uvmqtt_unsubscribe(uvmqtt_client_t *client, const char *const *filters, size_t count,
+                       uvmqtt_subscribe_cb cb, void *arg);
+
+/* Sends DISCONNECT (with `reason`, v5) after what is already queued for the
+ * socket, closes the connection and stops reconnecting. Messages still
+ * unacknowledged stay queued: uvmqtt_connect() again resumes them.
+ * Errors: UVMQTT_ENOTCONN, UVMQTT_ECLOSED. */
+int uvmqtt_disconnect(uvmqtt_client_t *client, uint8_t reason);
+
+/* Closes the client: the connection drops without DISCONNECT (so a will is
+ * sent), every pending publish/subscribe completes with UVMQTT_ECLOSED, every
+ * handle is closed, and then `cb` runs. Memory is released before `cb`.
+ * Legal from inside any callback; a second call is ignored. */
+void uvmqtt_close(uvmqtt_client_t *client, uvmqtt_close_cb cb);
+
+/* State, for progress displays and tests. */
+typedef struct {
+  uint8_t connected;
+  uint32_t queued;   /* messages not yet handed to the socket */
+  uint32_t inflight; /* QoS 1/2 handed to the socket, not yet acknowledged */
+  size_t queued_bytes;
+  size_t write_bytes;  /* bytes waiting in the socket's write queue */
+  uint32_t reconnects; /* connections established after the first */
+  uint32_t attempts;   /* connection attempts made */
+} uvmqtt_stats_t;
+
+void uvmqtt_client_stats(const uvmqtt_client_t *client, uvmqtt_stats_t *out);
+
+/* The client id in use (the broker-assigned one after a v5 CONNACK). */
+const char *uvmqtt_client_id(const uvmqtt_client_t *client);
+
+/* For pre_connect hooks: replace credentials or the server list's current
+ * entry. Copies the strings. Errors: UVMQTT_EINVAL, UVMQTT_EBADURI,
+ * UVMQTT_ENOMEM. */
+int uvmqtt_client_set_credentials(uvmqtt_client_t *client, const char *username,
+                                  const void *password, size_t password_len);
+int uvmqtt_client_set_uri(uvmqtt_client_t *client, const char *uri);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

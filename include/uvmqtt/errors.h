@@ -1,0 +1,84 @@
+/* uvmqtt error codes.
+ *
+ * Every call that can fail returns a negative int: either one of the codes
+ * below or a libuv UV_E* code passed through unchanged. Our codes live at
+ * -30000 and below so they never collide with libuv's (-4095..-1).
+ * MQTT reason codes sent by a broker are data, never errors: they reach the
+ * application as a uint8_t beside the status.
+ */
+#ifndef UVMQTT_ERRORS_H
+#define UVMQTT_ERRORS_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* XX(name, value, v5 reason code a client sends in DISCONNECT for it, message).
+ * The reason column is 0 for errors that are not the peer's fault. */
+#define UVMQTT_ERRNO_MAP(XX)                                                                       \
+  XX(EMALFORMED, -30001, 0x81, "malformed packet")                                                 \
+  XX(EBADTYPE, -30002, 0x81, "reserved or unknown packet type")                                    \
+  XX(EBADFLAGS, -30003, 0x81, "reserved fixed-header flag bits set")                               \
+  XX(EREMLEN, -30004, 0x81, "remaining length encoded in more than 4 bytes")                       \
+  XX(ETOOLARGE, -30005, 0x95, "packet exceeds the maximum packet size")                            \
+  XX(EBADQOS, -30006, 0x81, "invalid QoS")                                                         \
+  XX(EPACKETID, -30007, 0x82, "packet identifier 0 where one is required")                         \
+  XX(EBADUTF8, -30008, 0x81, "malformed or forbidden UTF-8 string")                                \
+  XX(ETOPICWILD, -30009, 0x82, "wildcard in a topic name")                                         \
+  XX(EBADTOPIC, -30010, 0x82, "invalid topic name or filter")                                      \
+  XX(EPROPLEN, -30011, 0x81, "property length overruns the packet")                                \
+  XX(EBADPROP, -30012, 0x81, "property not allowed in this packet")                                \
+  XX(EDUPPROP, -30013, 0x82, "property appears more than once")                                    \
+  XX(EPROPVALUE, -30014, 0x82, "invalid property value")                                           \
+  XX(ENOFILTERS, -30015, 0x82, "SUBSCRIBE or UNSUBSCRIBE without topic filters")                   \
+  XX(EBADPROTO, -30016, 0x84, "unsupported protocol name or level")                                \
+  XX(EBADREASON, -30017, 0x81, "invalid reason code for this packet")                              \
+  XX(ETRAILING, -30018, 0x81, "bytes beyond the packet's declared content")                        \
+  XX(ESHORT, -30019, 0x81, "packet ends before its declared content")                              \
+  XX(EBADCONNECT, -30020, 0x81, "invalid CONNECT flags")                                           \
+  XX(EBADSUBOPT, -30021, 0x81, "invalid subscription options")                                     \
+  XX(ENOBUFS, -30030, 0, "output buffer too small")                                                \
+  XX(EINVAL, -30031, 0, "invalid argument")                                                        \
+  XX(ENOMEM, -30032, 0, "out of memory")                                                           \
+  XX(EPROTOCOL, -30040, 0x82, "protocol error by the peer")                                        \
+  XX(EUNEXPECTED, -30041, 0x82, "packet not allowed in this direction or state")                   \
+  XX(EKEEPALIVE, -30042, 0, "keepalive timeout: the peer went silent")                             \
+  XX(ENOTCONN, -30043, 0, "not connected")                                                         \
+  XX(EREFUSED, -30044, 0, "connection refused by the broker (see reason code)")                    \
+  XX(EDISCONNECTED, -30045, 0, "the broker closed the session (see reason code)")                  \
+  XX(EQUEUEFULL, -30046, 0, "outgoing queue full")                                                 \
+  XX(EEXPIRED, -30047, 0, "message expired before it was sent")                                    \
+  XX(EDROPPED, -30048, 0, "message dropped by the overflow rule")                                  \
+  XX(ECLOSED, -30049, 0, "client closed")                                                          \
+  XX(EQOSNOTSUP, -30050, 0, "QoS above the broker's Maximum QoS")                                  \
+  XX(ERETAINNOTSUP, -30051, 0, "retain not available on this broker")                              \
+  XX(EPKTTOOBIG, -30052, 0, "packet exceeds the broker's Maximum Packet Size")                     \
+  XX(EBADURI, -30053, 0, "invalid or unsupported server URI")                                      \
+  XX(EBUSY, -30054, 0, "operation already in progress")                                            \
+  XX(EGAVEUP, -30055, 0, "reconnect policy gave up")                                               \
+  XX(ETOPICALIAS, -30056, 0x94, "invalid topic alias")                                             \
+  XX(ERECVMAX, -30057, 0x93, "peer exceeded our Receive Maximum")                                  \
+  XX(ECONNTIMEDOUT, -30058, 0, "connect or CONNACK timed out")                                     \
+  XX(ENOSUBS, -30059, 0, "subscription refused by the broker")
+
+typedef enum {
+#define UVMQTT_ERR_ENUM(name, val, reason, msg) UVMQTT_##name = (val),
+  UVMQTT_ERRNO_MAP(UVMQTT_ERR_ENUM)
+#undef UVMQTT_ERR_ENUM
+} uvmqtt_errno_t;
+
+/* A message for any error: ours, libuv's, or "unknown error". Never NULL. */
+const char *uvmqtt_strerror(int err);
+
+/* The symbolic name ("UVMQTT_EMALFORMED", "ECONNREFUSED"...). Never NULL. */
+const char *uvmqtt_err_name(int err);
+
+/* The MQTT 5 DISCONNECT reason code a client sends when it hits this error
+ * in data from the peer (0x81 malformed, 0x82 protocol error, 0x95 packet too
+ * large...), or 0x80 (unspecified) for errors that are not the peer's. */
+int uvmqtt_err_reason(int err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,374 @@
+/* The public client API: init, options, publish, subscribe, disconnect,
+ * close. The connection lifecycle lives in client_conn.c. */
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "alloc.h"
+#include "client_impl.h"
+#include "props_clone.h"
+#include "uri.h"
+
+void uvmqtt_options_init(uvmqtt_options_t *opts) {
+  if (opts == NULL) return;
+  memset(opts, 0, sizeof *opts);
+  opts->version = UVMQTT_V311;
+  opts->clean_start = 1;
+  opts->keepalive = 60;
+  opts->connect_timeout_ms = 10000;
+  opts->delivery.kind = UVMQTT_DELIVERY_UNTIL_DELIVERED;
+}
+
+static char *dup_str(const char *s, int *err) {
+  if (s == NULL) return NULL;
+  size_t n = strlen(s);
+  char *copy = uvmqtt__malloc(n + 1);
+  if (copy == NULL) {
+    *err = UVMQTT_ENOMEM;
+    return NULL;
+  }
+  memcpy(copy, s, n + 1);
+  return copy;
+}
+
+static uint8_t *dup_bytes(const void *p, size_t n, int *err) {
+  uint8_t *copy = uvmqtt__malloc(n);
+  if (copy == NULL) {
+    *err = UVMQTT_ENOMEM;
+    return NULL;
+  }
+  if (n) memcpy(copy, p, n);
+  return copy;
+}
+
+/* A client id for brokers that need one (3.1.1 with a persistent session):
+ * unique enough across processes and clients. */
+static char *make_client_id(const void *salt, int *err) {
+  char id[32];
+  uint64_t x = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)salt;
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  snprintf(id, sizeof id, "uvmqtt-%012llx", (unsigned long long)(x & 0xffffffffffffULL));
+  return dup_str(id, err);
+}
+
+void uvmqtt__client_free(uvmqtt__client_t *c) {
+  uvmqtt__session_free(&c->sess, UVMQTT_ECLOSED);
+  for (uint32_t i = 0; i < c->uri_count; i++)
+    uvmqtt__free(c->uris[i]);
+  uvmqtt__free(c->uris);
+  uvmqtt__free(c->client_id);
+  uvmqtt__free(c->username);
+  uvmqtt__free(c->password);
+  uvmqtt__free(c->will_topic);
+  uvmqtt__free(c->will_payload);
+  uvmqtt__free(c->will_props);
+  uvmqtt__free(c->connect_props);
+  uvmqtt__free(c->spare_write);
+  uvmqtt__subs_free(c);
+  uvmqtt__free(c);
+}
+
+static int copy_uris(uvmqtt__client_t *c, const uvmqtt_options_t *o) {
+  size_t n = o->uri_count ? o->uri_count : 1;
+  if (o->uri_count == 0 && o->uri == NULL) return UVMQTT_EINVAL;
+  if (n > 1024) return UVMQTT_EINVAL;
+  c->uris = uvmqtt__calloc(n, sizeof *c->uris);
+  if (c->uris == NULL) return UVMQTT_ENOMEM;
+  for (size_t i = 0; i < n; i++) {
+    const char *u = o->uri_count ? o->uris[i] : o->uri;
+    uvmqtt__uri_t parsed;
+    int err = uvmqtt__uri_parse(u, &parsed);
+    if (err) return err;
+    err = 0;
+    c->uris[i] = dup_str(u, &err);
+    if (err) return err;
+    c->uri_count = (uint32_t)(i + 1);
+  }
+  return 0;
+}
+
+static int validate_options(const uvmqtt_options_t *o) {
+  if (o->version != UVMQTT_V311 && o->version != UVMQTT_V5) return UVMQTT_EINVAL;
+  if (o->will_qos > 2) return UVMQTT_EBADQOS;
+  if (o->will_topic && uvmqtt_topic_check((const uint8_t *)o->will_topic, strlen(o->will_topic)))
+    return UVMQTT_EBADTOPIC;
+  if (o->will_payload_len && o->will_payload == NULL) return UVMQTT_EINVAL;
+  if (o->password_len && o->password == NULL) return UVMQTT_EINVAL;
+  if (o->delivery.kind > UVMQTT_DELIVERY_CUSTOM) return UVMQTT_EINVAL;
+  if (o->delivery.kind == UVMQTT_DELIVERY_CUSTOM && o->decide == NULL) return UVMQTT_EINVAL;
+  if (o->overflow > UVMQTT_OVERFLOW_DROP_OLDEST) return UVMQTT_EINVAL;
+  return 0;
+}
+
+int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_options_t *opts,
+                       const uvmqtt_callbacks_t *cbs) {
+  if (loop == NULL || client == NULL || opts == NULL) return UVMQTT_EINVAL;
+  int err = validate_options(opts);
+  if (err) return err;
+  uvmqtt__client_t *c = uvmqtt__calloc(1, sizeof *c);
+  if (c == NULL) return UVMQTT_ENOMEM;
+  client->loop = loop;
+  client->impl = c;
+  c->handle = client;
+  if (cbs) c->cbs = *cbs;
+  err = copy_uris(c, opts);
+  if (err == 0) {
+    int copy_err = 0;
+    c->client_id =
+        (opts->client_id && opts->client_id[0])
+            ? dup_str(opts->client_id, &copy_err)
+            : (opts->version == UVMQTT_V5 ? dup_str("", &copy_err) : make_client_id(c, &copy_err));
+    c->username = dup_str(opts->username, &copy_err);
+    if (opts->password) {
+      c->password = dup_bytes(opts->password, opts->password_len, &copy_err);
+      c->password_len = opts->password_len;
+      c->has_password = 1;
+    }
+    if (opts->will_topic) {
+      c->will_topic = dup_str(opts->will_topic, &copy_err);
+      c->will_payload = dup_bytes(opts->will_payload, opts->will_payload_len, &copy_err);
+      c->will_payload_len = opts->will_payload_len;
+      c->will_props = uvmqtt__props_clone(opts->will_props, &copy_err);
+    }
+    if (copy_err == 0) c->connect_props = uvmqtt__props_clone(opts->connect_props, &copy_err);
+    err = copy_err;
+  }
+  if (err) {
+    uvmqtt__client_free(c);
+    client->impl = NULL;
+    return err;
+  }
+  c->version = opts->version;
+  c->clean_start = opts->clean_start;
+  c->keepalive = opts->keepalive;
+  c->will_qos = opts->will_qos;
+  c->will_retain = opts->will_retain;
+  c->connect_timeout_ms = opts->connect_timeout_ms ? opts->connect_timeout_ms : 10000;
+  c->no_reconnect = opts->no_reconnect;
+  c->reconnect = opts->reconnect;
+  if (c->reconnect.fn == NULL && !c->no_reconnect) {
+    c->default_backoff.min_ms = 500;
+    c->default_backoff.max_ms = 30000;
+    c->reconnect.fn = uvmqtt_reconnect_backoff;
+    c->reconnect.state = &c->default_backoff;
+  }
+  c->delivery = opts->delivery;
+  if (c->delivery.kind == UVMQTT_DELIVERY_DEFAULT)
+    c->delivery.kind = UVMQTT_DELIVERY_UNTIL_DELIVERED;
+  uvmqtt__session_init(&c->sess, c, &uvmqtt__client_session_events, c->version);
+  if (opts->max_queued) c->sess.max_queued = opts->max_queued;
+  if (opts->max_queued_bytes) c->sess.max_queued_bytes = opts->max_queued_bytes;
+  c->sess.overflow = opts->overflow;
+  c->sess.decide = opts->decide;
+  c->sess.decide_state = opts->decide_state;
+  uvmqtt__client_timer_init(c);
+  return 0;
+}
+
+static uvmqtt__client_t *impl_of(uvmqtt_client_t *client, int *err) {
+  if (client == NULL || client->impl == NULL) {
+    *err = client == NULL ? UVMQTT_EINVAL : UVMQTT_ECLOSED;
+    return NULL;
+  }
+  if (client->impl->closing) {
+    *err = UVMQTT_ECLOSED;
+    return NULL;
+  }
+  return client->impl;
+}
+
+int uvmqtt_connect(uvmqtt_client_t *client) {
+  int err = 0;
+  uvmqtt__client_t *c = impl_of(client, &err);
+  if (c == NULL) return err;
+  if (c->state != UVMQTT__C_STOPPED) return UVMQTT_EBUSY;
+  c->attempt = 0;
+  c->down_since = 0;
+  uvmqtt__client_start_attempt(c);
+  return 0;
+}
+
+int uvmqtt_publish(uvmqtt_client_t *client, const char *topic, const void *payload, size_t len,
+                   const uvmqtt_publish_opts_t *opts, uvmqtt_publish_cb cb, void *arg) {
+  int err = 0;
+  uvmqtt__client_t *c = impl_of(client, &err);
+  if (c == NULL) return err;
+  uvmqtt_delivery_t d = c->delivery;
+  if (opts && opts->delivery.kind != UVMQTT_DELIVERY_DEFAULT) d = opts->delivery;
+  if (d.kind > UVMQTT_DELIVERY_CUSTOM) return UVMQTT_EINVAL;
+  if (d.kind == UVMQTT_DELIVERY_CUSTOM && c->sess.decide == NULL) return UVMQTT_EINVAL;
+  if (d.kind == UVMQTT_DELIVERY_DROP && c->state != UVMQTT__C_CONNECTED) return UVMQTT_ENOTCONN;
+  uint64_t now = uvmqtt__now(c);
+  err = uvmqtt__session_publish(&c->sess, topic, payload, len, opts, d.kind, d.deadline_ms, cb, arg,
+                                now);
+  if (err) return err;
+  if (uvmqtt__session_pending(&c->sess))
+    uvmqtt__client_schedule_flush(c);
+  else if (d.kind == UVMQTT_DELIVERY_DEADLINE)
+    uvmqtt__client_arm(c);
+  return 0;
+}
+
+int uvmqtt_subscribe(uvmqtt_client_t *client, const uvmqtt_topic_sub_t *subs, size_t count,
+                     const uvmqtt_props_t *props, uvmqtt_message_cb on_message,
+                     uvmqtt_subscribe_cb cb, void *arg) {
+  int err = 0;
+  uvmqtt__client_t *c = impl_of(client, &err);
+  if (c == NULL) return err;
+  if (subs == NULL || count == 0 || count > 65535) return UVMQTT_EINVAL;
+  for (size_t i = 0; i < count; i++) {
+    if (subs[i].filter.data == NULL || subs[i].filter.len > 65535) return UVMQTT_EINVAL;
+    err = uvmqtt_filter_check(subs[i].filter.data, subs[i].filter.len);
+    if (err) return err;
+    if ((subs[i].options & 3) > 2) return UVMQTT_EBADQOS;
+  }
+  uvmqtt_packet_t p;
+  memset(&p, 0, sizeof p);
+  p.type = UVMQTT_SUBSCRIBE;
+  p.u.subscribe.subs = subs;
+  p.u.subscribe.count = (uint32_t)count;
+  if (props && c->version == UVMQTT_V5) p.props = *props;
+  err = uvmqtt__session_request(&c->sess, &p, cb, arg, uvmqtt__now(c));
+  if (err) return err;
+  err = uvmqtt__subs_add(c, subs, count, on_message, arg);
+  if (uvmqtt__session_pending(&c->sess)) uvmqtt__client_schedule_flush(c);
+  return err;
+}
+
+int uvmqtt_unsubscribe(uvmqtt_client_t *client, const char *const *filters, size_t count,
+                       uvmqtt_subscribe_cb cb, void *arg) {
+  int err = 0;
+  uvmqtt__client_t *c = impl_of(client, &err);
+  if (c == NULL) return err;
+  if (filters == NULL || count == 0 || count > 65535) return UVMQTT_EINVAL;
+  uvmqtt_topic_sub_t stack[16];
+  uvmqtt_topic_sub_t *list = count <= 16 ? stack : uvmqtt__calloc(count, sizeof *list);
+  if (list == NULL) return UVMQTT_ENOMEM;
+  for (size_t i = 0; i < count; i++) {
+    if (filters[i] == NULL)
+      err = UVMQTT_EINVAL;
+    else {
+      list[i].filter.data = (const uint8_t *)filters[i];
+      list[i].filter.len = (uint32_t)strlen(filters[i]);
+      list[i].options = 0;
+    }
+  }
+  if (err == 0) {
+    uvmqtt_packet_t p;
+    memset(&p, 0, sizeof p);
+    p.type = UVMQTT_UNSUBSCRIBE;
+    p.u.subscribe.subs = list;
+    p.u.subscribe.count = (uint32_t)count;
+    err = uvmqtt__session_request(&c->sess, &p, cb, arg, uvmqtt__now(c));
+  }
+  if (list != stack) uvmqtt__free(list);
+  if (err) return err;
+  uvmqtt__subs_remove(c, filters, count);
+  if (uvmqtt__session_pending(&c->sess)) uvmqtt__client_schedule_flush(c);
+  return 0;
+}
+
+int uvmqtt_disconnect(uvmqtt_client_t *client, uint8_t reason) {
+  int err = 0;
+  uvmqtt__client_t *c = impl_of(client, &err);
+  if (c == NULL) return err;
+  switch (c->state) {
+  case UVMQTT__C_CONNECTED: {
+    uvmqtt_packet_t p;
+    memset(&p, 0, sizeof p);
+    p.type = UVMQTT_DISCONNECT;
+    p.reason = c->version == UVMQTT_V5 ? reason : 0;
+    err = uvmqtt__session_send_packet(&c->sess, &p, uvmqtt__now(c));
+    c->state = UVMQTT__C_DISCONNECTING;
+    if (err)
+      uvmqtt__client_lost(c, err);
+    else
+      uvmqtt__client_schedule_flush(c);
+    return 0;
+  }
+  case UVMQTT__C_CONNECTING:
+  case UVMQTT__C_WAIT_CONNACK:
+    /* No session yet: just drop the attempt. */
+    if (!c->transport_active) {
+      c->state = UVMQTT__C_STOPPED;
+      uvmqtt__client_arm(c);
+      return 0;
+    }
+    c->state = UVMQTT__C_DISCONNECTING;
+    uvmqtt__client_lost(c, UVMQTT_ENOTCONN);
+    return 0;
+  case UVMQTT__C_WAIT_RETRY:
+  case UVMQTT__C_DROPPING:
+    /* Stop retrying; a closing transport finishes on its own. */
+    c->state = c->transport_active ? UVMQTT__C_DISCONNECTING : UVMQTT__C_STOPPED;
+    uvmqtt__client_arm(c);
+    return 0;
+  default: return UVMQTT_ENOTCONN;
+  }
+}
+
+void uvmqtt_close(uvmqtt_client_t *client, uvmqtt_close_cb cb) {
+  if (client == NULL || client->impl == NULL || client->impl->closing) return;
+  uvmqtt__client_t *c = client->impl;
+  c->close_cb = cb;
+  uvmqtt__client_begin_close(c);
+}
+
+void uvmqtt_client_stats(const uvmqtt_client_t *client, uvmqtt_stats_t *out) {
+  if (out == NULL) return;
+  memset(out, 0, sizeof *out);
+  if (client == NULL || client->impl == NULL) return;
+  const uvmqtt__client_t *c = client->impl;
+  *out = c->stats;
+  out->inflight = c->sess.inflight;
+  uint32_t queued = 0;
+  for (const uvmqtt__msg_t *m = c->sess.queue.head; m; m = m->next)
+    queued++;
+  out->queued = queued;
+  out->queued_bytes = c->sess.queued_bytes;
+  out->write_bytes = c->transport_active ? c->tr.pending_bytes : 0;
+}
+
+const char *uvmqtt_client_id(const uvmqtt_client_t *client) {
+  if (client == NULL || client->impl == NULL) return NULL;
+  return client->impl->client_id;
+}
+
+int uvmqtt_client_set_credentials(uvmqtt_client_t *client, const char *username,
+                                  const void *password, size_t password_len) {
+  int err = 0;
+  uvmqtt__client_t *c = impl_of(client, &err);
+  if (c == NULL) return err;
+  if (password_len && password == NULL) return UVMQTT_EINVAL;
+  char *user = dup_str(username, &err);
+  uint8_t *pass = password ? dup_bytes(password, password_len, &err) : NULL;
+  if (err) {
+    uvmqtt__free(user);
+    uvmqtt__free(pass);
+    return err;
+  }
+  uvmqtt__free(c->username);
+  uvmqtt__free(c->password);
+  c->username = user;
+  c->password = pass;
+  c->password_len = password_len;
+  c->has_password = password != NULL;
+  return 0;
+}
+
+int uvmqtt_client_set_uri(uvmqtt_client_t *client, const char *uri) {
+  int err = 0;
+  uvmqtt__client_t *c = impl_of(client, &err);
+  if (c == NULL) return err;
+  uvmqtt__uri_t parsed;
+  err = uvmqtt__uri_parse(uri, &parsed);
+  if (err) return err;
+  char *copy = dup_str(uri, &err);
+  if (err) return err;
+  uint32_t i = c->uri_index % c->uri_count;
+  uvmqtt__free(c->uris[i]);
+  c->uris[i] = copy;
+  return 0;
+}

@@ -1,0 +1,430 @@
+/* The client's connection lifecycle: attempts, CONNACK, output flushing,
+ * loss, reconnect scheduling and the one timer that drives all of it. */
+#include <string.h>
+
+#include "alloc.h"
+#include "client_impl.h"
+#include "uri.h"
+
+/* Stop taking output while this much is already queued in the socket. */
+#define WRITE_HIGH_WATER (1024u * 1024u)
+
+static uvmqtt__client_t *from_transport(uvmqtt__transport_t *t) {
+  return t->data;
+}
+
+/* ---- Timer ------------------------------------------------------------------------ */
+
+static void on_timer(uv_timer_t *timer);
+
+void uvmqtt__client_arm(uvmqtt__client_t *c) {
+  if (c->closing) return;
+  uint64_t now = uvmqtt__now(c);
+  uint64_t next = uvmqtt__session_next_deadline(&c->sess);
+  if ((c->state == UVMQTT__C_CONNECTING || c->state == UVMQTT__C_WAIT_CONNACK) &&
+      (next == 0 || c->connect_deadline < next))
+    next = c->connect_deadline;
+  if (c->state == UVMQTT__C_WAIT_RETRY && (next == 0 || c->retry_at < next)) next = c->retry_at;
+  if (c->flush_scheduled) next = now;
+  if (next == 0) {
+    if (c->timer_due) uv_timer_stop(&c->timer);
+    c->timer_due = 0;
+    return;
+  }
+  /* A timer that fires early only re-arms itself, so it is left alone when
+   * the new deadline is later: keepalive deadlines move on every packet and
+   * restarting the timer each time would cost more than the early wakeup. */
+  if (c->timer_due && c->timer_due <= next) return;
+  c->timer_due = next;
+  uv_timer_start(&c->timer, on_timer, next > now ? next - now : 0, 0);
+}
+
+void uvmqtt__client_schedule_flush(uvmqtt__client_t *c) {
+  if (c->flush_scheduled || c->closing) return;
+  c->flush_scheduled = 1;
+  uvmqtt__client_arm(c);
+}
+
+/* ---- Output ------------------------------------------------------------------------- */
+
+static int can_write(const uvmqtt__client_t *c) {
+  return c->transport_active && !c->closing &&
+         (c->state == UVMQTT__C_WAIT_CONNACK || c->state == UVMQTT__C_CONNECTED ||
+          c->state == UVMQTT__C_DISCONNECTING);
+}
+
+static void close_transport(uvmqtt__client_t *c) {
+  if (c->transport_active && c->tr.state != UVMQTT__T_CLOSING) uvmqtt__transport_close(&c->tr);
+}
+
+/* Writes the session's output until it is empty or the socket is full. */
+static void flush(uvmqtt__client_t *c) {
+  uint64_t now = uvmqtt__now(c);
+  while (can_write(c) && c->tr.pending_bytes < WRITE_HIGH_WATER) {
+    if (c->spare_write == NULL) {
+      c->spare_write = uvmqtt__malloc(sizeof *c->spare_write);
+      if (c->spare_write == NULL) {
+        uvmqtt__client_lost(c, UVMQTT_ENOMEM);
+        return;
+      }
+    }
+    uvmqtt__write_t *w = c->spare_write;
+    if (!uvmqtt__session_take_output(&c->sess, &w->out)) break;
+    uv_buf_t buf = uv_buf_init((char *)w->out.buf, (unsigned)w->out.len);
+    int rc = uvmqtt__transport_write(&c->tr, &buf, 1, w);
+    if (rc == 1) {
+      uvmqtt__session_written(&c->sess, &w->out, 0);
+      uvmqtt__session_pump(&c->sess, now);
+      continue;
+    }
+    if (rc < 0) {
+      uvmqtt__session_written(&c->sess, &w->out, rc);
+      uvmqtt__client_lost(c, rc);
+      return;
+    }
+    /* Pending: completions come in order, so a FIFO finds it again. */
+    c->spare_write = NULL;
+    w->next = NULL;
+    uvmqtt__write_t **tail = &c->writes;
+    while (*tail)
+      tail = &(*tail)->next;
+    *tail = w;
+    break;
+  }
+  if (c->state == UVMQTT__C_DISCONNECTING && c->writes == NULL &&
+      uvmqtt__session_pending(&c->sess) == 0)
+    close_transport(c);
+}
+
+/* ---- Attempts and loss ------------------------------------------------------------------ */
+
+static void build_connect(uvmqtt__client_t *c, uvmqtt_packet_t *p) {
+  memset(p, 0, sizeof *p);
+  p->type = UVMQTT_CONNECT;
+  uvmqtt_connect_t *cn = &p->u.connect;
+  cn->protocol_level = c->version;
+  cn->clean_start = c->clean_start;
+  cn->keep_alive = c->keepalive;
+  cn->client_id.data = (const uint8_t *)c->client_id;
+  cn->client_id.len = (uint32_t)strlen(c->client_id);
+  if (c->will_topic) {
+    cn->will = 1;
+    cn->will_qos = c->will_qos;
+    cn->will_retain = c->will_retain;
+    cn->will_topic.data = (const uint8_t *)c->will_topic;
+    cn->will_topic.len = (uint32_t)strlen(c->will_topic);
+    cn->will_payload.data = c->will_payload;
+    cn->will_payload.len = (uint32_t)c->will_payload_len;
+    if (c->will_props && c->version == UVMQTT_V5) cn->will_props = *c->will_props;
+  }
+  if (c->username) {
+    cn->has_username = 1;
+    cn->username.data = (const uint8_t *)c->username;
+    cn->username.len = (uint32_t)strlen(c->username);
+  }
+  if (c->has_password) {
+    cn->has_password = 1;
+    cn->password.data = c->password;
+    cn->password.len = (uint32_t)c->password_len;
+  }
+  if (c->connect_props && c->version == UVMQTT_V5) p->props = *c->connect_props;
+}
+
+void uvmqtt__client_start_attempt(uvmqtt__client_t *c) {
+  if (c->closing) return;
+  c->attempt++;
+  c->stats.attempts++;
+  if (c->down_since == 0) c->down_since = uvmqtt__now(c);
+  c->last_reason = 0;
+  c->state = UVMQTT__C_CONNECTING;
+  if (c->cbs.pre_connect) c->cbs.pre_connect(c->handle, c->attempt);
+  if (c->closing || c->state != UVMQTT__C_CONNECTING) return; /* the hook closed or stopped us */
+  uvmqtt__uri_t uri;
+  int err = uvmqtt__uri_parse(c->uris[c->uri_index % c->uri_count], &uri);
+  if (err == 0 && uri.scheme != UVMQTT__SCHEME_TCP) err = UVMQTT_EBADURI;
+  c->connect_deadline = uvmqtt__now(c) + c->connect_timeout_ms;
+  if (err == 0) {
+    uvmqtt__transport_tcp_init(&c->tr, c->handle->loop, &uvmqtt__client_transport_cbs);
+    c->tr.data = c;
+    err = uvmqtt__transport_connect(&c->tr, uri.host, uri.port);
+    if (err == 0) c->transport_active = 1;
+  }
+  if (err) {
+    /* Nothing started: report it like any failed attempt, from the timer so
+     * the caller of uvmqtt_connect() never sees a callback inside the call. */
+    c->last_status = err;
+    c->state = UVMQTT__C_DROPPING;
+    c->connect_deadline = uvmqtt__now(c);
+  }
+  uvmqtt__client_arm(c);
+}
+
+/* The transport is closed (or never opened): tell the application and ask
+ * the reconnect policy what next. */
+static void after_loss(uvmqtt__client_t *c) {
+  uint64_t now = uvmqtt__now(c);
+  int was_connected = c->connected_at != 0;
+  uvmqtt_reconnect_info_t info;
+  memset(&info, 0, sizeof info);
+  info.attempt = c->attempt;
+  info.status = c->last_status;
+  info.reason = c->last_reason;
+  info.connected_ms = was_connected ? now - c->connected_at : 0;
+  info.down_ms = now - c->down_since;
+  c->connected_at = 0;
+  if (!was_connected && c->cbs.on_connect) {
+    uvmqtt_connack_t ack;
+    memset(&ack, 0, sizeof ack);
+    ack.reason = c->last_reason;
+    ack.server = c->uris[c->uri_index % c->uri_count];
+    c->cbs.on_connect(c->handle, c->last_status, &ack);
+    if (c->closing) return;
+  }
+  /* The next attempt goes to the next server of the list. */
+  c->uri_index = (c->uri_index + 1) % c->uri_count;
+  int64_t delay = -1;
+  if (!c->no_reconnect && c->reconnect.fn) delay = c->reconnect.fn(c->reconnect.state, &info);
+  uvmqtt_disconnect_t d;
+  memset(&d, 0, sizeof d);
+  d.status = c->last_status;
+  d.reason = c->last_reason;
+  d.attempt = c->attempt;
+  if (delay >= 0) {
+    c->state = UVMQTT__C_WAIT_RETRY;
+    c->retry_at = now + (uint64_t)delay;
+    d.will_retry = 1;
+    d.retry_in_ms = (uint64_t)delay;
+  } else {
+    c->state = UVMQTT__C_STOPPED;
+    if (!c->no_reconnect && c->reconnect.fn) d.status = UVMQTT_EGAVEUP;
+  }
+  if (c->cbs.on_disconnect) c->cbs.on_disconnect(c->handle, &d);
+}
+
+void uvmqtt__client_lost(uvmqtt__client_t *c, int status) {
+  if (c->state == UVMQTT__C_DROPPING || c->state == UVMQTT__C_STOPPED ||
+      c->state == UVMQTT__C_WAIT_RETRY)
+    return;
+  int graceful = c->state == UVMQTT__C_DISCONNECTING;
+  c->last_status = status;
+  c->stats.connected = 0;
+  c->state = graceful ? UVMQTT__C_DISCONNECTING : UVMQTT__C_DROPPING;
+  if (c->connected_at) c->down_since = uvmqtt__now(c);
+  uvmqtt__session_lost(&c->sess, graceful ? UVMQTT_ENOTCONN : status, uvmqtt__now(c));
+  close_transport(c);
+  if (!c->transport_active && !graceful) after_loss(c);
+}
+
+/* ---- Transport callbacks --------------------------------------------------------------------- */
+
+static void tr_on_connect(uvmqtt__transport_t *t, int status) {
+  uvmqtt__client_t *c = from_transport(t);
+  if (c->closing) return;
+  if (status < 0) {
+    uvmqtt__client_lost(c, status);
+  } else {
+    uvmqtt_packet_t p;
+    build_connect(c, &p);
+    c->state = UVMQTT__C_WAIT_CONNACK;
+    int err = uvmqtt__session_connect(&c->sess, &p, uvmqtt__now(c));
+    if (err)
+      uvmqtt__client_lost(c, err);
+    else
+      flush(c);
+  }
+  uvmqtt__client_arm(c);
+}
+
+static void tr_on_read(uvmqtt__transport_t *t, ssize_t nread, const uint8_t *data) {
+  uvmqtt__client_t *c = from_transport(t);
+  if (c->closing) return;
+  int err =
+      nread < 0 ? (int)nread : uvmqtt__session_recv(&c->sess, data, (size_t)nread, uvmqtt__now(c));
+  if (c->closing) return;
+  if (err) {
+    /* A v5 DISCONNECT telling the broker why may be waiting: try it first. */
+    flush(c);
+    uvmqtt__client_lost(c, err);
+  } else if (uvmqtt__session_pending(&c->sess)) {
+    uvmqtt__client_schedule_flush(c);
+  }
+  uvmqtt__client_arm(c);
+}
+
+static void tr_on_write(uvmqtt__transport_t *t, int status, void *arg) {
+  uvmqtt__client_t *c = from_transport(t);
+  uvmqtt__write_t *w = arg;
+  if (c->writes == w) c->writes = w->next;
+  uvmqtt__session_written(&c->sess, &w->out, status);
+  if (c->spare_write == NULL)
+    c->spare_write = w;
+  else
+    uvmqtt__free(w);
+  if (c->closing) return;
+  if (status < 0) {
+    uvmqtt__client_lost(c, status);
+  } else {
+    uvmqtt__session_pump(&c->sess, uvmqtt__now(c));
+    flush(c);
+  }
+  uvmqtt__client_arm(c);
+}
+
+static void finish_close(uvmqtt__client_t *c);
+
+static void tr_on_close(uvmqtt__transport_t *t) {
+  uvmqtt__client_t *c = from_transport(t);
+  c->transport_active = 0;
+  if (c->closing) {
+    finish_close(c);
+    return;
+  }
+  if (c->state == UVMQTT__C_DISCONNECTING) {
+    c->state = UVMQTT__C_STOPPED;
+    c->connected_at = 0;
+    c->stats.connected = 0;
+    uvmqtt__session_lost(&c->sess, UVMQTT_ENOTCONN, uvmqtt__now(c));
+  } else if (c->state == UVMQTT__C_DROPPING) {
+    after_loss(c);
+  }
+  uvmqtt__client_arm(c);
+}
+
+const uvmqtt__transport_cbs_t uvmqtt__client_transport_cbs = {tr_on_connect, tr_on_read,
+                                                              tr_on_write, tr_on_close};
+
+/* ---- Timer callback
+ * ------------------------------------------------------------------------------ */
+
+static void on_timer(uv_timer_t *timer) {
+  uvmqtt__client_t *c = timer->data;
+  uint64_t now = uvmqtt__now(c);
+  c->timer_due = 0;
+  c->flush_scheduled = 0;
+  if (c->state == UVMQTT__C_DROPPING && !c->transport_active && now >= c->connect_deadline) {
+    after_loss(c); /* an attempt that could not even start */
+  } else if ((c->state == UVMQTT__C_CONNECTING || c->state == UVMQTT__C_WAIT_CONNACK) &&
+             now >= c->connect_deadline) {
+    uvmqtt__client_lost(c, UVMQTT_ECONNTIMEDOUT);
+  } else if (c->state == UVMQTT__C_WAIT_RETRY && now >= c->retry_at) {
+    uvmqtt__client_start_attempt(c);
+  }
+  if (c->closing) return;
+  int err = uvmqtt__session_tick(&c->sess, now);
+  if (c->closing) return;
+  if (err) uvmqtt__client_lost(c, err);
+  flush(c);
+  uvmqtt__client_arm(c);
+}
+
+void uvmqtt__client_timer_init(uvmqtt__client_t *c) {
+  uv_timer_init(c->handle->loop, &c->timer);
+  c->timer.data = c;
+}
+
+/* ---- Session events
+ * ------------------------------------------------------------------------------- */
+
+static int ev_connack(void *owner, const uvmqtt_packet_t *p) {
+  uvmqtt__client_t *c = owner;
+  c->last_reason = p->reason;
+  if (p->reason != 0) return 0; /* the session reports UVMQTT_EREFUSED next */
+  uint64_t now = uvmqtt__now(c);
+  c->state = UVMQTT__C_CONNECTED;
+  c->connected_at = now;
+  c->attempt = 0;
+  c->down_since = 0;
+  c->stats.connected = 1;
+  if (c->ever_connected) c->stats.reconnects++;
+  c->ever_connected = 1;
+  if (c->version == UVMQTT_V5 && UVMQTT_HAS(&p->props, UVMQTT_PROP_ASSIGNED_CLIENT_IDENTIFIER)) {
+    uvmqtt_bytes_t id = p->props.assigned_client_identifier;
+    char *copy = uvmqtt__malloc(id.len + 1);
+    if (copy) {
+      memcpy(copy, id.data, id.len);
+      copy[id.len] = '\0';
+      uvmqtt__free(c->client_id);
+      c->client_id = copy;
+    }
+  }
+  if (!p->session_present || c->clean_start) (void)uvmqtt__subs_resend(c, now);
+  if (c->cbs.on_connect) {
+    uvmqtt_connack_t ack;
+    ack.reason = 0;
+    ack.session_present = p->session_present;
+    ack.props = c->version == UVMQTT_V5 ? &p->props : NULL;
+    ack.server = c->uris[c->uri_index % c->uri_count];
+    c->cbs.on_connect(c->handle, 0, &ack);
+  }
+  uvmqtt__client_schedule_flush(c);
+  return c->closing;
+}
+
+static int ev_message(void *owner, const uvmqtt_packet_t *p, uvmqtt_bytes_t topic) {
+  uvmqtt__client_t *c = owner;
+  uvmqtt_message_t m;
+  m.topic = topic;
+  m.payload = p->u.publish.payload;
+  m.qos = p->u.publish.qos;
+  m.retain = p->u.publish.retain;
+  m.dup = p->u.publish.dup;
+  m.packet_id = p->packet_id;
+  m.props = c->version == UVMQTT_V5 ? &p->props : NULL;
+  uvmqtt__sub_t *s = c->subs ? uvmqtt__subs_match(c, topic) : NULL;
+  if (s)
+    s->on_message(c->handle, &m, s->arg);
+  else if (c->cbs.on_message)
+    c->cbs.on_message(c->handle, &m, NULL);
+  return c->closing;
+}
+
+static int ev_publish_done(void *owner, uvmqtt__msg_t *m, int status, uint8_t reason) {
+  uvmqtt__client_t *c = owner;
+  if (m->cb) m->cb(c->handle, status, reason, m->arg);
+  return c->closing;
+}
+
+static int ev_request_done(void *owner, uvmqtt__req_t *r, int status, const uvmqtt_packet_t *ack) {
+  uvmqtt__client_t *c = owner;
+  if (r->cb) {
+    const uint8_t *codes = ack ? ack->u.suback.codes : NULL;
+    size_t count = ack ? ack->u.suback.count : 0;
+    r->cb(c->handle, status, codes, count, r->arg);
+  }
+  return c->closing;
+}
+
+static int ev_disconnect(void *owner, const uvmqtt_packet_t *p) {
+  uvmqtt__client_t *c = owner;
+  c->last_reason = p->reason;
+  return c->closing;
+}
+
+const uvmqtt__session_events_t uvmqtt__client_session_events = {
+    ev_connack, ev_message, ev_publish_done, ev_request_done, ev_disconnect};
+
+/* ---- Close
+ * ---------------------------------------------------------------------------------------- */
+
+static void on_timer_closed(uv_handle_t *h) {
+  uvmqtt__client_t *c = h->data;
+  uvmqtt_client_t *handle = c->handle;
+  uvmqtt_close_cb cb = c->close_cb;
+  uvmqtt__client_free(c);
+  handle->impl = NULL;
+  if (cb) cb(handle);
+}
+
+static void finish_close(uvmqtt__client_t *c) {
+  uv_close((uv_handle_t *)&c->timer, on_timer_closed);
+}
+
+void uvmqtt__client_begin_close(uvmqtt__client_t *c) {
+  c->closing = 1;
+  c->stats.connected = 0;
+  if (c->transport_active) {
+    close_transport(c);
+  } else {
+    finish_close(c);
+  }
+}

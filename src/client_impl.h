@@ -1,0 +1,118 @@
+/* The client's private state, shared by the files that make up the client
+ * (connection lifecycle, public calls, subscriptions). */
+#ifndef UVMQTT_CLIENT_IMPL_H
+#define UVMQTT_CLIENT_IMPL_H
+
+#include "session.h"
+#include "transport.h"
+#include "uvmqtt.h"
+
+typedef enum {
+  UVMQTT__C_STOPPED = 0,  /* not started, gave up, or after uvmqtt_disconnect() */
+  UVMQTT__C_CONNECTING,   /* transport resolving/connecting */
+  UVMQTT__C_WAIT_CONNACK, /* CONNECT written */
+  UVMQTT__C_CONNECTED,
+  UVMQTT__C_DISCONNECTING, /* DISCONNECT queued; the transport closes once it is written */
+  UVMQTT__C_DROPPING,      /* the transport is closing after a loss or failure */
+  UVMQTT__C_WAIT_RETRY     /* the reconnect timer runs */
+} uvmqtt__client_state_t;
+
+/* A stored subscription, re-sent when a reconnect finds no session. */
+typedef struct uvmqtt__sub_s {
+  struct uvmqtt__sub_s *next;
+  uvmqtt_message_cb on_message;
+  void *arg;
+  uint8_t options;
+  uint16_t len;
+  char filter[];
+} uvmqtt__sub_t;
+
+/* An output being written, kept until the transport's on_write. */
+typedef struct uvmqtt__write_s {
+  struct uvmqtt__write_s *next;
+  uvmqtt__output_t out;
+} uvmqtt__write_t;
+
+struct uvmqtt__client_s {
+  uvmqtt_client_t *handle;
+  uvmqtt__session_t sess;
+  uvmqtt__transport_t tr;
+  uv_timer_t timer;
+  uvmqtt_callbacks_t cbs;
+
+  /* Options (owned copies). */
+  char **uris;
+  uint32_t uri_count;
+  uint32_t uri_index;
+  char *client_id;
+  char *username;
+  uint8_t *password;
+  size_t password_len;
+  char *will_topic;
+  uint8_t *will_payload;
+  size_t will_payload_len;
+  uvmqtt_props_t *will_props;
+  uvmqtt_props_t *connect_props;
+  uint32_t connect_timeout_ms;
+  uint16_t keepalive;
+  uint8_t version;
+  uint8_t clean_start;
+  uint8_t will_qos;
+  uint8_t will_retain;
+  uint8_t has_password;
+  uint8_t no_reconnect;
+  uvmqtt_reconnect_policy_t reconnect;
+  uvmqtt_backoff_t default_backoff;
+  uvmqtt_delivery_t delivery;
+
+  /* State. */
+  uint8_t state;
+  uint8_t closing;
+  uint8_t transport_active;
+  uint8_t flush_scheduled;
+  uint8_t ever_connected;
+  uint8_t last_reason;
+  int last_status;
+  uint32_t attempt; /* consecutive failures since the last good connection */
+  uint64_t timer_due;
+  uint64_t connect_deadline;
+  uint64_t retry_at;
+  uint64_t connected_at;
+  uint64_t down_since;
+  uvmqtt__write_t *writes; /* pending writes, in order */
+  uvmqtt__write_t *spare_write;
+  uvmqtt__sub_t *subs;
+  uvmqtt_close_cb close_cb;
+  uvmqtt_stats_t stats;
+};
+
+typedef struct uvmqtt__client_s uvmqtt__client_t;
+
+/* Subscriptions (client_subs.c). */
+int uvmqtt__subs_add(uvmqtt__client_t *c, const uvmqtt_topic_sub_t *subs, size_t count,
+                     uvmqtt_message_cb cb, void *arg);
+void uvmqtt__subs_remove(uvmqtt__client_t *c, const char *const *filters, size_t count);
+/* The per-subscription callback for `topic`, or NULL. */
+uvmqtt__sub_t *uvmqtt__subs_match(uvmqtt__client_t *c, uvmqtt_bytes_t topic);
+/* Queues one SUBSCRIBE holding every stored filter. */
+int uvmqtt__subs_resend(uvmqtt__client_t *c, uint64_t now);
+void uvmqtt__subs_free(uvmqtt__client_t *c);
+
+/* Connection lifecycle (client_conn.c). */
+void uvmqtt__client_start_attempt(uvmqtt__client_t *c);
+void uvmqtt__client_lost(uvmqtt__client_t *c, int status);
+void uvmqtt__client_schedule_flush(uvmqtt__client_t *c);
+void uvmqtt__client_arm(uvmqtt__client_t *c);
+void uvmqtt__client_timer_init(uvmqtt__client_t *c);
+/* Starts closing: the transport, then the timer; uvmqtt__client_free() and
+ * the close callback run once both are closed. */
+void uvmqtt__client_begin_close(uvmqtt__client_t *c);
+void uvmqtt__client_free(uvmqtt__client_t *c);
+extern const uvmqtt__session_events_t uvmqtt__client_session_events;
+extern const uvmqtt__transport_cbs_t uvmqtt__client_transport_cbs;
+
+static inline uint64_t uvmqtt__now(const uvmqtt__client_t *c) {
+  return uv_now(c->handle->loop);
+}
+
+#endif

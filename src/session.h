@@ -1,0 +1,210 @@
+/* The MQTT session: protocol state with no sockets and no clock.
+ *
+ * Bytes and the time (ms, any monotonic origin) go in; bytes to write and
+ * events come out. It owns packet id allocation, the outgoing message queue
+ * and in-flight window (QoS 1 and 2 in both directions), keepalive deadlines,
+ * the broker's limits (Receive Maximum, Maximum Packet Size, Maximum QoS,
+ * Retain Available, Server Keep Alive), incoming topic aliases and message
+ * deadlines. The client layer wires it to a transport and one timer.
+ *
+ * Output: packets are encoded into one growing buffer (`out`). The owner
+ * takes it with uvmqtt__session_take_output(), writes it, and hands the QoS 0
+ * messages that travelled in it back through uvmqtt__session_written(). A
+ * message counts as "handed to the socket" once it is in `out`.
+ */
+#ifndef UVMQTT_SESSION_H
+#define UVMQTT_SESSION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "uvmqtt.h"
+
+typedef struct uvmqtt__msg_s uvmqtt__msg_t;
+typedef struct uvmqtt__req_s uvmqtt__req_t;
+
+/* An outgoing PUBLISH, encoded once at publish time (packet id patched in
+ * when it is sent). One allocation. */
+struct uvmqtt__msg_s {
+  uvmqtt__msg_t *next;
+  uint64_t created;  /* ms */
+  uint64_t deadline; /* ms; 0: none */
+  uint64_t serial;   /* id issue order, for the cheap id collision check */
+  uvmqtt_publish_cb cb;
+  void *arg;
+  uint32_t len;       /* encoded packet length */
+  uint32_t topic_off; /* topic bytes within data */
+  uint16_t topic_len;
+  uint32_t id_off; /* where the packet id goes (0 for QoS 0) */
+  uint16_t id;
+  uint8_t qos;
+  uint8_t policy; /* uvmqtt_delivery_kind_t, never DEFAULT */
+  uint8_t state;  /* uvmqtt__msg_state_t */
+  uint8_t sent;   /* handed to the socket at least once */
+  uint8_t data[]; /* the encoded PUBLISH */
+};
+
+typedef enum {
+  UVMQTT__MSG_QUEUED = 0, /* waiting for a connection, a window slot or room */
+  UVMQTT__MSG_WAIT_ACK,   /* QoS 1 sent: waiting for PUBACK; QoS 2: for PUBREC */
+  UVMQTT__MSG_WAIT_COMP,  /* QoS 2 PUBREL sent: waiting for PUBCOMP */
+  UVMQTT__MSG_WRITING     /* QoS 0 in the output: waiting for the write */
+} uvmqtt__msg_state_t;
+
+/* A SUBSCRIBE or UNSUBSCRIBE waiting for its ack; re-sent after reconnects. */
+struct uvmqtt__req_s {
+  uvmqtt__req_t *next;
+  uint64_t serial;
+  uvmqtt_subscribe_cb cb;
+  void *arg;
+  uint32_t len;
+  uint16_t id;
+  uint8_t type; /* UVMQTT_SUBSCRIBE or UVMQTT_UNSUBSCRIBE */
+  uint8_t data[];
+};
+
+typedef struct {
+  /* Each returns non-zero to make the session stop processing input at once
+   * (the owner is closing). */
+  int (*connack)(void *owner, const uvmqtt_packet_t *pkt);
+  /* `topic` is the resolved topic (alias applied). The ack is queued after
+   * this returns 0. */
+  int (*message)(void *owner, const uvmqtt_packet_t *pkt, uvmqtt_bytes_t topic);
+  /* The message is freed right after this returns. */
+  int (*publish_done)(void *owner, uvmqtt__msg_t *msg, int status, uint8_t reason);
+  /* The request is freed right after this returns; `ack` is NULL on error. */
+  int (*request_done)(void *owner, uvmqtt__req_t *req, int status, const uvmqtt_packet_t *ack);
+  /* A v5 DISCONNECT from the broker; the owner closes the connection. */
+  int (*disconnect)(void *owner, const uvmqtt_packet_t *pkt);
+} uvmqtt__session_events_t;
+
+typedef enum {
+  UVMQTT__S_OFFLINE = 0,
+  UVMQTT__S_CONNECTING, /* CONNECT written, waiting for CONNACK */
+  UVMQTT__S_ONLINE
+} uvmqtt__session_state_t;
+
+/* A FIFO of messages. */
+typedef struct {
+  uvmqtt__msg_t *head;
+  uvmqtt__msg_t *tail;
+} uvmqtt__msg_list_t;
+
+typedef struct {
+  uint8_t *buf;
+  size_t len;
+  size_t cap;
+  uvmqtt__msg_list_t msgs; /* QoS 0 messages whose bytes are in buf */
+} uvmqtt__output_t;
+
+typedef struct uvmqtt__session_s {
+  void *owner;
+  const uvmqtt__session_events_t *ev;
+  uint8_t version;
+  uint8_t state;
+  uint8_t ping_outstanding;
+  uint8_t clean_start;
+  uint8_t broker_max_qos;
+  uint8_t broker_retain;
+  uint16_t keepalive_s; /* in force: ours or the broker's Server Keep Alive */
+  uint16_t our_keepalive_s;
+  uint16_t broker_receive_max;
+  uint16_t our_receive_max; /* what we announced (v5), bounds incoming QoS 2 */
+  uint16_t our_alias_max;   /* incoming topic aliases we accept (v5) */
+  uint16_t next_id;
+  uint32_t broker_max_packet; /* 0: none */
+  uint32_t inflight;          /* QoS 1/2 in the window */
+  uint32_t queued;            /* messages held, sent or not */
+  size_t queued_bytes;
+  uint32_t max_queued;
+  size_t max_queued_bytes;
+  uint8_t overflow;
+  uint64_t ids_issued;
+  uint64_t last_send;
+  uint64_t last_recv;
+  uint64_t ping_sent;
+  uint64_t next_expiry; /* earliest deadline among unsent messages; 0: none */
+  uvmqtt_decoder_t dec;
+  uvmqtt__output_t out;
+  uvmqtt__msg_list_t queue;  /* not yet sent, in publish order */
+  uvmqtt__msg_list_t window; /* sent, waiting for acks, in send order */
+  uvmqtt__req_t *reqs;       /* subscribe/unsubscribe, in issue order */
+  uint16_t *rx_qos2;         /* incoming QoS 2 ids waiting for PUBREL */
+  uint32_t rx_qos2_count;
+  uint32_t rx_qos2_cap;
+  uvmqtt_bytes_t *aliases; /* incoming topic aliases, index alias-1, owned copies */
+  uvmqtt_delivery_decide_fn decide;
+  void *decide_state;
+} uvmqtt__session_t;
+
+/* Prepares an offline session. Never allocates. */
+void uvmqtt__session_init(uvmqtt__session_t *s, void *owner, const uvmqtt__session_events_t *ev,
+                          uint8_t version);
+
+/* Frees everything; every message and request completes with `status`
+ * (publish_done/request_done run). */
+void uvmqtt__session_free(uvmqtt__session_t *s, int status);
+
+/* A transport came up: resets the decoder and output, encodes CONNECT from
+ * `connect` (whose protocol_level must be the session's version; its
+ * keep_alive and v5 receive maximum / topic alias maximum are remembered).
+ * Returns 0 or a negative error. */
+int uvmqtt__session_connect(uvmqtt__session_t *s, const uvmqtt_packet_t *connect, uint64_t now);
+
+/* Feeds received bytes. Returns 0, or a negative error after which the
+ * owner must close the connection (for v5 a DISCONNECT with the matching
+ * reason code has been put in the output first, when possible). */
+int uvmqtt__session_recv(uvmqtt__session_t *s, const uint8_t *data, size_t len, uint64_t now);
+
+/* The connection is gone: the output is dropped (its QoS 0 messages
+ * complete with `status`), QoS 1/2 in flight stay for resending, and the
+ * delivery policy of every message decides whether it is kept (drop: no;
+ * custom: ask). */
+void uvmqtt__session_lost(uvmqtt__session_t *s, int status, uint64_t now);
+
+/* Checks a publish against the broker's limits and the queue bounds,
+ * encodes it and queues it (sending it when online). Returns 0 or a
+ * negative error (nothing queued, callback not called). */
+int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void *payload,
+                            size_t len, const uvmqtt_publish_opts_t *opts, uint8_t policy,
+                            uint32_t deadline_ms, uvmqtt_publish_cb cb, void *arg, uint64_t now);
+
+/* Encodes and queues a SUBSCRIBE or UNSUBSCRIBE `pkt` (its packet id is
+ * assigned here). Returns 0 or a negative error. */
+int uvmqtt__session_request(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt,
+                            uvmqtt_subscribe_cb cb, void *arg, uint64_t now);
+
+/* Encodes any other packet straight into the output (DISCONNECT, AUTH). */
+int uvmqtt__session_send_packet(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt, uint64_t now);
+
+/* Time passed: sends PINGREQ when due, expires unsent messages whose
+ * deadline passed. Returns 0, or UVMQTT_EKEEPALIVE when the broker stayed
+ * silent past the bounded wait (the owner closes the connection). */
+int uvmqtt__session_tick(uvmqtt__session_t *s, uint64_t now);
+
+/* The next time uvmqtt__session_tick() has work, or 0 for none. */
+uint64_t uvmqtt__session_next_deadline(const uvmqtt__session_t *s);
+
+/* Output beyond this stays as queued messages (still expirable, not yet
+ * handed to the socket) until the owner takes the output. */
+#define UVMQTT__OUT_HIGH_WATER (64u * 1024u)
+
+/* Moves queued messages into the output while online and the window and the
+ * high-water mark allow. The entry points above call it; the owner calls it
+ * after taking the output. */
+void uvmqtt__session_pump(uvmqtt__session_t *s, uint64_t now);
+
+/* Takes the pending output (buffer ownership passes to the caller; free it
+ * with uvmqtt__free). Returns 0 when there is nothing to write. */
+int uvmqtt__session_take_output(uvmqtt__session_t *s, uvmqtt__output_t *out);
+
+/* The write of an output taken earlier finished: its QoS 0 messages
+ * complete with `status`. Frees the buffer. */
+void uvmqtt__session_written(uvmqtt__session_t *s, uvmqtt__output_t *out, int status);
+
+/* Bytes waiting in the output. */
+static inline size_t uvmqtt__session_pending(const uvmqtt__session_t *s) {
+  return s->out.len;
+}
+
+#endif

@@ -1,0 +1,98 @@
+/* The transport interface: a byte stream to the broker over libuv.
+ *
+ * One small vtable that TCP fills now and TLS and WebSocket fill later. The
+ * transport has no timer of its own: the client enforces the connect timeout
+ * by closing it, so an idle connection costs one uv_tcp_t and no more.
+ */
+#ifndef UVMQTT_TRANSPORT_H
+#define UVMQTT_TRANSPORT_H
+
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct uvmqtt__transport_s uvmqtt__transport_t;
+
+typedef struct {
+  /* The stream is up (status 0) or every resolved address failed (status is
+   * the last error: UV_ECONNREFUSED, UV_EAI_NONAME...). After a failure the
+   * transport is already idle again: close it (on_close follows) before
+   * reuse. */
+  void (*on_connect)(uvmqtt__transport_t *t, int status);
+  /* Bytes arrived (nread > 0; the buffer is the shared read pool's and is
+   * valid only during the call: consume or copy), or the stream ended
+   * (nread < 0: UV_EOF or an error). After nread < 0 no more reads come. */
+  void (*on_read)(uvmqtt__transport_t *t, ssize_t nread, const uint8_t *data);
+  /* A write that write() left pending finished; `arg` is the one given to
+   * write(). Called exactly once for every write() that returned 0, also when
+   * the transport is closed first (status UV_ECANCELED). */
+  void (*on_write)(uvmqtt__transport_t *t, int status, void *arg);
+  /* close() finished: every handle is closed; the struct may be freed. */
+  void (*on_close)(uvmqtt__transport_t *t);
+} uvmqtt__transport_cbs_t;
+
+typedef struct {
+  /* Resolve `host` (uv_getaddrinfo, never blocking; a bare name or address,
+   * no brackets) and connect to each address in turn until one succeeds.
+   * Reading starts as soon as the stream is up. Returns 0 or a negative error
+   * (nothing started then): UVMQTT_EBUSY when not idle, UVMQTT_EINVAL,
+   * UVMQTT_ENOMEM, or a libuv error. */
+  int (*connect)(uvmqtt__transport_t *t, const char *host, uint16_t port);
+  /* Queue bufs for writing (uv_try_write first, uv_write for the rest). The
+   * buffers must stay valid until on_write(arg). Returns 1 when everything
+   * was written at once (no on_write follows: release the buffers now), 0
+   * when the rest is pending (on_write follows), or a negative error (no
+   * on_write follows; part of the bytes may have gone, so close the
+   * transport): UVMQTT_ENOTCONN when not open, UVMQTT_ENOMEM, or a libuv
+   * error such as UV_EPIPE. */
+  int (*write)(uvmqtt__transport_t *t, const uv_buf_t *bufs, unsigned nbufs, void *arg);
+  /* Bytes accepted by write() whose on_write has not come yet. */
+  size_t (*write_queue_size)(const uvmqtt__transport_t *t);
+  /* Stop everything; on_close follows (always asynchronously). Safe to call
+   * from any callback, in any state, twice. */
+  void (*close)(uvmqtt__transport_t *t);
+} uvmqtt__transport_vtbl_t;
+
+typedef enum {
+  UVMQTT__T_IDLE = 0,
+  UVMQTT__T_RESOLVING,
+  UVMQTT__T_CONNECTING,
+  UVMQTT__T_OPEN,
+  UVMQTT__T_CLOSING,
+  UVMQTT__T_CLOSED
+} uvmqtt__transport_state_t;
+
+struct uvmqtt__transport_s {
+  void *data; /* the owner's */
+  const uvmqtt__transport_vtbl_t *vt;
+  const uvmqtt__transport_cbs_t *cb;
+  uv_loop_t *loop;
+  uint8_t state;
+  uint8_t tcp_open; /* the uv_tcp_t is initialised and needs closing */
+  uint8_t reading;
+  uint16_t port;
+  size_t pending_bytes;      /* accepted by write(), not yet completed */
+  uv_getaddrinfo_t *resolve; /* during resolution only */
+  struct addrinfo *addrs;    /* during connection attempts only */
+  struct addrinfo *next_addr;
+  uv_connect_t *connect_req; /* during a connection attempt only */
+  int last_error;
+  uv_tcp_t tcp;
+};
+
+/* Prepares a TCP transport on `loop`: clears every field except `data`.
+ * Never allocates. */
+void uvmqtt__transport_tcp_init(uvmqtt__transport_t *t, uv_loop_t *loop,
+                                const uvmqtt__transport_cbs_t *cb);
+
+/* Like connect(), but tries the entries of `list` in order (each with the
+ * port in its own address) instead of resolving a name, so tests can build a
+ * list whose first addresses refuse. The list stays the caller's and must
+ * outlive the attempt. Returns 0, UVMQTT_EINVAL for a list without an IPv4
+ * or IPv6 address, or UVMQTT_EBUSY when the transport is not idle. */
+int uvmqtt__transport_tcp_connect_addrs(uvmqtt__transport_t *t, struct addrinfo *list);
+
+#define uvmqtt__transport_connect(t, host, port) ((t)->vt->connect((t), (host), (port)))
+#define uvmqtt__transport_write(t, b, n, a)      ((t)->vt->write((t), (b), (n), (a)))
+#define uvmqtt__transport_close(t)               ((t)->vt->close(t))
+
+#endif

@@ -1,0 +1,701 @@
+/* The sans-I/O session: bytes and time in, bytes and events out. Each test
+ * plays the broker by hand with encoded packets and decodes what the session
+ * writes. */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "session.h"
+
+#define MAX_OUT 64
+
+typedef struct {
+  uvmqtt__session_t s;
+  int connacks;
+  int messages;
+  int done;
+  int last_status;
+  uint8_t last_reason;
+  int statuses[256];
+  int requests;
+  int disconnects;
+  char last_topic[128];
+  /* Decoded output of the last drain. */
+  uint8_t *raw;
+  size_t raw_len;
+  uvmqtt_packet_t out[MAX_OUT];
+  int nout;
+} fixture_t;
+
+static int ev_connack(void *o, const uvmqtt_packet_t *p) {
+  (void)p;
+  ((fixture_t *)o)->connacks++;
+  return 0;
+}
+
+static int ev_message(void *o, const uvmqtt_packet_t *p, uvmqtt_bytes_t topic) {
+  fixture_t *f = o;
+  (void)p;
+  f->messages++;
+  size_t n = topic.len < sizeof f->last_topic - 1 ? topic.len : sizeof f->last_topic - 1;
+  memcpy(f->last_topic, topic.data, n);
+  f->last_topic[n] = '\0';
+  return 0;
+}
+
+static int ev_done(void *o, uvmqtt__msg_t *m, int status, uint8_t reason) {
+  fixture_t *f = o;
+  (void)m;
+  if (f->done < 256) f->statuses[f->done] = status;
+  f->done++;
+  f->last_status = status;
+  f->last_reason = reason;
+  return 0;
+}
+
+static int ev_request(void *o, uvmqtt__req_t *r, int status, const uvmqtt_packet_t *ack) {
+  (void)r;
+  (void)ack;
+  fixture_t *f = o;
+  f->requests++;
+  f->last_status = status;
+  return 0;
+}
+
+static int ev_disconnect(void *o, const uvmqtt_packet_t *p) {
+  (void)p;
+  ((fixture_t *)o)->disconnects++;
+  return 0;
+}
+
+static const uvmqtt__session_events_t events = {ev_connack, ev_message, ev_done, ev_request,
+                                                ev_disconnect};
+
+/* Takes the session's output and decodes every packet in it. */
+static int drain(fixture_t *f) {
+  free(f->raw);
+  f->raw = NULL;
+  f->nout = 0;
+  uvmqtt__output_t o;
+  if (!uvmqtt__session_take_output(&f->s, &o)) return 0;
+  f->raw = malloc(o.len);
+  memcpy(f->raw, o.buf, o.len);
+  f->raw_len = o.len;
+  uvmqtt__session_written(&f->s, &o, 0);
+  size_t off = 0;
+  while (off < f->raw_len && f->nout < MAX_OUT) {
+    /* A whole-buffer decode: the packet's own length says where it ends. */
+    size_t len = 1, mult = 1, rem = 0;
+    uint8_t b;
+    do {
+      b = f->raw[off + len];
+      rem += (b & 127u) * mult;
+      mult *= 128;
+      len++;
+    } while (b & 128u);
+    int err = uvmqtt_decode_packet(f->raw + off, len + rem, f->s.version, &f->out[f->nout]);
+    ck_assert_msg(err == 0, "session wrote a packet the codec rejects: %s", uvmqtt_strerror(err));
+    f->nout++;
+    off += len + rem;
+  }
+  return f->nout;
+}
+
+static void feed_packet(fixture_t *f, const uvmqtt_packet_t *p, uint64_t now, int expect) {
+  uint8_t buf[1024];
+  ssize_t n = uvmqtt_encode(p, f->s.version, buf, sizeof buf);
+  ck_assert_int_gt(n, 0);
+  ck_assert_int_eq(uvmqtt__session_recv(&f->s, buf, (size_t)n, now), expect);
+}
+
+static void feed_ack(fixture_t *f, uint8_t type, uint16_t id, uint8_t reason, uint64_t now) {
+  uvmqtt_packet_t p;
+  memset(&p, 0, sizeof p);
+  p.type = type;
+  p.packet_id = id;
+  p.reason = reason;
+  feed_packet(f, &p, now, 0);
+}
+
+static void setup_session(fixture_t *f, uint8_t version, uint8_t clean, uint16_t keepalive) {
+  memset(f, 0, sizeof *f);
+  uvmqtt__session_init(&f->s, f, &events, version);
+  uvmqtt_packet_t c;
+  memset(&c, 0, sizeof c);
+  c.type = UVMQTT_CONNECT;
+  c.u.connect.protocol_level = version;
+  c.u.connect.clean_start = clean;
+  c.u.connect.keep_alive = keepalive;
+  c.u.connect.client_id.data = (const uint8_t *)"sess";
+  c.u.connect.client_id.len = 4;
+  if (version == UVMQTT_V5) {
+    c.props.has = 1ull << UVMQTT_PROP_TOPIC_ALIAS_MAXIMUM;
+    c.props.topic_alias_maximum = 4;
+  }
+  ck_assert_int_eq(uvmqtt__session_connect(&f->s, &c, 0), 0);
+  ck_assert_int_eq(drain(f), 1);
+  ck_assert_int_eq(f->out[0].type, UVMQTT_CONNECT);
+}
+
+static void connack(fixture_t *f, uint8_t session_present, const uvmqtt_props_t *props) {
+  uvmqtt_packet_t p;
+  memset(&p, 0, sizeof p);
+  p.type = UVMQTT_CONNACK;
+  p.session_present = session_present;
+  if (props) p.props = *props;
+  feed_packet(f, &p, 0, 0);
+}
+
+static void teardown(fixture_t *f) {
+  uvmqtt__session_free(&f->s, UVMQTT_ECLOSED);
+  free(f->raw);
+  f->raw = NULL;
+}
+
+static void publish(fixture_t *f, const char *topic, uint8_t qos, uint8_t policy, uint32_t dl,
+                    uint64_t now, int expect) {
+  uvmqtt_publish_opts_t o;
+  memset(&o, 0, sizeof o);
+  o.qos = qos;
+  ck_assert_int_eq(
+      uvmqtt__session_publish(&f->s, topic, "payload", 7, &o, policy, dl, NULL, NULL, now), expect);
+}
+
+/* ---- QoS flows ------------------------------------------------------------ */
+
+START_TEST(session_connect_and_connack) {
+  fixture_t f;
+  setup_session(&f, (uint8_t)_i ? UVMQTT_V5 : UVMQTT_V311, 1, 30);
+  ck_assert_int_eq(f.s.state, UVMQTT__S_CONNECTING);
+  connack(&f, 0, NULL);
+  ck_assert_int_eq(f.connacks, 1);
+  ck_assert_int_eq(f.s.state, UVMQTT__S_ONLINE);
+  teardown(&f);
+}
+END_TEST
+
+START_TEST(session_publish_qos1_acked) {
+  fixture_t f;
+  setup_session(&f, (uint8_t)_i ? UVMQTT_V5 : UVMQTT_V311, 1, 30);
+  connack(&f, 0, NULL);
+  publish(&f, "a/b", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBLISH);
+  ck_assert_int_eq(f.out[0].u.publish.qos, 1);
+  uint16_t id = f.out[0].packet_id;
+  ck_assert_uint_ne(id, 0);
+  ck_assert_int_eq(f.s.inflight, 1);
+  feed_ack(&f, UVMQTT_PUBACK, id, 0, 2);
+  ck_assert_int_eq(f.done, 1);
+  ck_assert_int_eq(f.last_status, 0);
+  ck_assert_int_eq(f.s.inflight, 0);
+  ck_assert_int_eq(f.s.queued, 0);
+  teardown(&f);
+}
+END_TEST
+
+START_TEST(session_publish_qos2_flow) {
+  fixture_t f;
+  setup_session(&f, (uint8_t)_i ? UVMQTT_V5 : UVMQTT_V311, 1, 30);
+  connack(&f, 0, NULL);
+  publish(&f, "q2", 2, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  ck_assert_int_eq(drain(&f), 1);
+  uint16_t id = f.out[0].packet_id;
+  feed_ack(&f, UVMQTT_PUBREC, id, 0, 2);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBREL);
+  ck_assert_uint_eq(f.out[0].packet_id, id);
+  ck_assert_int_eq(f.done, 0);
+  feed_ack(&f, UVMQTT_PUBCOMP, id, 0, 3);
+  ck_assert_int_eq(f.done, 1);
+  ck_assert_int_eq(f.last_status, 0);
+  teardown(&f);
+}
+END_TEST
+
+START_TEST(session_v5_puback_failure_reason_is_data) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V5, 1, 30);
+  connack(&f, 0, NULL);
+  publish(&f, "denied", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  drain(&f);
+  feed_ack(&f, UVMQTT_PUBACK, f.out[0].packet_id, 0x87, 2);
+  ck_assert_int_eq(f.done, 1);
+  ck_assert_int_eq(f.last_status, 0);
+  ck_assert_int_eq(f.last_reason, 0x87);
+  teardown(&f);
+}
+END_TEST
+
+START_TEST(session_unexpected_acks_ignored) {
+  fixture_t f;
+  setup_session(&f, (uint8_t)_i ? UVMQTT_V5 : UVMQTT_V311, 1, 30);
+  connack(&f, 0, NULL);
+  feed_ack(&f, UVMQTT_PUBACK, 77, 0, 1);
+  feed_ack(&f, UVMQTT_PUBCOMP, 78, 0, 1);
+  ck_assert_int_eq(f.done, 0);
+  ck_assert_int_eq(drain(&f), 0);
+  /* An unknown PUBREL is answered so the broker can forget the id. */
+  feed_ack(&f, UVMQTT_PUBREL, 79, 0, 1);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBCOMP);
+  ck_assert_uint_eq(f.out[0].packet_id, 79);
+  if (_i) ck_assert_int_eq(f.out[0].reason, 0x92);
+  teardown(&f);
+}
+END_TEST
+
+static void feed_publish(fixture_t *f, const char *topic, uint8_t qos, uint16_t id, uint8_t dup,
+                         const uvmqtt_props_t *props, int expect) {
+  uvmqtt_packet_t p;
+  memset(&p, 0, sizeof p);
+  p.type = UVMQTT_PUBLISH;
+  p.packet_id = id;
+  p.u.publish.qos = qos;
+  p.u.publish.dup = dup;
+  p.u.publish.topic.data = (const uint8_t *)topic;
+  p.u.publish.topic.len = (uint32_t)strlen(topic);
+  p.u.publish.payload.data = (const uint8_t *)"x";
+  p.u.publish.payload.len = 1;
+  if (props) p.props = *props;
+  feed_packet(f, &p, 1, expect);
+}
+
+START_TEST(session_incoming_qos2_exactly_once) {
+  fixture_t f;
+  setup_session(&f, (uint8_t)_i ? UVMQTT_V5 : UVMQTT_V311, 1, 30);
+  connack(&f, 0, NULL);
+  feed_publish(&f, "in", 2, 9, 0, NULL, 0);
+  ck_assert_int_eq(f.messages, 1);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBREC);
+  /* The broker resends before our PUBREC reached it: no second delivery. */
+  feed_publish(&f, "in", 2, 9, 1, NULL, 0);
+  ck_assert_int_eq(f.messages, 1);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBREC);
+  feed_ack(&f, UVMQTT_PUBREL, 9, 0, 2);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBCOMP);
+  ck_assert_int_eq(f.out[0].reason, 0);
+  /* After PUBREL the id is free: the same id is a new message. */
+  feed_publish(&f, "in", 2, 9, 0, NULL, 0);
+  ck_assert_int_eq(f.messages, 2);
+  teardown(&f);
+}
+END_TEST
+
+START_TEST(session_incoming_qos1_acked_after_callback) {
+  fixture_t f;
+  setup_session(&f, (uint8_t)_i ? UVMQTT_V5 : UVMQTT_V311, 1, 30);
+  connack(&f, 0, NULL);
+  feed_publish(&f, "in/1", 1, 5, 0, NULL, 0);
+  ck_assert_int_eq(f.messages, 1);
+  ck_assert_str_eq(f.last_topic, "in/1");
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBACK);
+  ck_assert_uint_eq(f.out[0].packet_id, 5);
+  teardown(&f);
+}
+END_TEST
+
+/* ---- Broker limits ----------------------------------------------------------- */
+
+START_TEST(session_receive_maximum_honoured) {
+  for (uint16_t max = 1; max <= 3; max++) {
+    fixture_t f;
+    setup_session(&f, UVMQTT_V5, 1, 30);
+    uvmqtt_props_t pr;
+    memset(&pr, 0, sizeof pr);
+    pr.has = 1ull << UVMQTT_PROP_RECEIVE_MAXIMUM;
+    pr.receive_maximum = max;
+    connack(&f, 0, &pr);
+    for (int i = 0; i < 5; i++)
+      publish(&f, "rm", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+    ck_assert_int_eq(drain(&f), max);
+    uint16_t first = f.out[0].packet_id;
+    feed_ack(&f, UVMQTT_PUBACK, first, 0, 2);
+    ck_assert_int_eq(drain(&f), 1); /* one slot freed, one more sent */
+    ck_assert_int_eq(f.s.inflight, max);
+    teardown(&f);
+  }
+}
+END_TEST
+
+START_TEST(session_broker_limits_fail_locally) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V5, 1, 30);
+  uvmqtt_props_t pr;
+  memset(&pr, 0, sizeof pr);
+  pr.has = (1ull << UVMQTT_PROP_MAXIMUM_QOS) | (1ull << UVMQTT_PROP_RETAIN_AVAILABLE) |
+           (1ull << UVMQTT_PROP_MAXIMUM_PACKET_SIZE);
+  pr.maximum_qos = 0;
+  pr.retain_available = 0;
+  pr.maximum_packet_size = 64;
+  connack(&f, 0, &pr);
+  publish(&f, "t", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, UVMQTT_EQOSNOTSUP);
+  uvmqtt_publish_opts_t o;
+  memset(&o, 0, sizeof o);
+  o.retain = 1;
+  ck_assert_int_eq(
+      uvmqtt__session_publish(&f.s, "t", "x", 1, &o, UVMQTT_DELIVERY_DROP, 0, NULL, NULL, 1),
+      UVMQTT_ERETAINNOTSUP);
+  char big[100];
+  memset(big, 'x', sizeof big);
+  o.retain = 0;
+  ck_assert_int_eq(uvmqtt__session_publish(&f.s, "t", big, sizeof big, &o, UVMQTT_DELIVERY_DROP, 0,
+                                           NULL, NULL, 1),
+                   UVMQTT_EPKTTOOBIG);
+  ck_assert_int_eq(f.s.queued, 0);
+  teardown(&f);
+}
+END_TEST
+
+START_TEST(session_server_keep_alive_applied) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V5, 1, 60);
+  uvmqtt_props_t pr;
+  memset(&pr, 0, sizeof pr);
+  pr.has = 1ull << UVMQTT_PROP_SERVER_KEEP_ALIVE;
+  pr.server_keep_alive = 5;
+  connack(&f, 0, &pr);
+  ck_assert_uint_eq(uvmqtt__session_next_deadline(&f.s), 5000);
+  teardown(&f);
+}
+END_TEST
+
+/* ---- Keepalive ------------------------------------------------------------------ */
+
+START_TEST(session_keepalive_ping_and_timeout) {
+  fixture_t f;
+  setup_session(&f, (uint8_t)_i ? UVMQTT_V5 : UVMQTT_V311, 1, 10);
+  connack(&f, 0, NULL);
+  ck_assert_int_eq(uvmqtt__session_tick(&f.s, 9999), 0);
+  ck_assert_int_eq(drain(&f), 0);
+  ck_assert_int_eq(uvmqtt__session_tick(&f.s, 10000), 0);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PINGREQ);
+  /* Silent broker: detected half a keepalive after the ping (1.5x in all). */
+  ck_assert_uint_eq(uvmqtt__session_next_deadline(&f.s), 15000);
+  ck_assert_int_eq(uvmqtt__session_tick(&f.s, 14999), 0);
+  ck_assert_int_eq(uvmqtt__session_tick(&f.s, 15000), UVMQTT_EKEEPALIVE);
+  teardown(&f);
+}
+END_TEST
+
+START_TEST(session_keepalive_pingresp_keeps_alive) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 1, 10);
+  connack(&f, 0, NULL);
+  ck_assert_int_eq(uvmqtt__session_tick(&f.s, 10000), 0);
+  drain(&f);
+  uint8_t pingresp[2] = {0xD0, 0};
+  ck_assert_int_eq(uvmqtt__session_recv(&f.s, pingresp, 2, 10100), 0);
+  ck_assert_int_eq(uvmqtt__session_tick(&f.s, 15000), 0);
+  ck_assert_int_eq(f.s.ping_outstanding, 0);
+  teardown(&f);
+}
+END_TEST
+
+/* ---- Reconnects ------------------------------------------------------------------- */
+
+static void reconnect(fixture_t *f, uint8_t session_present) {
+  uvmqtt_packet_t c;
+  memset(&c, 0, sizeof c);
+  c.type = UVMQTT_CONNECT;
+  c.u.connect.protocol_level = f->s.version;
+  c.u.connect.client_id.data = (const uint8_t *)"sess";
+  c.u.connect.client_id.len = 4;
+  c.u.connect.keep_alive = 30;
+  ck_assert_int_eq(uvmqtt__session_connect(&f->s, &c, 100), 0);
+  drain(f);
+  connack(f, session_present, NULL);
+}
+
+START_TEST(session_resend_with_session_present) {
+  fixture_t f;
+  setup_session(&f, (uint8_t)_i ? UVMQTT_V5 : UVMQTT_V311, 0, 30);
+  connack(&f, 0, NULL);
+  publish(&f, "one", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  publish(&f, "two", 2, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  drain(&f);
+  uint16_t id1 = f.out[0].packet_id, id2 = f.out[1].packet_id;
+  feed_ack(&f, UVMQTT_PUBREC, id2, 0, 2);
+  drain(&f); /* PUBREL */
+  uvmqtt__session_lost(&f.s, UV_EOF, 3);
+  ck_assert_int_eq(f.done, 0);
+  reconnect(&f, 1);
+  ck_assert_int_eq(drain(&f), 2);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBLISH);
+  ck_assert_int_eq(f.out[0].u.publish.dup, 1);
+  ck_assert_uint_eq(f.out[0].packet_id, id1);
+  ck_assert_int_eq(f.out[1].type, UVMQTT_PUBREL);
+  ck_assert_uint_eq(f.out[1].packet_id, id2);
+  teardown(&f);
+}
+END_TEST
+
+START_TEST(session_republish_without_session) {
+  fixture_t f;
+  setup_session(&f, (uint8_t)_i ? UVMQTT_V5 : UVMQTT_V311, 0, 30);
+  connack(&f, 0, NULL);
+  publish(&f, "one", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  drain(&f);
+  uvmqtt__session_lost(&f.s, UV_EOF, 3);
+  reconnect(&f, 0);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBLISH);
+  ck_assert_int_eq(f.out[0].u.publish.dup, 0);
+  ck_assert_int_eq(f.done, 0);
+  teardown(&f);
+}
+END_TEST
+
+START_TEST(session_offline_queue_sent_on_connack) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 0, 30);
+  uvmqtt__session_lost(&f.s, UV_EOF, 1);
+  for (int i = 0; i < 3; i++)
+    publish(&f, "q", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  ck_assert_int_eq(drain(&f), 0);
+  reconnect(&f, 0);
+  ck_assert_int_eq(drain(&f), 3);
+  teardown(&f);
+}
+END_TEST
+
+/* ---- Delivery policies ------------------------------------------------------------- */
+
+START_TEST(session_deadline_expires_unsent_only) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 0, 0);
+  connack(&f, 0, NULL);
+  publish(&f, "sent", 1, UVMQTT_DELIVERY_DEADLINE, 1000, 0, 0);
+  drain(&f); /* handed to the socket: not expirable any more */
+  uvmqtt__session_lost(&f.s, UV_EOF, 10);
+  publish(&f, "unsent", 1, UVMQTT_DELIVERY_DEADLINE, 1000, 20, 0);
+  ck_assert_uint_eq(uvmqtt__session_next_deadline(&f.s), 1020);
+  ck_assert_int_eq(uvmqtt__session_tick(&f.s, 1019), 0);
+  ck_assert_int_eq(f.done, 0);
+  ck_assert_int_eq(uvmqtt__session_tick(&f.s, 1020), 0);
+  ck_assert_int_eq(f.done, 1);
+  ck_assert_int_eq(f.last_status, UVMQTT_EEXPIRED);
+  ck_assert_int_eq(f.s.queued, 1); /* the one in flight stays until acked */
+  reconnect(&f, 1);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].u.publish.dup, 1); /* only the sent one goes again */
+  teardown(&f);
+}
+END_TEST
+
+START_TEST(session_drop_policy_fails_at_loss) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 0, 0);
+  connack(&f, 0, NULL);
+  publish(&f, "d", 1, UVMQTT_DELIVERY_DROP, 0, 0, 0);
+  publish(&f, "k", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  drain(&f);
+  uvmqtt__session_lost(&f.s, UV_ECONNRESET, 5);
+  ck_assert_int_eq(f.done, 1);
+  ck_assert_int_eq(f.last_status, UV_ECONNRESET);
+  ck_assert_int_eq(f.s.queued, 1);
+  teardown(&f);
+}
+END_TEST
+
+START_TEST(session_queue_bounds) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 0, 0);
+  f.s.max_queued = 3;
+  for (int i = 0; i < 3; i++)
+    publish(&f, "b", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  publish(&f, "b", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, UVMQTT_EQUEUEFULL);
+  ck_assert_int_eq(f.done, 0);
+  f.s.overflow = UVMQTT_OVERFLOW_DROP_OLDEST;
+  publish(&f, "b", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  ck_assert_int_eq(f.done, 1);
+  ck_assert_int_eq(f.last_status, UVMQTT_EDROPPED);
+  ck_assert_int_eq(f.s.queued, 3);
+  teardown(&f);
+}
+END_TEST
+
+/* ---- Packet ids ------------------------------------------------------------------------ */
+
+START_TEST(session_packet_ids_never_reused_in_flight) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 1, 0);
+  connack(&f, 0, NULL);
+  /* Fill the id space but one, acking all but the first few. */
+  publish(&f, "keep", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  drain(&f);
+  uint16_t held = f.out[0].packet_id;
+  for (int i = 0; i < 70000; i++) {
+    publish(&f, "x", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+    ck_assert_int_eq(drain(&f), 1);
+    ck_assert_uint_ne(f.out[0].packet_id, held);
+    ck_assert_uint_ne(f.out[0].packet_id, 0);
+    feed_ack(&f, UVMQTT_PUBACK, f.out[0].packet_id, 0, 0);
+  }
+  ck_assert_int_eq(f.s.inflight, 1);
+  teardown(&f);
+}
+END_TEST
+
+/* ---- Topic aliases and bad input --------------------------------------------------------- */
+
+START_TEST(session_incoming_topic_alias) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V5, 1, 0);
+  connack(&f, 0, NULL);
+  uvmqtt_props_t pr;
+  memset(&pr, 0, sizeof pr);
+  pr.has = 1ull << UVMQTT_PROP_TOPIC_ALIAS;
+  pr.topic_alias = 2;
+  feed_publish(&f, "long/topic/name", 0, 0, 0, &pr, 0);
+  ck_assert_str_eq(f.last_topic, "long/topic/name");
+  feed_publish(&f, "", 0, 0, 0, &pr, 0);
+  ck_assert_int_eq(f.messages, 2);
+  ck_assert_str_eq(f.last_topic, "long/topic/name");
+  /* An alias beyond our maximum is a protocol error. */
+  pr.topic_alias = 5;
+  feed_publish(&f, "x", 0, 0, 0, &pr, UVMQTT_ETOPICALIAS);
+  teardown(&f);
+}
+END_TEST
+
+START_TEST(session_unknown_alias_rejected) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V5, 1, 0);
+  connack(&f, 0, NULL);
+  uvmqtt_props_t pr;
+  memset(&pr, 0, sizeof pr);
+  pr.has = 1ull << UVMQTT_PROP_TOPIC_ALIAS;
+  pr.topic_alias = 1;
+  feed_publish(&f, "", 0, 0, 0, &pr, UVMQTT_ETOPICALIAS);
+  teardown(&f);
+}
+END_TEST
+
+START_TEST(session_malformed_input_sends_disconnect) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V5, 1, 0);
+  connack(&f, 0, NULL);
+  drain(&f);
+  /* PUBACK with reserved flag bits set. */
+  uint8_t bad[4] = {0x41, 2, 0, 1};
+  int err = uvmqtt__session_recv(&f.s, bad, sizeof bad, 1);
+  ck_assert_int_eq(err, UVMQTT_EBADFLAGS);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_DISCONNECT);
+  ck_assert_int_eq(f.out[0].reason, 0x81);
+  teardown(&f);
+}
+END_TEST
+
+START_TEST(session_packet_before_connack_is_protocol_error) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 1, 0);
+  uint8_t puback[4] = {0x40, 2, 0, 1};
+  ck_assert_int_eq(uvmqtt__session_recv(&f.s, puback, sizeof puback, 1), UVMQTT_EUNEXPECTED);
+  teardown(&f);
+}
+END_TEST
+
+START_TEST(session_refused_connack) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 1, 0);
+  uint8_t refused[4] = {0x20, 2, 0, 5};
+  ck_assert_int_eq(uvmqtt__session_recv(&f.s, refused, sizeof refused, 1), UVMQTT_EREFUSED);
+  ck_assert_int_eq(f.connacks, 1);
+  ck_assert_int_eq(f.s.state, UVMQTT__S_OFFLINE);
+  teardown(&f);
+}
+END_TEST
+
+START_TEST(session_subscribe_request_roundtrip) {
+  fixture_t f;
+  setup_session(&f, (uint8_t)_i ? UVMQTT_V5 : UVMQTT_V311, 1, 0);
+  connack(&f, 0, NULL);
+  uvmqtt_topic_sub_t sub = {{(const uint8_t *)"a/+", 3}, 1};
+  uvmqtt_packet_t p;
+  memset(&p, 0, sizeof p);
+  p.type = UVMQTT_SUBSCRIBE;
+  p.u.subscribe.subs = &sub;
+  p.u.subscribe.count = 1;
+  ck_assert_int_eq(uvmqtt__session_request(&f.s, &p, NULL, NULL, 1), 0);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_SUBSCRIBE);
+  uint8_t code = 1;
+  uvmqtt_packet_t ack;
+  memset(&ack, 0, sizeof ack);
+  ack.type = UVMQTT_SUBACK;
+  ack.packet_id = f.out[0].packet_id;
+  ack.u.suback.codes = &code;
+  ack.u.suback.count = 1;
+  feed_packet(&f, &ack, 2, 0);
+  ck_assert_int_eq(f.requests, 1);
+  ck_assert_int_eq(f.last_status, 0);
+  teardown(&f);
+}
+END_TEST
+
+START_TEST(session_free_completes_everything) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 0, 0);
+  connack(&f, 0, NULL);
+  publish(&f, "a", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  drain(&f);
+  publish(&f, "b", 0, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0); /* in the output */
+  uvmqtt__session_lost(&f.s, UV_EOF, 1);
+  publish(&f, "c", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0); /* queued */
+  teardown(&f);
+  ck_assert_int_eq(f.done, 3);
+  ck_assert_int_eq(f.statuses[0], UV_EOF); /* QoS 0 lost with the output */
+  ck_assert_int_eq(f.statuses[1], UVMQTT_ECLOSED);
+  ck_assert_int_eq(f.statuses[2], UVMQTT_ECLOSED);
+}
+END_TEST
+
+Suite *uvmqtt_test_suite(void) {
+  Suite *s = suite_create("session");
+  TCase *flows = tcase_create("flows");
+  tcase_add_loop_test(flows, session_connect_and_connack, 0, 2);
+  tcase_add_loop_test(flows, session_publish_qos1_acked, 0, 2);
+  tcase_add_loop_test(flows, session_publish_qos2_flow, 0, 2);
+  tcase_add_test(flows, session_v5_puback_failure_reason_is_data);
+  tcase_add_loop_test(flows, session_unexpected_acks_ignored, 0, 2);
+  tcase_add_loop_test(flows, session_incoming_qos2_exactly_once, 0, 2);
+  tcase_add_loop_test(flows, session_incoming_qos1_acked_after_callback, 0, 2);
+  tcase_add_loop_test(flows, session_subscribe_request_roundtrip, 0, 2);
+  suite_add_tcase(s, flows);
+
+  TCase *limits = tcase_create("limits");
+  tcase_add_test(limits, session_receive_maximum_honoured);
+  tcase_add_test(limits, session_broker_limits_fail_locally);
+  tcase_add_test(limits, session_server_keep_alive_applied);
+  tcase_add_loop_test(limits, session_keepalive_ping_and_timeout, 0, 2);
+  tcase_add_test(limits, session_keepalive_pingresp_keeps_alive);
+  tcase_add_test(limits, session_packet_ids_never_reused_in_flight);
+  tcase_set_timeout(limits, 60);
+  suite_add_tcase(s, limits);
+
+  TCase *recon = tcase_create("reconnect");
+  tcase_add_loop_test(recon, session_resend_with_session_present, 0, 2);
+  tcase_add_loop_test(recon, session_republish_without_session, 0, 2);
+  tcase_add_test(recon, session_offline_queue_sent_on_connack);
+  tcase_add_test(recon, session_deadline_expires_unsent_only);
+  tcase_add_test(recon, session_drop_policy_fails_at_loss);
+  tcase_add_test(recon, session_queue_bounds);
+  tcase_add_test(recon, session_free_completes_everything);
+  suite_add_tcase(s, recon);
+
+  TCase *bad = tcase_create("bad_input");
+  tcase_add_test(bad, session_incoming_topic_alias);
+  tcase_add_test(bad, session_unknown_alias_rejected);
+  tcase_add_test(bad, session_malformed_input_sends_disconnect);
+  tcase_add_test(bad, session_packet_before_connack_is_protocol_error);
+  tcase_add_test(bad, session_refused_connack);
+  suite_add_tcase(s, bad);
+  return s;
+}

@@ -1,0 +1,268 @@
+/* Starts and stops a real Mosquitto for integration tests. */
+#include "broker.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+#define BROKER_READY_MS 5000
+#define BROKER_POLL_MS  20
+#define BROKER_STOP_MS  5000
+
+static void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+static long long now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int test_free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(sa);
+  int port = -1;
+  if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+      getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+    port = ntohs(sa.sin_port);
+  close(fd);
+  return port;
+}
+
+/* 1 when something accepts TCP connections on 127.0.0.1:port. */
+static int port_accepts(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return 0;
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sa.sin_port = htons((uint16_t)port);
+  int ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+  close(fd);
+  return ok;
+}
+
+static void path_in(const test_broker_t *b, const char *name, char *out, size_t cap) {
+  snprintf(out, cap, "%s/%s", b->dir, name);
+}
+
+static int write_config(const test_broker_t *b) {
+  char conf[512], log[512];
+  path_in(b, "mosquitto.conf", conf, sizeof(conf));
+  path_in(b, "mosquitto.log", log, sizeof(log));
+  FILE *f = fopen(conf, "w");
+  if (f == NULL) {
+    fprintf(stderr, "broker: cannot write %s: %s\n", conf, strerror(errno));
+    return -1;
+  }
+  fprintf(f, "listener %d 127.0.0.1\n", b->port);
+  fprintf(f, "allow_anonymous true\n");
+  fprintf(f, "log_dest file %s\n", log);
+  /* Started as root, Mosquitto 2 switches to the user "mosquitto", which may
+   * not write this directory; as any other user the line has no effect. */
+  fprintf(f, "user root\n");
+  if (strstr(b->extra, "persistence true") != NULL)
+    fprintf(f, "persistence_location %s/\n", b->dir);
+  fprintf(f, "%s\n", b->extra);
+  int bad = ferror(f);
+  if (fclose(f) != 0 || bad) {
+    fprintf(stderr, "broker: cannot write %s\n", conf);
+    return -1;
+  }
+  return 0;
+}
+
+static pid_t spawn(const test_broker_t *b) {
+  char conf[512], log[512];
+  path_in(b, "mosquitto.conf", conf, sizeof(conf));
+  path_in(b, "mosquitto.log", log, sizeof(log));
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid != 0) return pid;
+#ifdef __linux__
+  /* A test that crashes must not leave its broker running. */
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+#endif
+  int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+  if (fd >= 0) {
+    dup2(fd, STDOUT_FILENO);
+    dup2(fd, STDERR_FILENO);
+    close(fd);
+  }
+  int null_fd = open("/dev/null", O_RDONLY);
+  if (null_fd >= 0) {
+    dup2(null_fd, STDIN_FILENO);
+    close(null_fd);
+  }
+  char *argv[] = {"mosquitto", "-c", conf, NULL};
+  execvp(argv[0], argv);
+  /* /usr/sbin is often missing from PATH for users other than root. */
+  execv("/usr/sbin/mosquitto", argv);
+  _exit(127);
+}
+
+static void print_log(const test_broker_t *b) {
+  char log[512], line[512];
+  path_in(b, "mosquitto.log", log, sizeof(log));
+  FILE *f = fopen(log, "r");
+  if (f == NULL) return;
+  for (int i = 0; i < 50 && fgets(line, sizeof(line), f) != NULL; i++)
+    fprintf(stderr, "  %s", line);
+  fclose(f);
+}
+
+/* Starts mosquitto and waits until the port accepts. A broker that exits
+ * early (the port still held by the previous one) is started again while
+ * time remains. */
+static int launch(test_broker_t *b) {
+  long long deadline = now_ms() + BROKER_READY_MS;
+  b->pid = spawn(b);
+  if (b->pid < 0) {
+    fprintf(stderr, "broker: fork: %s\n", strerror(errno));
+    b->pid = 0;
+    return -1;
+  }
+  while (now_ms() < deadline) {
+    if (port_accepts(b->port)) return 0;
+    int status;
+    if (waitpid(b->pid, &status, WNOHANG) == b->pid) {
+      b->pid = 0;
+      if (WIFEXITED(status) && WEXITSTATUS(status) == 127) break;
+      sleep_ms(BROKER_POLL_MS * 5);
+      b->pid = spawn(b);
+      if (b->pid < 0) {
+        b->pid = 0;
+        break;
+      }
+      continue;
+    }
+    sleep_ms(BROKER_POLL_MS);
+  }
+  fprintf(stderr, "broker: mosquitto did not accept on port %d; log:\n", b->port);
+  print_log(b);
+  test_broker_stop(b);
+  return -1;
+}
+
+int test_broker_start(test_broker_t *b, const char *extra) {
+  memset(b, 0, sizeof(*b));
+  if (extra != NULL && strlen(extra) >= sizeof(b->extra)) {
+    fprintf(stderr, "broker: extra config too long\n");
+    return -1;
+  }
+  snprintf(b->extra, sizeof(b->extra), "%s", extra != NULL ? extra : "");
+  snprintf(b->dir, sizeof(b->dir), "/tmp/uvmqtt-broker-XXXXXX");
+  if (mkdtemp(b->dir) == NULL) {
+    fprintf(stderr, "broker: mkdtemp: %s\n", strerror(errno));
+    b->dir[0] = '\0';
+    return -1;
+  }
+  b->port = test_free_port();
+  if (b->port <= 0) {
+    fprintf(stderr, "broker: no free port\n");
+    return -1;
+  }
+  if (write_config(b) != 0) return -1;
+  return launch(b);
+}
+
+int test_broker_stop(test_broker_t *b) {
+  if (b->pid <= 0) return 0;
+  pid_t pid = b->pid;
+  b->pid = 0;
+  kill(pid, SIGTERM);
+  long long deadline = now_ms() + BROKER_STOP_MS;
+  int status;
+  while (now_ms() < deadline) {
+    pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) return 0;
+    if (r < 0) return -1;
+    sleep_ms(10);
+  }
+  fprintf(stderr, "broker: mosquitto ignored SIGTERM for %d ms, killing it\n", BROKER_STOP_MS);
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+  return -1;
+}
+
+int test_broker_restart(test_broker_t *b) {
+  if (b->dir[0] == '\0' || b->port <= 0) return -1;
+  test_broker_stop(b);
+  return launch(b);
+}
+
+static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+  (void)sb;
+  (void)flag;
+  (void)ftw;
+  remove(path);
+  return 0;
+}
+
+void test_broker_cleanup(test_broker_t *b) {
+  test_broker_stop(b);
+  if (b->dir[0] != '\0') nftw(b->dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+  b->dir[0] = '\0';
+}
+
+int test_run(const char *cmdline, int timeout_s) {
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    /* Its own process group, so a timeout ends the shell's children too. */
+    setpgid(0, 0);
+    execl("/bin/sh", "sh", "-c", cmdline, (char *)NULL);
+    _exit(127);
+  }
+  setpgid(pid, pid);
+  long long deadline = now_ms() + (long long)timeout_s * 1000;
+  int status;
+  for (;;) {
+    pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) break;
+    if (r < 0) return -1;
+    if (now_ms() >= deadline) {
+      fprintf(stderr, "test_run: timed out after %d s: %s\n", timeout_s, cmdline);
+      kill(-pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return -1;
+    }
+    sleep_ms(10);
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+const char *test_build_root(void) {
+  const char *s = getenv("UVMQTT_BUILD_ROOT");
+  return s != NULL && s[0] != '\0' ? s : ".";
+}
+
+const char *test_source_root(void) {
+  const char *s = getenv("UVMQTT_SOURCE_ROOT");
+  return s != NULL && s[0] != '\0' ? s : "..";
+}

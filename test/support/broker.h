@@ -1,0 +1,42 @@
+/* Starts and stops a real Mosquitto for integration tests: a config file in a
+ * fresh temporary directory, a free loopback port, stopped by its pid. */
+#ifndef TEST_BROKER_H
+#define TEST_BROKER_H
+
+#include <sys/types.h>
+
+typedef struct {
+  pid_t pid;
+  int port;
+  char dir[256];    /* temporary directory holding the config, log and persistence */
+  char extra[2048]; /* extra config lines given to broker_start, reused by restart */
+} test_broker_t;
+
+/* Writes a config (listener on 127.0.0.1:<free port>, allow_anonymous true,
+ * persistence in dir when `extra` asks for it, plus `extra` lines verbatim),
+ * starts mosquitto and waits (bounded, 5 s) until the port accepts.
+ * Returns 0 or -1 (with a message on stderr). */
+int test_broker_start(test_broker_t *b, const char *extra);
+
+/* SIGTERM, wait for exit (bounded; SIGKILL after 5 s). The directory stays. */
+int test_broker_stop(test_broker_t *b);
+
+/* Starts again on the same port, directory and config (persistence kept). */
+int test_broker_restart(test_broker_t *b);
+
+/* Stops if running and removes the directory. */
+void test_broker_cleanup(test_broker_t *b);
+
+/* A TCP port on 127.0.0.1 that nothing listens on right now. */
+int test_free_port(void);
+
+/* Runs a shell command line with a bound on its duration (seconds); returns
+ * its exit status, or -1. Output goes to the test's stdout. */
+int test_run(const char *cmdline, int timeout_s);
+
+/* The build and source roots (from UVMQTT_BUILD_ROOT / UVMQTT_SOURCE_ROOT,
+ * which the meson test environment sets). */
+const char *test_build_root(void);
+const char *test_source_root(void);
+
+#endif
