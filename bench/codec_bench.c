@@ -288,5 +288,12 @@ int main(int argc, char **argv) {
   }
   free(in);
   free(out);
+  /* The codec promises not to allocate; a count above zero is a bug. */
+  for (size_t m = 0; m < NMIXES; m++) {
+    if (res[m].allocs != 0) {
+      fprintf(stderr, "%s: the codec allocated %" PRIu64 " times\n", mixes[m].name, res[m].allocs);
+      return 3;
+    }
+  }
   return 0;
 }

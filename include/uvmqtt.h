@@ -20,6 +20,7 @@
 
 #include "uvmqtt/codec.h"
 #include "uvmqtt/errors.h"
+#include "uvmqtt/store.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -150,6 +151,56 @@ typedef enum {
   UVMQTT_OVERFLOW_DROP_OLDEST     /* the oldest unsent message completes with UVMQTT_EDROPPED */
 } uvmqtt_overflow_t;
 
+/* ---- TLS ---------------------------------------------------------------------- */
+
+/* Protocol versions for uvmqtt_tls_options_t.min_version. */
+#define UVMQTT_TLS_1_2 0x0303
+#define UVMQTT_TLS_1_3 0x0304
+
+/* Supplies the password of an encrypted private key: writes it into `buf`
+ * (at most `size` bytes, no terminator needed) and returns its length, or -1
+ * when there is none. Called from uvmqtt_client_init() only. */
+typedef int (*uvmqtt_tls_password_cb)(char *buf, int size, void *arg);
+
+/* TLS for "mqtts://" and "ssl://" servers (port 8883 by default). Zeroed
+ * options are safe: the system's trusted CAs, certificate and host-name
+ * verification, TLS 1.2 or later, server name indication. The client copies
+ * what it needs: the struct and its strings may be freed after init. */
+typedef struct {
+  /* Trusted CAs: a PEM file and/or a directory of hashed certificates
+   * (c_rehash). With neither, the system's trust store. */
+  const char *ca_file;
+  const char *ca_path;
+  /* The client certificate (a PEM chain, leaf first) and its private key
+   * (PEM), for brokers that ask for one. An encrypted key takes its password
+   * from `key_password` or, when that is NULL, from `key_password_cb`. */
+  const char *cert_file;
+  const char *key_file;
+  const char *key_password;
+  uvmqtt_tls_password_cb key_password_cb;
+  void *key_password_arg;
+  uint16_t min_version; /* UVMQTT_TLS_1_2 (0: the default) or UVMQTT_TLS_1_3 */
+  /* OpenSSL cipher strings: `ciphers` for TLS 1.2, `ciphersuites` for TLS
+   * 1.3. NULL: OpenSSL's defaults. */
+  const char *ciphers;
+  const char *ciphersuites;
+  /* ALPN protocol names offered in order, e.g. {"mqtt"} for brokers that
+   * share port 443 with other protocols. */
+  const char *const *alpn;
+  size_t alpn_count;
+  /* 1: send no server name (SNI). By default the URI's host name is sent,
+   * never an IP address. */
+  uint8_t no_sni;
+  /* 1: a full handshake on every connection. By default the session of the
+   * last connection is offered to the same server on the next, which saves
+   * a round trip and the certificate exchange. */
+  uint8_t no_resumption;
+  /* 1: accept any certificate for any name. Encryption without
+   * authentication: anyone on the path can read and change the traffic. For
+   * tests against self-signed brokers only. */
+  uint8_t insecure;
+} uvmqtt_tls_options_t;
+
 /* ---- Options ----------------------------------------------------------------- */
 
 typedef struct {
@@ -183,6 +234,10 @@ typedef struct {
   uint16_t topic_alias_out;
 
   uint32_t connect_timeout_ms; /* resolve + TCP + CONNACK; default 10000 */
+  /* The largest packet accepted from the broker (whole packet, bytes); a
+   * larger one closes the connection with UVMQTT_ETOOLARGE. v5 announces it
+   * as Maximum Packet Size unless connect_props sets one. 0: 16 MiB. */
+  uint32_t max_packet_size;
 
   /* Offline queue and outgoing buffer bounds (the backpressure limit):
    * messages not yet acknowledged and bytes not yet written. 0: defaults
@@ -196,6 +251,22 @@ typedef struct {
   uvmqtt_delivery_t delivery;          /* default: UNTIL_DELIVERED */
   uvmqtt_delivery_decide_fn decide;    /* for UVMQTT_DELIVERY_CUSTOM */
   void *decide_state;
+
+  /* Where outgoing messages and their in-flight state are kept (see
+   * uvmqtt/store.h). NULL: in memory only. The store must outlive the
+   * client; messages it holds from an earlier process are restored by
+   * uvmqtt_client_init() and sent after the first CONNACK (use the same
+   * client id and clean_start 0 for QoS 2 exactly once across restarts). */
+  const uvmqtt_store_t *store;
+
+  /* TLS settings for "mqtts://" servers; NULL: the defaults (see
+   * uvmqtt_tls_options_t). Certificate and host-name verification stay on
+   * unless `insecure` is set; a TLS server is never reached in plaintext.
+   * Given options, or a TLS server in the list, make uvmqtt_client_init()
+   * load the CAs and keys at once, so it fails with UVMQTT_ETLSCONFIG when a
+   * file cannot be read. Handshake failures reach on_connect as
+   * UVMQTT_ETLS* errors. */
+  const uvmqtt_tls_options_t *tls;
 } uvmqtt_options_t;
 
 /* Fills `opts` with the defaults. */
@@ -237,6 +308,10 @@ typedef struct {
    * acknowledged after this returns. */
   uvmqtt_message_cb on_message;
   uvmqtt_pre_connect_cb pre_connect;
+  /* With a store: the message published with `arg` is durable (status 0)
+   * under the store's sync policy, so the application may forget it; or the
+   * store failed (status < 0) and the message lives in memory only. */
+  void (*on_stored)(uvmqtt_client_t *client, int status, void *arg);
 } uvmqtt_callbacks_t;
 
 /* A publish finished. status 0: QoS 0 written to the socket, QoS 1 PUBACK,

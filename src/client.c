@@ -161,8 +161,21 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
   if (opts->max_queued) c->sess.max_queued = opts->max_queued;
   if (opts->max_queued_bytes) c->sess.max_queued_bytes = opts->max_queued_bytes;
   c->sess.overflow = opts->overflow;
+  if (opts->max_packet_size) c->sess.our_max_packet = opts->max_packet_size;
   c->sess.decide = opts->decide;
   c->sess.decide_state = opts->decide_state;
+  c->sess.store = opts->store;
+  if (opts->store) {
+    uv_timeval64_t tv;
+    int64_t unix_ms = uv_gettimeofday(&tv) == 0 ? tv.tv_sec * 1000 + tv.tv_usec / 1000 : 0;
+    c->sess.wall_offset_ms = unix_ms - (int64_t)uv_now(loop);
+    err = uvmqtt__session_restore(&c->sess, uv_now(loop));
+    if (err) {
+      uvmqtt__client_free(c);
+      client->impl = NULL;
+      return err;
+    }
+  }
   uvmqtt__client_timer_init(c);
   return 0;
 }

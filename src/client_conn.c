@@ -91,6 +91,11 @@ static void flush(uvmqtt__client_t *c) {
     *tail = w;
     break;
   }
+  /* An idle connection holds no write bookkeeping. */
+  if (c->writes == NULL && c->spare_write) {
+    uvmqtt__free(c->spare_write);
+    c->spare_write = NULL;
+  }
   if (c->state == UVMQTT__C_DISCONNECTING && c->writes == NULL &&
       uvmqtt__session_pending(&c->sess) == 0)
     close_transport(c);
@@ -127,7 +132,13 @@ static void build_connect(uvmqtt__client_t *c, uvmqtt_packet_t *p) {
     cn->password.data = c->password;
     cn->password.len = (uint32_t)c->password_len;
   }
-  if (c->connect_props && c->version == UVMQTT_V5) p->props = *c->connect_props;
+  if (c->version == UVMQTT_V5) {
+    if (c->connect_props) p->props = *c->connect_props;
+    if (!UVMQTT_HAS(&p->props, UVMQTT_PROP_MAXIMUM_PACKET_SIZE)) {
+      p->props.has |= 1ull << UVMQTT_PROP_MAXIMUM_PACKET_SIZE;
+      p->props.maximum_packet_size = c->sess.our_max_packet;
+    }
+  }
 }
 
 void uvmqtt__client_start_attempt(uvmqtt__client_t *c) {
@@ -310,6 +321,8 @@ static void on_timer(uv_timer_t *timer) {
     uvmqtt__client_start_attempt(c);
   }
   if (c->closing) return;
+  (void)uvmqtt__session_report_store_failures(&c->sess);
+  if (c->closing) return;
   int err = uvmqtt__session_tick(&c->sess, now);
   if (c->closing) return;
   if (err) uvmqtt__client_lost(c, err);
@@ -400,8 +413,13 @@ static int ev_disconnect(void *owner, const uvmqtt_packet_t *p) {
   return c->closing;
 }
 
+static void ev_stored(void *owner, void *arg, int status) {
+  uvmqtt__client_t *c = owner;
+  if (c->cbs.on_stored && !c->closing) c->cbs.on_stored(c->handle, status, arg);
+}
+
 const uvmqtt__session_events_t uvmqtt__client_session_events = {
-    ev_connack, ev_message, ev_publish_done, ev_request_done, ev_disconnect};
+    ev_connack, ev_message, ev_publish_done, ev_request_done, ev_disconnect, ev_stored};
 
 /* ---- Close
  * ---------------------------------------------------------------------------------------- */

@@ -80,22 +80,29 @@ static int reason_ok(uint8_t type, uint8_t version, uint8_t rc) {
   return rc == 0;
 }
 
-/* 1 if t[0..n) holds '+' or '#'. Those two differ only in bit 3, so
- * (c | 8) == '+' finds both; eight bytes at a time, since this runs on every
- * PUBLISH topic. */
+/* 1 if one of the eight bytes at p is '+' or '#'. Those two differ only in
+ * bit 3, so (c | 8) == '+' finds both. */
+static inline int wild8(const uint8_t *p) {
+  uint64_t w;
+  memcpy(&w, p, 8);
+  uint64_t v = (w | 0x0808080808080808ull) ^ 0x2B2B2B2B2B2B2B2Bull;
+  /* Nonzero exactly when some byte of v is zero. */
+  return ((v - 0x0101010101010101ull) & ~v & 0x8080808080808080ull) != 0;
+}
+
+/* 1 if t[0..n) holds a wildcard. Runs on every PUBLISH topic, so it looks at
+ * eight bytes at a time; the last eight may overlap the ones before. */
 static int has_wildcard(const uint8_t *t, size_t n) {
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t w;
-    memcpy(&w, t + i, 8);
-    uint64_t v = (w | 0x0808080808080808ull) ^ 0x2B2B2B2B2B2B2B2Bull;
-    /* Nonzero exactly when some byte of v is zero. */
-    if ((v - 0x0101010101010101ull) & ~v & 0x8080808080808080ull) return 1;
+  if (n < 8) {
+    for (size_t i = 0; i < n; i++) {
+      if ((t[i] | 8) == '+') return 1;
+    }
+    return 0;
   }
-  for (; i < n; i++) {
-    if ((t[i] | 8) == '+') return 1;
+  for (size_t i = 0; i + 8 < n; i += 8) {
+    if (wild8(t + i)) return 1;
   }
-  return 0;
+  return wild8(t + n - 8);
 }
 
 /* A topic name other than empty: valid UTF-8 without wildcards. */
@@ -347,11 +354,11 @@ static int decode_body(uint8_t header, const uint8_t *b, size_t n, uint8_t versi
   pkt->props.has = 0;
   if (type == UVMQTT_PUBLISH) {
     /* Only the property fields need clearing: the publish view is set whole. */
-    if (version != UVMQTT_V5) memset(&pkt->props, 0, sizeof(pkt->props));
+    if (version != UVMQTT_V5) pkt->props = uvmqtt__no_props;
     err = decode_publish(&r, header, version, pkt);
     return err ? err : 0;
   }
-  memset(&pkt->props, 0, sizeof(pkt->props));
+  pkt->props = uvmqtt__no_props;
   memset(&pkt->u, 0, sizeof(pkt->u));
   switch (type) {
   case UVMQTT_CONNECT: err = decode_connect(&r, pkt); break;

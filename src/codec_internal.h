@@ -64,6 +64,10 @@ static inline void uvmqtt__put32(uint8_t *p, uint32_t v) {
   p[3] = (uint8_t)v;
 }
 
+/* An empty property set. Assigning it clears a set with plain vector moves,
+ * where memset() of this size may become a slow string instruction. */
+extern const uvmqtt_props_t uvmqtt__no_props;
+
 /* 1 if no property would be encoded for `props`. */
 int uvmqtt__props_empty(const uvmqtt_props_t *props);
 

@@ -82,18 +82,20 @@ static const prop_info_t props_table[NPROPS] = {
       K(UVMQTT_PROPS_CONNACK)),
 };
 
-static const prop_info_t *lookup(uint8_t id) {
+const uvmqtt_props_t uvmqtt__no_props;
+
+static inline const prop_info_t *lookup(uint8_t id) {
   if (id >= NPROPS || props_table[id].type == T_NONE) return NULL;
   return &props_table[id];
 }
 
 /* 1 if `id` may appear more than once in a property set of `kind`. */
-static int repeatable(uint8_t id, uvmqtt_props_kind_t kind) {
+static inline int repeatable(uint8_t id, uvmqtt_props_kind_t kind) {
   return id == UVMQTT_PROP_USER_PROPERTY ||
          (id == UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER && kind == UVMQTT_PROPS_PUBLISH);
 }
 
-static int check_number(const prop_info_t *info, uint32_t v) {
+static inline int check_number(const prop_info_t *info, uint32_t v) {
   if ((info->rules & V_BOOL) && v > 1) return UVMQTT_EPROPVALUE;
   if ((info->rules & V_NONZERO) && v == 0) return UVMQTT_EPROPVALUE;
   return 0;
@@ -113,7 +115,7 @@ static int check_string(const prop_info_t *info, uvmqtt_bytes_t s) {
 }
 
 /* Reads a two-byte length and that many bytes from [*p, end). */
-static int read_bytes(const uint8_t **p, const uint8_t *end, uvmqtt_bytes_t *out) {
+static inline int read_bytes(const uint8_t **p, const uint8_t *end, uvmqtt_bytes_t *out) {
   if (end - *p < 2) return UVMQTT_EPROPLEN;
   uint32_t n = uvmqtt__get16(*p);
   if ((size_t)(end - *p) - 2 < n) return UVMQTT_EPROPLEN;
@@ -171,7 +173,7 @@ int uvmqtt_props_next(uvmqtt_bytes_t raw, size_t *offset, uvmqtt_prop_t *out) {
 
 int uvmqtt__props_decode(const uint8_t *p, size_t avail, uvmqtt_props_kind_t kind,
                          uvmqtt_props_t *out, size_t *used) {
-  memset(out, 0, sizeof(*out));
+  *out = uvmqtt__no_props;
   uint32_t block;
   int n = uvmqtt__varint_read(p, avail, &block);
   if (n == 0) return UVMQTT_ESHORT;
@@ -185,6 +187,8 @@ int uvmqtt__props_decode(const uint8_t *p, size_t avail, uvmqtt_props_kind_t kin
   out->raw.data = q;
   out->raw.len = block;
   uint32_t allowed = K(kind);
+  /* One pass per property: bounds, value rules and the store together, as
+   * this runs for every PUBLISH that carries properties. */
   while (q < end) {
     uint8_t id = *q++;
     const prop_info_t *info = lookup(id);
@@ -193,38 +197,55 @@ int uvmqtt__props_decode(const uint8_t *p, size_t avail, uvmqtt_props_kind_t kin
     if ((out->has & bit) && !repeatable(id, kind)) return UVMQTT_EDUPPROP;
     out->has |= bit;
 
-    uvmqtt_prop_t v;
-    int err = read_value(info->type, &q, end, &v);
-    if (err) return err;
+    size_t left = (size_t)(end - q);
     char *field = (char *)out + info->offset;
+    uint32_t v;
+    uvmqtt_bytes_t str, value;
+    int err;
     switch (info->type) {
     case T_BYTE:
+      if (left < 1) return UVMQTT_EPROPLEN;
+      v = *q++;
+      if ((err = check_number(info, v))) return err;
+      *(uint8_t *)field = (uint8_t)v;
+      break;
     case T_U16:
+      if (left < 2) return UVMQTT_EPROPLEN;
+      v = uvmqtt__get16(q);
+      q += 2;
+      if ((err = check_number(info, v))) return err;
+      *(uint16_t *)field = (uint16_t)v;
+      break;
     case T_U32:
+      if (left < 4) return UVMQTT_EPROPLEN;
+      v = uvmqtt__get32(q);
+      q += 4;
+      if ((err = check_number(info, v))) return err;
+      *(uint32_t *)field = v;
+      break;
     case T_VARINT:
-      err = check_number(info, v.u32);
-      if (err) return err;
-      if (info->type == T_BYTE) {
-        *(uint8_t *)field = (uint8_t)v.u32;
-      } else if (info->type == T_U16) {
-        *(uint16_t *)field = (uint16_t)v.u32;
-      } else if (id == UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER) {
-        /* The field keeps the first identifier; the count reaches the rest. */
-        if (out->sub_id_count++ == 0) out->subscription_id = v.u32;
-      } else {
-        *(uint32_t *)field = v.u32;
-      }
+      n = uvmqtt__varint_read(q, left, &v);
+      if (n == 0) return UVMQTT_EPROPLEN;
+      if (n < 0) return n;
+      q += n;
+      if ((err = check_number(info, v))) return err;
+      /* Only the Subscription Identifier is a varint; the field keeps the
+       * first one and the count reaches the rest. */
+      if (out->sub_id_count++ == 0) out->subscription_id = v;
       break;
     case T_STR:
-      err = check_string(info, v.str);
-      if (err) return err;
-      *(uvmqtt_bytes_t *)field = v.str;
+      if ((err = read_bytes(&q, end, &str))) return err;
+      if ((err = check_string(info, str))) return err;
+      *(uvmqtt_bytes_t *)field = str;
       break;
-    case T_BIN: *(uvmqtt_bytes_t *)field = v.str; break;
+    case T_BIN:
+      if ((err = read_bytes(&q, end, &str))) return err;
+      *(uvmqtt_bytes_t *)field = str;
+      break;
     default:
-      err = uvmqtt_utf8_check(v.str.data, v.str.len);
-      if (!err) err = uvmqtt_utf8_check(v.value.data, v.value.len);
-      if (err) return err;
+      if ((err = read_bytes(&q, end, &str)) || (err = read_bytes(&q, end, &value))) return err;
+      if ((err = uvmqtt_utf8_check(str.data, str.len))) return err;
+      if ((err = uvmqtt_utf8_check(value.data, value.len))) return err;
       out->user_count++;
       break;
     }
@@ -335,27 +356,24 @@ static void field_value(const uvmqtt_props_t *props, const prop_info_t *info, uv
  * identifier order. Validation runs the same way in both modes. */
 static int put_props(const uvmqtt_props_t *props, uvmqtt_props_kind_t kind, uint8_t *out,
                      uint32_t *size) {
-  uint64_t known = 0;
-  for (uint8_t id = 0; id < NPROPS; id++) {
-    if (props_table[id].type != T_NONE) known |= 1ull << id;
-  }
-  if (props->has & ~known) return UVMQTT_EBADPROP;
+  const uint64_t user_bit = 1ull << UVMQTT_PROP_USER_PROPERTY;
+  const uint64_t sub_bit = 1ull << UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER;
+  /* The lists count, not their bits: a set built by hand may leave them out. */
+  uint64_t todo = props->has & ~user_bit;
+  if (props->user_count) todo |= user_bit;
+  if (props->sub_id_count) todo |= sub_bit;
 
   *size = 0;
-  for (uint8_t id = 1; id < NPROPS; id++) {
+  while (todo) {
+    uint8_t id = (uint8_t)__builtin_ctzll(todo);
+    todo &= todo - 1;
     const prop_info_t *info = lookup(id);
-    if (info == NULL) continue;
-    int list = id == UVMQTT_PROP_USER_PROPERTY ||
-               (id == UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER && props->sub_id_count > 0);
-    int present =
-        list ? (id == UVMQTT_PROP_USER_PROPERTY ? props->user_count : props->sub_id_count) > 0
-             : (int)((props->has >> id) & 1u);
-    if (!present) continue;
-    if (!(info->kinds & K(kind))) return UVMQTT_EBADPROP;
+    if (info == NULL || !(info->kinds & K(kind))) return UVMQTT_EBADPROP;
 
     uvmqtt_prop_t v;
     int err;
-    if (!list) {
+    if (id != UVMQTT_PROP_USER_PROPERTY &&
+        (id != UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER || props->sub_id_count == 0)) {
       field_value(props, info, &v);
       err = put_value(info, id, &v, out ? out + *size : NULL, size);
       if (err) return err;

@@ -7,6 +7,7 @@
 
 #define DEFAULT_MAX_QUEUED       65536u
 #define DEFAULT_MAX_QUEUED_BYTES (16u * 1024u * 1024u)
+#define DEFAULT_MAX_PACKET       (16u * 1024u * 1024u)
 /* Without a broker Receive Maximum (3.1.1), cap our own window. */
 #define DEFAULT_WINDOW 65535u
 
@@ -60,6 +61,85 @@ static void list_prepend_all(uvmqtt__msg_list_t *to, uvmqtt__msg_list_t *from) {
   to->head = from->head;
   if (to->tail == NULL) to->tail = from->tail;
   from->head = from->tail = NULL;
+}
+
+/* ---- Store hooks ---------------------------------------------------------- */
+
+static void store_update(uvmqtt__session_t *s, const uvmqtt__msg_t *m, uint8_t phase) {
+  /* An update the store cannot make leaves the log one phase behind: after a
+   * crash the message is resent (at least once), never lost. */
+  if (s->store) (void)s->store->update(s->store->state, m->seq, phase, m->id);
+}
+
+static void store_wait_unlink(uvmqtt__session_t *s, uvmqtt__store_wait_t *w) {
+  if (w->prev)
+    w->prev->next = w->next;
+  else if (s && s->store_waits == w)
+    s->store_waits = w->next;
+  if (w->next) w->next->prev = w->prev;
+  w->next = w->prev = NULL;
+}
+
+static void on_store_done(void *arg, int status) {
+  uvmqtt__store_wait_t *w = arg;
+  uvmqtt__session_t *s = w->s;
+  if (s) {
+    store_wait_unlink(s, w);
+    if (s->ev->stored) s->ev->stored(s->owner, w->arg, status);
+  }
+  uvmqtt__free(w);
+}
+
+static int store_append(uvmqtt__session_t *s, const uvmqtt__msg_t *m) {
+  uvmqtt__store_wait_t *w = uvmqtt__calloc(1, sizeof *w);
+  if (w == NULL) return UVMQTT_ENOMEM;
+  w->s = s;
+  w->arg = m->arg;
+  uvmqtt_store_record_t rec;
+  memset(&rec, 0, sizeof rec);
+  rec.seq = m->seq;
+  rec.packet = m->data;
+  rec.len = m->len;
+  rec.phase = UVMQTT_STORE_QUEUED;
+  rec.policy = m->policy;
+  rec.deadline_unix_ms = m->deadline ? (uint64_t)((int64_t)m->deadline + s->wall_offset_ms) : 0;
+  int err = s->store->append(s->store->state, &rec, on_store_done, w);
+  if (err) {
+    /* Kept in memory all the same; the owner reports the failure later,
+     * never from inside the publish call. */
+    w->status = err;
+    w->next = s->store_failed;
+    s->store_failed = w;
+    return 0;
+  }
+  w->next = s->store_waits;
+  if (w->next) w->next->prev = w;
+  s->store_waits = w;
+  return 0;
+}
+
+int uvmqtt__session_report_store_failures(uvmqtt__session_t *s) {
+  int any = 0;
+  while (s->store_failed) {
+    uvmqtt__store_wait_t *w = s->store_failed;
+    s->store_failed = w->next;
+    if (s->ev->stored) s->ev->stored(s->owner, w->arg, w->status);
+    uvmqtt__free(w);
+    any = 1;
+  }
+  return any;
+}
+
+static void store_detach(uvmqtt__session_t *s) {
+  /* Appends still in progress finish after the session is gone. */
+  for (uvmqtt__store_wait_t *w = s->store_waits; w; w = w->next)
+    w->s = NULL;
+  s->store_waits = NULL;
+  while (s->store_failed) {
+    uvmqtt__store_wait_t *w = s->store_failed;
+    s->store_failed = w->next;
+    uvmqtt__free(w);
+  }
 }
 
 /* ---- Output --------------------------------------------------------------- */
@@ -122,10 +202,12 @@ void uvmqtt__session_init(uvmqtt__session_t *s, void *owner, const uvmqtt__sessi
   s->broker_receive_max = DEFAULT_WINDOW;
   s->max_queued = DEFAULT_MAX_QUEUED;
   s->max_queued_bytes = DEFAULT_MAX_QUEUED_BYTES;
+  s->our_max_packet = DEFAULT_MAX_PACKET;
   uvmqtt_decoder_init(&s->dec, version, 0, &dec_mem);
 }
 
 static void msg_finish(uvmqtt__session_t *s, uvmqtt__msg_t *m, int status, uint8_t reason) {
+  store_update(s, m, UVMQTT_STORE_DONE);
   s->queued--;
   s->queued_bytes -= m->len;
   if (s->ev->publish_done) s->ev->publish_done(s->owner, m, status, reason);
@@ -162,6 +244,7 @@ void uvmqtt__session_free(uvmqtt__session_t *s, int status) {
   uvmqtt_decoder_reset(&s->dec);
   uvmqtt__free(s->out.buf);
   memset(&s->out, 0, sizeof s->out);
+  store_detach(s);
 }
 
 /* ---- Packet ids ------------------------------------------------------------------- */
@@ -217,9 +300,13 @@ int uvmqtt__session_connect(uvmqtt__session_t *s, const uvmqtt_packet_t *connect
       aliases_free(s);
       s->our_alias_max = alias_max;
     }
-    s->dec.max_packet_size =
-        UVMQTT_HAS(p, UVMQTT_PROP_MAXIMUM_PACKET_SIZE) ? p->maximum_packet_size : 0;
   }
+  /* Never unbounded: the decoder buffers a split packet at its declared
+   * size, so a limit is what keeps five bytes from costing 256 MiB. */
+  s->dec.max_packet_size =
+      (s->version == UVMQTT_V5 && UVMQTT_HAS(&connect->props, UVMQTT_PROP_MAXIMUM_PACKET_SIZE))
+          ? connect->props.maximum_packet_size
+          : s->our_max_packet;
   s->state = UVMQTT__S_CONNECTING;
   s->ping_outstanding = 0;
   s->last_recv = now;
@@ -246,6 +333,7 @@ static void requeue_window_as_new(uvmqtt__session_t *s) {
     }
     m->state = UVMQTT__MSG_QUEUED;
     m->data[0] &= (uint8_t)~0x08; /* not a duplicate for a broker without the session */
+    store_update(s, m, UVMQTT_STORE_QUEUED);
     list_push(&again, m);
   }
   list_prepend_all(&s->queue, &again);
@@ -370,6 +458,7 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
     fixed++;
   fixed++;
   m->next = NULL;
+  m->seq = s->next_seq++;
   m->created = now;
   m->deadline = (policy == UVMQTT_DELIVERY_DEADLINE) ? now + deadline_ms : 0;
   m->serial = 0;
@@ -384,6 +473,13 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
   m->policy = policy;
   m->state = UVMQTT__MSG_QUEUED;
   m->sent = 0;
+  if (s->store) {
+    err = store_append(s, m);
+    if (err) {
+      uvmqtt__free(m);
+      return err;
+    }
+  }
   s->queued++;
   s->queued_bytes += m->len;
   list_push(&s->queue, m);
@@ -422,6 +518,7 @@ void uvmqtt__session_pump(uvmqtt__session_t *s, uint64_t now) {
       m->state = UVMQTT__MSG_WAIT_ACK;
       s->inflight++;
       list_push(&s->window, m);
+      store_update(s, m, UVMQTT_STORE_SENT);
     }
   }
   if (expiry_changed) recompute_expiry(s);
@@ -499,6 +596,7 @@ static int on_ack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t now) 
     if (m && m->qos == 2 && m->state == UVMQTT__MSG_WAIT_ACK) {
       if (p->reason >= 0x80) return window_complete(s, prev, m, p->reason, now);
       m->state = UVMQTT__MSG_WAIT_COMP;
+      store_update(s, m, UVMQTT_STORE_PUBREC);
       return out_ack(s, UVMQTT_PUBREL, p->packet_id, 0, now);
     }
     if (m && m->state == UVMQTT__MSG_WAIT_COMP)
@@ -757,6 +855,77 @@ uint64_t uvmqtt__session_next_deadline(const uvmqtt__session_t *s) {
     if (next == 0 || t < next) next = t;
   }
   return next;
+}
+
+/* ---- Restore from a store ------------------------------------------------------------ */
+
+typedef struct {
+  uvmqtt__session_t *s;
+  uint64_t now;
+  int err;
+} restore_ctx_t;
+
+static void restore_one(void *arg, const uvmqtt_store_record_t *rec) {
+  restore_ctx_t *ctx = arg;
+  uvmqtt__session_t *s = ctx->s;
+  if (ctx->err) return;
+  /* Only well-formed PUBLISH packets of our version come back. */
+  uvmqtt_packet_t p;
+  if (rec->len < 2 || (rec->packet[0] >> 4) != UVMQTT_PUBLISH ||
+      uvmqtt_decode_packet(rec->packet, rec->len, s->version, &p) != 0) {
+    ctx->err = UVMQTT_EMALFORMED;
+    return;
+  }
+  uvmqtt__msg_t *m = uvmqtt__malloc(sizeof *m + rec->len);
+  if (m == NULL) {
+    ctx->err = UVMQTT_ENOMEM;
+    return;
+  }
+  memset(m, 0, sizeof *m);
+  memcpy(m->data, rec->packet, rec->len);
+  uint32_t fixed = 1;
+  while (m->data[fixed] & 0x80)
+    fixed++;
+  fixed++;
+  m->seq = rec->seq;
+  m->created = ctx->now;
+  if (rec->deadline_unix_ms) {
+    int64_t local = (int64_t)rec->deadline_unix_ms - s->wall_offset_ms;
+    m->deadline = local > 0 ? (uint64_t)local : 1;
+  }
+  m->len = rec->len;
+  m->topic_off = fixed + 2;
+  m->topic_len = (uint16_t)p.u.publish.topic.len;
+  m->qos = p.u.publish.qos;
+  m->id_off = m->qos ? fixed + 2 + m->topic_len : 0;
+  m->policy = rec->policy ? rec->policy : UVMQTT_DELIVERY_UNTIL_DELIVERED;
+  if (s->next_seq <= rec->seq) s->next_seq = rec->seq + 1;
+  s->queued++;
+  s->queued_bytes += m->len;
+  if (m->qos > 0 && rec->phase != UVMQTT_STORE_QUEUED && rec->packet_id != 0) {
+    m->id = rec->packet_id;
+    m->data[m->id_off] = (uint8_t)(m->id >> 8);
+    m->data[m->id_off + 1] = (uint8_t)m->id;
+    m->sent = 1;
+    m->serial = s->ids_issued++;
+    m->state = rec->phase == UVMQTT_STORE_PUBREC ? UVMQTT__MSG_WAIT_COMP : UVMQTT__MSG_WAIT_ACK;
+    s->inflight++;
+    list_push(&s->window, m);
+    /* New ids start after the restored ones, so they cannot collide. */
+    if (m->id >= s->next_id) s->next_id = (uint16_t)(m->id + 1); /* 0 is skipped */
+  } else {
+    m->state = UVMQTT__MSG_QUEUED;
+    list_push(&s->queue, m);
+  }
+}
+
+int uvmqtt__session_restore(uvmqtt__session_t *s, uint64_t now) {
+  if (s->store == NULL || s->store->load == NULL) return 0;
+  restore_ctx_t ctx = {s, now, 0};
+  int err = s->store->load(s->store->state, restore_one, &ctx);
+  if (err == 0) err = ctx.err;
+  recompute_expiry(s);
+  return err;
 }
 
 /* ---- Output hand-off ------------------------------------------------------------------------ */

@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "uvmqtt.h"
+#include "uvmqtt/store.h"
 
 typedef struct uvmqtt__msg_s uvmqtt__msg_t;
 typedef struct uvmqtt__req_s uvmqtt__req_t;
@@ -27,6 +28,7 @@ typedef struct uvmqtt__req_s uvmqtt__req_t;
  * when it is sent). One allocation. */
 struct uvmqtt__msg_s {
   uvmqtt__msg_t *next;
+  uint64_t seq;      /* publish order, the store's key */
   uint64_t created;  /* ms */
   uint64_t deadline; /* ms; 0: none */
   uint64_t serial;   /* id issue order, for the cheap id collision check */
@@ -76,7 +78,19 @@ typedef struct {
   int (*request_done)(void *owner, uvmqtt__req_t *req, int status, const uvmqtt_packet_t *ack);
   /* A v5 DISCONNECT from the broker; the owner closes the connection. */
   int (*disconnect)(void *owner, const uvmqtt_packet_t *pkt);
+  /* The store has (status 0) or could not keep (status < 0) the message
+   * published with `arg`. */
+  void (*stored)(void *owner, void *arg, int status);
 } uvmqtt__session_events_t;
+
+/* An append the store has not confirmed yet. */
+typedef struct uvmqtt__store_wait_s {
+  struct uvmqtt__store_wait_s *next;
+  struct uvmqtt__store_wait_s *prev;
+  struct uvmqtt__session_s *s; /* NULL once the session is gone */
+  void *arg;
+  int status; /* for appends the store refused at once */
+} uvmqtt__store_wait_t;
 
 typedef enum {
   UVMQTT__S_OFFLINE = 0,
@@ -113,6 +127,7 @@ typedef struct uvmqtt__session_s {
   uint16_t our_alias_max;   /* incoming topic aliases we accept (v5) */
   uint16_t next_id;
   uint32_t broker_max_packet; /* 0: none */
+  uint32_t our_max_packet;    /* incoming limit when CONNECT does not announce one */
   uint32_t inflight;          /* QoS 1/2 in the window */
   uint32_t queued;            /* messages held, sent or not */
   size_t queued_bytes;
@@ -135,11 +150,25 @@ typedef struct uvmqtt__session_s {
   uvmqtt_bytes_t *aliases; /* incoming topic aliases, index alias-1, owned copies */
   uvmqtt_delivery_decide_fn decide;
   void *decide_state;
+  const uvmqtt_store_t *store; /* NULL: messages live in memory only */
+  uint64_t next_seq;
+  int64_t wall_offset_ms;             /* unix ms minus session ms, for stored deadlines */
+  uvmqtt__store_wait_t *store_waits;  /* appends in progress */
+  uvmqtt__store_wait_t *store_failed; /* refused appends to report */
 } uvmqtt__session_t;
 
 /* Prepares an offline session. Never allocates. */
 void uvmqtt__session_init(uvmqtt__session_t *s, void *owner, const uvmqtt__session_events_t *ev,
                           uint8_t version);
+
+/* Rebuilds the queue and the in-flight window from the session's store
+ * (messages a previous process left unfinished). Call before the first
+ * connect. Returns 0 or the store's error. */
+int uvmqtt__session_restore(uvmqtt__session_t *s, uint64_t now);
+
+/* Reports appends the store refused at once (the messages stay queued in
+ * memory). Returns 1 if there was any. */
+int uvmqtt__session_report_store_failures(uvmqtt__session_t *s);
 
 /* Frees everything; every message and request completes with `status`
  * (publish_done/request_done run). */

@@ -8,6 +8,14 @@
 
 #include "uvmqtt/codec.h"
 
+/* The scan is instantiated twice, with and without the wildcard test;
+ * forcing it inline lets each copy drop the other's branch. */
+#if defined(__GNUC__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+
 #define HIGH_BITS 0x8080808080808080ull
 #define LOW_BITS  0x0101010101010101ull
 #define PLUS8     0x2B2B2B2B2B2B2B2Bull
@@ -22,7 +30,7 @@ static inline uint64_t zero_bytes(uint64_t x) {
 /* True when the eight bytes at s are all ASCII, none is NUL and, when
  * `wild` is set, none is '+' or '#'. A byte >= 0x80 sets its own high bit,
  * so the zero-byte tests only ever run on ASCII lanes that matter. */
-static inline int clean8(const uint8_t *s, int wild) {
+static ALWAYS_INLINE int clean8(const uint8_t *s, int wild) {
   uint64_t v;
   memcpy(&v, s, sizeof v);
   uint64_t bad = v | zero_bytes(v);
@@ -55,7 +63,7 @@ static inline size_t multibyte(const uint8_t *s, size_t left) {
   return 0;
 }
 
-static inline int scan(const uint8_t *s, size_t len, int wild) {
+static ALWAYS_INLINE int scan(const uint8_t *s, size_t len, int wild) {
   size_t i = 0;
   while (i < len) {
     if (len - i >= 8) {

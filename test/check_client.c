@@ -358,13 +358,10 @@ static struct {
   peer_t a, b, c;
   int done;
   uint8_t qos;
-  int count;  /* messages to publish */
-  int expect; /* messages expected */
   int subscribed;
   int seen[1000];
   int got_a, got_b, got_default, got_will, got_mark, got_topic;
   uint8_t *payloads[5];
-  char password_dir[64];
 } g;
 
 /* ---- Connect and disconnect --------------------------------------------------------------- */
@@ -409,28 +406,28 @@ START_TEST(client_connect_disconnect) {
 }
 END_TEST
 
-static void hook_stop_connected(peer_t *p, int status) {
+static void stopped_attempt_connected(peer_t *p, int status) {
   ck_assert_msg(status == 0, "connect: %s", uvmqtt_err_name(status));
   ck_assert_int_eq(p->pre_connect_calls, 2);
   peer_close(p);
 }
 
-static void hook_stop_retry(peer_t *p) {
-  /* The stopped attempt reported nothing and left the client stopped, so
-   * it connects again. */
+/* An attempt stopped by uvmqtt_disconnect() reports nothing and leaves the
+ * client stopped, so it connects again. */
+static void stopped_attempt_retry(peer_t *p) {
   ck_assert_int_eq(p->connect_calls, 0);
   ck_assert_int_eq(p->disconnect_calls, 0);
   p->pre_connect = NULL;
-  p->connected = hook_stop_connected;
+  p->connected = stopped_attempt_connected;
   int rc = uvmqtt_connect(&p->client);
-  ck_assert_msg(rc == 0, "connect after a disconnect in pre_connect: %s", uvmqtt_err_name(rc));
+  ck_assert_msg(rc == 0, "connect after a stopped attempt: %s", uvmqtt_err_name(rc));
 }
 
 static void hook_stop(peer_t *p, uint32_t attempt) {
   ck_assert_uint_eq(attempt, 1);
   int rc = uvmqtt_disconnect(&p->client, 0);
   ck_assert_msg(rc == 0, "disconnect in pre_connect: %s", uvmqtt_err_name(rc));
-  peer_after(p, 100, hook_stop_retry);
+  peer_after(p, 100, stopped_attempt_retry);
 }
 
 START_TEST(client_disconnect_in_pre_connect) {
@@ -441,6 +438,27 @@ START_TEST(client_disconnect_in_pre_connect) {
   peer_init(p, v, NULL);
   p->pre_connect = hook_stop;
   peer_connect(p);
+  loop_run();
+  ck_assert_int_eq(p->pre_connect_calls, 2);
+  ck_assert_int_eq(p->connect_calls, 1);
+  ck_assert_int_eq(p->connect_status, 0);
+  ck_assert_int_eq(p->disconnect_calls, 0);
+  ck_assert_int_eq(p->close_calls, 1);
+  loop_finish();
+  broker_finish();
+}
+END_TEST
+
+START_TEST(client_disconnect_while_connecting) {
+  uint8_t v = version_of(_i);
+  broker_start("");
+  loop_start(WATCHDOG_MS);
+  peer_t *p = &g.a;
+  peer_init(p, v, NULL);
+  peer_connect(p);
+  /* The TCP connection is under way: dropping it is all there is to do. */
+  ck_assert_int_eq(uvmqtt_disconnect(&p->client, 0), 0);
+  peer_after(p, 100, stopped_attempt_retry);
   loop_run();
   ck_assert_int_eq(p->pre_connect_calls, 2);
   ck_assert_int_eq(p->connect_calls, 1);
@@ -928,13 +946,17 @@ static void auth_options(uvmqtt_options_t *o, uint8_t version, const char *passw
 
 START_TEST(client_refused_connack) {
   uint8_t v = version_of(_i);
-  snprintf(g.password_dir, sizeof g.password_dir, "/tmp/uvmqtt-passwd-XXXXXX");
-  ck_assert_ptr_nonnull(mkdtemp(g.password_dir));
-  char cmd[256], extra[256];
-  snprintf(cmd, sizeof cmd, "mosquitto_passwd -b -c %s/passwd user pass", g.password_dir);
+  char dir[64], cmd[256], extra[256];
+  snprintf(dir, sizeof dir, "/tmp/uvmqtt-passwd-XXXXXX");
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  snprintf(cmd, sizeof cmd, "mosquitto_passwd -b -c %s/passwd user pass", dir);
   ck_assert_msg(test_run(cmd, 10) == 0, "mosquitto_passwd failed");
-  snprintf(extra, sizeof extra, "allow_anonymous false\npassword_file %s/passwd\n", g.password_dir);
+  snprintf(extra, sizeof extra, "allow_anonymous false\npassword_file %s/passwd\n", dir);
   broker_start(extra);
+  /* Mosquitto read the file at start: remove it now, so a failing
+   * assertion below leaves nothing behind. */
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  ck_assert_int_eq(test_run(cmd, 10), 0);
   loop_start(WATCHDOG_MS);
   uvmqtt_options_t o;
   auth_options(&o, v, "wrong");
@@ -955,8 +977,6 @@ START_TEST(client_refused_connack) {
   ck_assert_int_eq(g.a.close_calls + g.b.close_calls, 2);
   loop_finish();
   broker_finish();
-  snprintf(cmd, sizeof cmd, "rm -rf %s", g.password_dir);
-  ck_assert_int_eq(test_run(cmd, 10), 0);
 }
 END_TEST
 
@@ -973,6 +993,7 @@ static void shared_finish(peer_t *p) {
 }
 
 static void shared_message(peer_t *p, const uvmqtt_message_t *m) {
+  (void)p;
   ck_assert(bytes_is(m->topic, "t"));
   ck_assert_uint_eq(m->payload.len, 4);
   uint32_t index = get_u32(m->payload.data);
@@ -980,7 +1001,6 @@ static void shared_message(peer_t *p, const uvmqtt_message_t *m) {
   g.seen[index]++;
   /* Wait a little after the last one for duplicates before closing. */
   if (++g.got_topic == SHARED_COUNT) peer_after(&g.c, 200, shared_finish);
-  (void)p;
 }
 
 static void shared_published(peer_t *p, int status, uint8_t reason, int index) {
@@ -1521,6 +1541,7 @@ Suite *uvmqtt_test_suite(void) {
   TCase *tc = tcase(s, "connect", TCASE_TIMEOUT_S);
   tcase_add_loop_test(tc, client_connect_disconnect, 0, 2);
   tcase_add_loop_test(tc, client_disconnect_in_pre_connect, 0, 2);
+  tcase_add_loop_test(tc, client_disconnect_while_connecting, 0, 2);
   tcase_add_loop_test(tc, client_refused_connack, 0, 2);
   tcase_add_loop_test(tc, client_persistent_session, 0, 2);
 

@@ -68,8 +68,15 @@ static int ev_disconnect(void *o, const uvmqtt_packet_t *p) {
   return 0;
 }
 
-static const uvmqtt__session_events_t events = {ev_connack, ev_message, ev_done, ev_request,
-                                                ev_disconnect};
+static void ev_stored(void *o, void *arg, int status) {
+  (void)arg;
+  fixture_t *f = o;
+  f->requests += 1000; /* counted apart from requests: thousands */
+  f->last_status = status;
+}
+
+static const uvmqtt__session_events_t events = {ev_connack, ev_message,    ev_done,
+                                                ev_request, ev_disconnect, ev_stored};
 
 /* Takes the session's output and decodes every packet in it. */
 static int drain(fixture_t *f) {
@@ -657,6 +664,155 @@ START_TEST(session_free_completes_everything) {
 }
 END_TEST
 
+/* ---- Store hooks -------------------------------------------------------------------------- */
+
+/* A store in test memory: records what the session tells it. */
+typedef struct {
+  uvmqtt_store_record_t rec[16];
+  uint8_t bytes[16][64];
+  int n;
+  int updates;
+  uvmqtt_store_done_cb done[16];
+  void *done_arg[16];
+  int fail_append;
+} mem_store_t;
+
+static int ms_append(void *st, const uvmqtt_store_record_t *r, uvmqtt_store_done_cb done,
+                     void *arg) {
+  mem_store_t *m = st;
+  if (m->fail_append) return UV_ENOSPC;
+  ck_assert_int_lt(m->n, 16);
+  ck_assert_uint_le(r->len, 64);
+  m->rec[m->n] = *r;
+  memcpy(m->bytes[m->n], r->packet, r->len);
+  m->rec[m->n].packet = m->bytes[m->n];
+  m->done[m->n] = done;
+  m->done_arg[m->n] = arg;
+  m->n++;
+  return 0;
+}
+
+static int ms_update(void *st, uint64_t seq, uint8_t phase, uint16_t id) {
+  mem_store_t *m = st;
+  m->updates++;
+  for (int i = 0; i < m->n; i++) {
+    if (m->rec[i].seq == seq) {
+      m->rec[i].phase = phase;
+      m->rec[i].packet_id = id;
+    }
+  }
+  return 0;
+}
+
+static int ms_load(void *st, uvmqtt_store_each_cb each, void *arg) {
+  mem_store_t *m = st;
+  for (int i = 0; i < m->n; i++)
+    if (m->rec[i].phase != UVMQTT_STORE_DONE) each(arg, &m->rec[i]);
+  return 0;
+}
+
+START_TEST(session_store_phases_recorded) {
+  mem_store_t ms;
+  memset(&ms, 0, sizeof ms);
+  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL};
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 0, 0);
+  f.s.store = &store;
+  connack(&f, 0, NULL);
+  publish(&f, "s1", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  publish(&f, "s2", 2, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  ck_assert_int_eq(ms.n, 2);
+  ck_assert_uint_lt(ms.rec[0].seq, ms.rec[1].seq);
+  ck_assert_int_eq(ms.rec[0].phase, UVMQTT_STORE_SENT);
+  drain(&f);
+  uint16_t id2 = f.out[1].packet_id;
+  ck_assert_uint_eq(ms.rec[1].packet_id, id2);
+  feed_ack(&f, UVMQTT_PUBREC, id2, 0, 1);
+  ck_assert_int_eq(ms.rec[1].phase, UVMQTT_STORE_PUBREC);
+  feed_ack(&f, UVMQTT_PUBACK, f.out[0].packet_id, 0, 1);
+  ck_assert_int_eq(ms.rec[0].phase, UVMQTT_STORE_DONE);
+  /* The store confirms later; the owner hears of it then. */
+  ms.done[0](ms.done_arg[0], 0);
+  ck_assert_int_eq(f.requests, 1000);
+  teardown(&f);
+  /* An append confirmed after the session is gone is harmless. */
+  ms.done[1](ms.done_arg[1], 0);
+  ck_assert_int_eq(f.requests, 1000);
+}
+END_TEST
+
+START_TEST(session_store_restore_resends_pubrel) {
+  mem_store_t ms;
+  memset(&ms, 0, sizeof ms);
+  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL};
+  /* A first process: one QoS 2 past PUBREC, one QoS 1 sent, one queued. */
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 0, 0);
+  f.s.store = &store;
+  connack(&f, 0, NULL);
+  publish(&f, "a", 2, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  publish(&f, "b", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  drain(&f);
+  uint16_t ida = f.out[0].packet_id, idb = f.out[1].packet_id;
+  feed_ack(&f, UVMQTT_PUBREC, ida, 0, 1);
+  uvmqtt__session_lost(&f.s, UV_EOF, 2);
+  publish(&f, "c", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  /* The process dies: the session is dropped without the store hearing of it. */
+  f.s.store = NULL;
+  teardown(&f);
+
+  fixture_t g;
+  memset(&g, 0, sizeof g);
+  uvmqtt__session_init(&g.s, &g, &events, UVMQTT_V311);
+  g.s.store = &store;
+  ck_assert_int_eq(uvmqtt__session_restore(&g.s, 0), 0);
+  ck_assert_int_eq(g.s.inflight, 2);
+  ck_assert_int_eq(g.s.queued, 3);
+  uvmqtt_packet_t c;
+  memset(&c, 0, sizeof c);
+  c.type = UVMQTT_CONNECT;
+  c.u.connect.protocol_level = UVMQTT_V311;
+  c.u.connect.client_id.data = (const uint8_t *)"sess";
+  c.u.connect.client_id.len = 4;
+  ck_assert_int_eq(uvmqtt__session_connect(&g.s, &c, 0), 0);
+  drain(&g);
+  connack(&g, 1, NULL);
+  ck_assert_int_eq(drain(&g), 3);
+  ck_assert_int_eq(g.out[0].type, UVMQTT_PUBREL);
+  ck_assert_uint_eq(g.out[0].packet_id, ida);
+  ck_assert_int_eq(g.out[1].type, UVMQTT_PUBLISH);
+  ck_assert_uint_eq(g.out[1].packet_id, idb);
+  ck_assert_int_eq(g.out[1].u.publish.dup, 1);
+  ck_assert_int_eq(g.out[2].type, UVMQTT_PUBLISH);
+  ck_assert_int_eq(g.out[2].u.publish.dup, 0);
+  ck_assert_uint_ne(g.out[2].packet_id, ida);
+  ck_assert_uint_ne(g.out[2].packet_id, idb);
+  teardown(&g);
+  /* The first process's appends complete into nothing (it is gone). */
+  for (int i = 0; i < ms.n; i++)
+    ms.done[i](ms.done_arg[i], 0);
+  ck_assert_int_eq(f.requests, 0);
+}
+END_TEST
+
+START_TEST(session_store_refusal_reported_later) {
+  mem_store_t ms;
+  memset(&ms, 0, sizeof ms);
+  ms.fail_append = 1;
+  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL};
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 0, 0);
+  f.s.store = &store;
+  publish(&f, "x", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  ck_assert_int_eq(f.requests, 0); /* not from inside the publish call */
+  ck_assert_int_eq(f.s.queued, 1); /* kept in memory */
+  ck_assert_int_eq(uvmqtt__session_report_store_failures(&f.s), 1);
+  ck_assert_int_eq(f.requests, 1000);
+  ck_assert_int_eq(f.last_status, UV_ENOSPC);
+  teardown(&f);
+}
+END_TEST
+
 Suite *uvmqtt_test_suite(void) {
   Suite *s = suite_create("session");
   TCase *flows = tcase_create("flows");
@@ -697,5 +853,11 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(bad, session_packet_before_connack_is_protocol_error);
   tcase_add_test(bad, session_refused_connack);
   suite_add_tcase(s, bad);
+
+  TCase *store = tcase_create("store");
+  tcase_add_test(store, session_store_phases_recorded);
+  tcase_add_test(store, session_store_restore_resends_pubrel);
+  tcase_add_test(store, session_store_refusal_reported_later);
+  suite_add_tcase(s, store);
   return s;
 }

@@ -652,7 +652,9 @@ END_TEST
 Suite *uvmqtt_test_suite(void) {
   Suite *s = suite_create("topic");
 
+  /* The exhaustive cross-checks take a few seconds under sanitizers. */
   TCase *tc = tcase_create("utf8");
+  tcase_set_timeout(tc, 20);
   tcase_add_test(tc, utf8_accepts_ascii_and_empty);
   tcase_add_test(tc, utf8_rejects_nul_anywhere);
   tcase_add_test(tc, utf8_accepts_multibyte_boundaries);
@@ -683,6 +685,7 @@ Suite *uvmqtt_test_suite(void) {
   suite_add_tcase(s, tc);
 
   tc = tcase_create("match");
+  tcase_set_timeout(tc, 20);
   tcase_add_test(tc, match_spec_multilevel_examples);
   tcase_add_test(tc, match_spec_single_level_examples);
   tcase_add_test(tc, match_dollar_topics);

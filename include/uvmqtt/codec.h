@@ -106,11 +106,17 @@ typedef struct {
  * `has` holds bit (1ull << id) for every property present. Single-valued
  * properties have a field each. The two that may repeat (User Property, and
  * Subscription Identifier in PUBLISH) are lists:
- *  - when encoding, set `user`/`user_count` and `sub_ids`/`sub_id_count`;
+ *  - when encoding, set `user`/`user_count` and `sub_ids`/`sub_id_count`
+ *    (the counts decide, the `has` bits of these two may be left out); a
+ *    single Subscription Identifier may also be given as its `has` bit and
+ *    `subscription_id`. A list whose pointer is NULL is read from `raw`, so a
+ *    decoded set encodes again as it is;
  *  - when decoding, the counts are set, the pointers are NULL, and
  *    uvmqtt_props_next() walks `raw` (the encoded property bytes) to reach
  *    every value. `subscription_id` holds the first subscription identifier.
- * An all-zero struct is "no properties". */
+ *    Every field whose property is absent is 0.
+ * Properties are encoded in identifier order. An all-zero struct is "no
+ * properties". */
 typedef struct uvmqtt_props_s {
   uint64_t has;
   uint8_t payload_format_indicator;
@@ -240,9 +246,14 @@ typedef struct uvmqtt_packet_s {
 /* ---- Encoding ---------------------------------------------------------- */
 
 /* The encoded size of `pkt` in protocol `version` (UVMQTT_V311 or UVMQTT_V5;
- * for CONNECT, connect.protocol_level wins). Validates the packet as the
- * decoder would: returns a negative error for a packet the peer would reject
- * (bad UTF-8, wildcard in a topic name, QoS 3, property not allowed...). */
+ * for CONNECT, connect.protocol_level wins when it is not 0). Validates the
+ * packet as the decoder would: returns a negative error for a packet the peer
+ * would reject (bad UTF-8, wildcard in a topic name, QoS 3, property not
+ * allowed...), UVMQTT_ETOOLARGE beyond the largest remaining length,
+ * UVMQTT_EINVAL for another version or a value no packet can hold (a string
+ * over 65535 bytes, a NULL pointer with a length), UVMQTT_EBADPROTO for a
+ * CONNECT level other than 4 or 5. v5 acks, DISCONNECT and AUTH take their
+ * shortest form (no reason code when it is 0 and there are no properties). */
 ssize_t uvmqtt_encode_size(const uvmqtt_packet_t *pkt, uint8_t version);
 
 /* Writes `pkt` to buf[0..cap). Returns bytes written, UVMQTT_ENOBUFS when cap
@@ -264,9 +275,11 @@ int uvmqtt_varint_size(uint32_t n);
 /* ---- Decoding ---------------------------------------------------------- */
 
 /* How the decoder obtains a buffer for a packet that does not lie whole in
- * one input chunk. `alloc` returns NULL on failure (the decoder then fails
- * with UVMQTT_ENOMEM). Without callbacks (NULL), such packets are buffered in
- * `scratch` when they fit, else fail with UVMQTT_ENOMEM. */
+ * one input chunk: one buffer of exactly the remaining length, taken from
+ * `scratch` when it fits there, else from `alloc`, and released at the next
+ * call on the decoder or at uvmqtt_decoder_reset(). `alloc` returns NULL on
+ * failure (the decoder then fails with UVMQTT_ENOMEM). Without callbacks
+ * (NULL), a packet that does not fit in `scratch` fails with UVMQTT_ENOMEM. */
 typedef struct {
   void *(*alloc)(void *user_data, size_t size);
   void (*free)(void *user_data, void *ptr);
@@ -302,18 +315,26 @@ void uvmqtt_decoder_init(uvmqtt_decoder_t *dec, uint8_t version, uint32_t max_pa
  * on this decoder (and until `in` is released, for packets decoded in place).
  * Otherwise *got is 0 and all of the input was consumed.
  * Errors (negative, sticky until uvmqtt_decoder_reset()): every validation
- * error of the errors table, UVMQTT_ETOOLARGE, UVMQTT_ENOMEM. */
+ * error of the errors table (a remaining length not in its shortest form is
+ * UVMQTT_EMALFORMED), UVMQTT_ETOOLARGE as soon as the fixed header announces
+ * more than max_packet_size, UVMQTT_ENOMEM, UVMQTT_EPROTOCOL for a first
+ * packet other than CONNECT when the version is still 0, UVMQTT_EINVAL for a
+ * version other than 0, 4 and 5. */
 ssize_t uvmqtt_decode(uvmqtt_decoder_t *dec, const uint8_t *in, size_t len, uvmqtt_packet_t *pkt,
                       int *got);
 
-/* Drops any partial packet (releasing its buffer) and clears the error. */
+/* Drops any partial packet (releasing its buffer) and clears the error. The
+ * settings stay, including a version learnt from a CONNECT. */
 void uvmqtt_decoder_reset(uvmqtt_decoder_t *dec);
 
 /* True while part of a packet is held (the caller's read pool may use this). */
 int uvmqtt_decoder_busy(const uvmqtt_decoder_t *dec);
 
 /* Decodes one whole packet from `data` (the fixed header's remaining length
- * must match len exactly): the non-incremental core, also for tests/fuzzers. */
+ * must match len exactly: UVMQTT_ESHORT if it is longer, UVMQTT_ETRAILING if
+ * shorter): the non-incremental core, also for tests/fuzzers. `version` 0
+ * accepts only a CONNECT (UVMQTT_EPROTOCOL otherwise). Views point into
+ * `data`. Returns 0 or the errors of uvmqtt_decode(). */
 int uvmqtt_decode_packet(const uint8_t *data, size_t len, uint8_t version, uvmqtt_packet_t *pkt);
 
 /* ---- Validation helpers --------------------------------------------------- */

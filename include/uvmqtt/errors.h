@@ -59,7 +59,19 @@ extern "C" {
   XX(ETOPICALIAS, -30056, 0x94, "invalid topic alias")                                             \
   XX(ERECVMAX, -30057, 0x93, "peer exceeded our Receive Maximum")                                  \
   XX(ECONNTIMEDOUT, -30058, 0, "connect or CONNACK timed out")                                     \
-  XX(ENOSUBS, -30059, 0, "subscription refused by the broker")
+  XX(ENOSUBS, -30059, 0, "subscription refused by the broker")                                     \
+  XX(ETLSHANDSHAKE, -30060, 0,                                                                     \
+     "TLS handshake failed: not a TLS peer, or no common version or cipher")                       \
+  XX(ETLSUNKNOWNCA, -30061, 0, "TLS: server certificate not issued by a trusted CA")               \
+  XX(ETLSHOSTNAME, -30062, 0, "TLS: server certificate does not match the host name")              \
+  XX(ETLSEXPIRED, -30063, 0, "TLS: server certificate expired or not yet valid")                   \
+  XX(ETLSCERT, -30064, 0, "TLS: server certificate rejected")                                      \
+  XX(ETLSCLOSED, -30065, 0, "TLS: connection closed during the handshake")                         \
+  XX(ETLSPEERCERT, -30066, 0, "TLS: the broker rejected the client certificate or wants one")      \
+  XX(ETLSCONFIG, -30067, 0, "TLS: cannot load the CA, certificate or key, or bad TLS option")      \
+  XX(ETLSPROTO, -30068, 0, "TLS: protocol error or fatal alert from the peer")                     \
+  XX(ESTORELOCKED, -30080, 0, "message store in use by another process or store")                  \
+  XX(ESTORECORRUPT, -30081, 0, "message store file is corrupt (damaged record or bad header)")
 
 typedef enum {
 #define UVMQTT_ERR_ENUM(name, val, reason, msg) UVMQTT_##name = (val),
