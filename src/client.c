@@ -7,6 +7,7 @@
 #include "alloc.h"
 #include "client_impl.h"
 #include "props_clone.h"
+#include "transport_tls.h"
 #include "uri.h"
 
 void uvmqtt_options_init(uvmqtt_options_t *opts) {
@@ -67,6 +68,7 @@ void uvmqtt__client_free(uvmqtt__client_t *c) {
   uvmqtt__free(c->connect_props);
   uvmqtt__free(c->spare_write);
   uvmqtt__subs_free(c);
+  uvmqtt__tls_ctx_free(c->tls);
   uvmqtt__free(c);
 }
 
@@ -135,6 +137,13 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
     if (copy_err == 0) c->connect_props = uvmqtt__props_clone(opts->connect_props, &copy_err);
     err = copy_err;
   }
+  /* Loading CAs and keys now turns a bad file into an init error. */
+  int want_tls = opts->tls != NULL;
+  for (uint32_t i = 0; err == 0 && !want_tls && i < c->uri_count; i++) {
+    uvmqtt__uri_t parsed;
+    want_tls = uvmqtt__uri_parse(c->uris[i], &parsed) == 0 && parsed.scheme == UVMQTT__SCHEME_TLS;
+  }
+  if (err == 0 && want_tls) err = uvmqtt__tls_ctx_new(opts->tls, &c->tls);
   if (err) {
     uvmqtt__client_free(c);
     client->impl = NULL;
@@ -198,6 +207,7 @@ int uvmqtt_connect(uvmqtt_client_t *client) {
   if (c == NULL) return err;
   if (c->state != UVMQTT__C_STOPPED) return UVMQTT_EBUSY;
   c->attempt = 0;
+  c->failures = 0;
   c->down_since = 0;
   uvmqtt__client_start_attempt(c);
   return 0;

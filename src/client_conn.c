@@ -4,6 +4,7 @@
 
 #include "alloc.h"
 #include "client_impl.h"
+#include "transport_tls.h"
 #include "uri.h"
 
 /* Stop taking output while this much is already queued in the socket. */
@@ -152,12 +153,17 @@ void uvmqtt__client_start_attempt(uvmqtt__client_t *c) {
   if (c->closing || c->state != UVMQTT__C_CONNECTING) return; /* the hook closed or stopped us */
   uvmqtt__uri_t uri;
   int err = uvmqtt__uri_parse(c->uris[c->uri_index % c->uri_count], &uri);
-  if (err == 0 && uri.scheme != UVMQTT__SCHEME_TCP) err = UVMQTT_EBADURI;
+  if (err == 0 && uri.scheme != UVMQTT__SCHEME_TCP && uri.scheme != UVMQTT__SCHEME_TLS)
+    err = UVMQTT_EBADURI;
   c->connect_deadline = uvmqtt__now(c) + c->connect_timeout_ms;
   if (err == 0) {
-    uvmqtt__transport_tcp_init(&c->tr, c->handle->loop, &uvmqtt__client_transport_cbs);
+    if (uri.scheme == UVMQTT__SCHEME_TLS)
+      err = uvmqtt__transport_tls_init(&c->tr, c->handle->loop, &uvmqtt__client_transport_cbs,
+                                       &c->tls);
+    else
+      uvmqtt__transport_tcp_init(&c->tr, c->handle->loop, &uvmqtt__client_transport_cbs);
     c->tr.data = c;
-    err = uvmqtt__transport_connect(&c->tr, uri.host, uri.port);
+    if (err == 0) err = uvmqtt__transport_connect(&c->tr, uri.host, uri.port);
     if (err == 0) c->transport_active = 1;
   }
   if (err) {
@@ -177,7 +183,7 @@ static void after_loss(uvmqtt__client_t *c) {
   int was_connected = c->connected_at != 0;
   uvmqtt_reconnect_info_t info;
   memset(&info, 0, sizeof info);
-  info.attempt = c->attempt;
+  info.attempt = ++c->failures;
   info.status = c->last_status;
   info.reason = c->last_reason;
   info.connected_ms = was_connected ? now - c->connected_at : 0;
@@ -199,7 +205,7 @@ static void after_loss(uvmqtt__client_t *c) {
   memset(&d, 0, sizeof d);
   d.status = c->last_status;
   d.reason = c->last_reason;
-  d.attempt = c->attempt;
+  d.attempt = c->failures;
   if (delay >= 0) {
     c->state = UVMQTT__C_WAIT_RETRY;
     c->retry_at = now + (uint64_t)delay;
@@ -346,6 +352,7 @@ static int ev_connack(void *owner, const uvmqtt_packet_t *p) {
   c->state = UVMQTT__C_CONNECTED;
   c->connected_at = now;
   c->attempt = 0;
+  c->failures = 0;
   c->down_since = 0;
   c->stats.connected = 1;
   if (c->ever_connected) c->stats.reconnects++;

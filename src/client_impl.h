@@ -73,7 +73,8 @@ struct uvmqtt__client_s {
   uint8_t ever_connected;
   uint8_t last_reason;
   int last_status;
-  uint32_t attempt; /* consecutive failures since the last good connection */
+  uint32_t attempt;  /* attempts made since the last good connection */
+  uint32_t failures; /* losses and failed attempts since then: what the policy is told */
   uint64_t timer_due;
   uint64_t connect_deadline;
   uint64_t retry_at;
@@ -84,6 +85,9 @@ struct uvmqtt__client_s {
   uvmqtt__sub_t *subs;
   uvmqtt_close_cb close_cb;
   uvmqtt_stats_t stats;
+  /* TLS: the SSL_CTX built from the options and the last session, for
+   * resumption (transport_tls.h); NULL until a TLS server needs it. */
+  struct uvmqtt__tls_ctx_s *tls;
 };
 
 typedef struct uvmqtt__client_s uvmqtt__client_t;

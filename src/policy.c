@@ -50,14 +50,17 @@ int64_t uvmqtt_reconnect_backoff(void *state, const uvmqtt_reconnect_info_t *inf
   uint64_t max = b->max_ms ? b->max_ms : 30000;
   uint64_t min = b->min_ms ? b->min_ms : 1;
   if (min > max) min = max;
-  uint64_t ceiling = max;
-  if (!refused_for_good(info)) {
+  uint64_t delay;
+  if (refused_for_good(info)) {
+    /* Retrying soon cannot fix credentials: wait the longest. */
+    delay = max;
+  } else {
     uint32_t shift = info->attempt > 0 ? info->attempt - 1 : 0;
-    ceiling = shift >= 32 ? max : min << shift;
+    uint64_t ceiling = shift >= 32 ? max : min << shift;
     if (ceiling > max || ceiling < min) ceiling = max;
+    /* Full jitter: uniform in [0, ceiling], so a storm of clients spreads. */
+    delay = next_random(b) % (ceiling + 1);
   }
-  /* Full jitter: uniform in [0, ceiling], so a storm of clients spreads. */
-  uint64_t delay = next_random(b) % (ceiling + 1);
   if (b->max_total_ms && info->down_ms + delay > b->max_total_ms)
     delay = b->max_total_ms - info->down_ms;
   return (int64_t)delay;

@@ -5,7 +5,9 @@
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "alloc.h"
@@ -1306,6 +1308,34 @@ START_TEST(broker_start_stop_restart) {
 }
 END_TEST
 
+START_TEST(broker_cleaned_up_at_exit) {
+  /* A child starts a broker and exits without cleaning up, as a test does
+   * when an assertion fails. */
+  int fds[2];
+  ck_assert_int_eq(pipe(fds), 0);
+  fflush(stdout);
+  fflush(stderr);
+  pid_t child = fork();
+  ck_assert_int_ge(child, 0);
+  if (child == 0) {
+    test_broker_t b;
+    if (test_broker_start(&b, NULL) != 0) _exit(2);
+    if (write(fds[1], &b, sizeof(b)) != (ssize_t)sizeof(b)) _exit(3);
+    exit(0);
+  }
+  close(fds[1]);
+  test_broker_t b;
+  ck_assert_int_eq(read(fds[0], &b, sizeof(b)), sizeof(b));
+  close(fds[0]);
+  int status;
+  ck_assert_int_eq(waitpid(child, &status, 0), child);
+  ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  struct stat st;
+  ck_assert_int_ne(stat(b.dir, &st), 0);
+  ck_assert_int_ne(kill(b.pid, 0), 0);
+}
+END_TEST
+
 START_TEST(support_run_with_timeout) {
   ck_assert_int_eq(test_run("exit 3", 10), 3);
   uint64_t start = uv_hrtime();
@@ -1380,6 +1410,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_checked_fixture(tc, setup, NULL);
   tcase_set_timeout(tc, 30);
   tcase_add_test(tc, broker_start_stop_restart);
+  tcase_add_test(tc, broker_cleaned_up_at_exit);
   tcase_add_test(tc, support_run_with_timeout);
   suite_add_tcase(s, tc);
 

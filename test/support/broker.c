@@ -22,6 +22,53 @@
 #define BROKER_POLL_MS  20
 #define BROKER_STOP_MS  5000
 
+/* Brokers started by this process and not cleaned up yet. A failed
+ * assertion ends the test process through exit(), which skips the test's
+ * own cleanup: an exit handler stops these brokers and removes their
+ * directories instead. A forked child inherits the table and the handler,
+ * so each entry names the process that owns it. */
+#define BROKER_TRACKED 16
+static struct {
+  pid_t owner;
+  pid_t pid;
+  char dir[sizeof(((test_broker_t *)0)->dir)];
+} tracked[BROKER_TRACKED];
+static int exit_handler_set;
+
+static void cleanup_at_exit(void);
+
+static void track(const test_broker_t *b) {
+  int free_slot = -1;
+  for (int i = 0; i < BROKER_TRACKED; i++) {
+    if (tracked[i].dir[0] != '\0' && strcmp(tracked[i].dir, b->dir) == 0) {
+      tracked[i].pid = b->pid;
+      return;
+    }
+    if (tracked[i].dir[0] == '\0' && free_slot < 0) free_slot = i;
+  }
+  if (free_slot < 0) return;
+  if (!exit_handler_set) exit_handler_set = atexit(cleanup_at_exit) == 0;
+  tracked[free_slot].owner = getpid();
+  tracked[free_slot].pid = b->pid;
+  memcpy(tracked[free_slot].dir, b->dir, sizeof(tracked[free_slot].dir));
+}
+
+static void untrack(const test_broker_t *b) {
+  for (int i = 0; i < BROKER_TRACKED; i++)
+    if (tracked[i].dir[0] != '\0' && strcmp(tracked[i].dir, b->dir) == 0) tracked[i].dir[0] = '\0';
+}
+
+static void cleanup_at_exit(void) {
+  for (int i = 0; i < BROKER_TRACKED; i++) {
+    if (tracked[i].dir[0] == '\0' || tracked[i].owner != getpid()) continue;
+    test_broker_t b;
+    memset(&b, 0, sizeof(b));
+    b.pid = tracked[i].pid;
+    memcpy(b.dir, tracked[i].dir, sizeof(b.dir));
+    test_broker_cleanup(&b);
+  }
+}
+
 static void sleep_ms(long ms) {
   struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
   while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
@@ -145,6 +192,7 @@ static int launch(test_broker_t *b) {
     b->pid = 0;
     return -1;
   }
+  track(b);
   while (now_ms() < deadline) {
     if (port_accepts(b->port)) return 0;
     int status;
@@ -157,6 +205,7 @@ static int launch(test_broker_t *b) {
         b->pid = 0;
         break;
       }
+      track(b);
       continue;
     }
     sleep_ms(BROKER_POLL_MS);
@@ -180,6 +229,7 @@ int test_broker_start(test_broker_t *b, const char *extra) {
     b->dir[0] = '\0';
     return -1;
   }
+  track(b);
   b->port = test_free_port();
   if (b->port <= 0) {
     fprintf(stderr, "broker: no free port\n");
@@ -193,6 +243,7 @@ int test_broker_stop(test_broker_t *b) {
   if (b->pid <= 0) return 0;
   pid_t pid = b->pid;
   b->pid = 0;
+  track(b);
   kill(pid, SIGTERM);
   long long deadline = now_ms() + BROKER_STOP_MS;
   int status;
@@ -224,7 +275,10 @@ static int remove_entry(const char *path, const struct stat *sb, int flag, struc
 
 void test_broker_cleanup(test_broker_t *b) {
   test_broker_stop(b);
-  if (b->dir[0] != '\0') nftw(b->dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+  if (b->dir[0] != '\0') {
+    nftw(b->dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+    untrack(b);
+  }
   b->dir[0] = '\0';
 }
 
