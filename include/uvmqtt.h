@@ -301,8 +301,10 @@ typedef struct {
   void (*on_connect)(uvmqtt_client_t *client, int status, const uvmqtt_connack_t *ack);
   /* An established connection or a failed attempt ended; says whether and
    * when the client retries. With will_retry 0 the client is now stopped
-   * (status UVMQTT_EGAVEUP when the policy gave up). Not called after
-   * uvmqtt_disconnect() or uvmqtt_close(). */
+   * (status UVMQTT_EGAVEUP when the policy gave up). After
+   * uvmqtt_disconnect() of an established connection it comes once the
+   * DISCONNECT is written and the socket closed, with status 0. Not called
+   * after uvmqtt_close(). */
   void (*on_disconnect)(uvmqtt_client_t *client, const uvmqtt_disconnect_t *info);
   /* A message arrived that no per-subscription callback took. QoS 1/2 are
    * acknowledged after this returns. */

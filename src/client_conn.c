@@ -297,10 +297,18 @@ static void tr_on_close(uvmqtt__transport_t *t) {
     return;
   }
   if (c->state == UVMQTT__C_DISCONNECTING) {
+    int was_connected = c->connected_at != 0;
     c->state = UVMQTT__C_STOPPED;
     c->connected_at = 0;
     c->stats.connected = 0;
     uvmqtt__session_lost(&c->sess, UVMQTT_ENOTCONN, uvmqtt__now(c));
+    if (was_connected && c->cbs.on_disconnect && !c->closing) {
+      /* The end of a uvmqtt_disconnect(): status 0, no retry. */
+      uvmqtt_disconnect_t d;
+      memset(&d, 0, sizeof d);
+      c->cbs.on_disconnect(c->handle, &d);
+      if (c->closing) return;
+    }
   } else if (c->state == UVMQTT__C_DROPPING) {
     after_loss(c);
   }

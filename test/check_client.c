@@ -399,7 +399,9 @@ START_TEST(client_connect_disconnect) {
   ck_assert_int_eq(p->connect_calls, 1);
   ck_assert_int_eq(p->connect_status, 0);
   ck_assert_int_eq(p->stopped_calls, 1);
-  ck_assert_int_eq(p->disconnect_calls, 0);
+  ck_assert_int_eq(p->disconnect_calls, 1); /* the clean end of uvmqtt_disconnect() */
+  ck_assert_int_eq(p->disc.status, 0);
+  ck_assert_int_eq(p->disc.will_retry, 0);
   ck_assert_int_eq(p->close_calls, 1);
   loop_finish();
   broker_finish();
@@ -804,7 +806,8 @@ START_TEST(client_will_not_sent_on_disconnect) {
   peer_connect(&g.b);
   loop_run();
   ck_assert_int_eq(g.a.stopped_calls, 1);
-  ck_assert_int_eq(g.a.disconnect_calls, 0);
+  ck_assert_int_eq(g.a.disconnect_calls, 1);
+  ck_assert_int_eq(g.a.disc.status, 0);
   ck_assert_int_eq(g.got_will, 0);
   ck_assert_int_eq(g.got_mark, 1);
   ck_assert_int_eq(g.a.close_calls + g.b.close_calls, 2);
@@ -899,7 +902,8 @@ START_TEST(client_persistent_session) {
   ck_assert_int_eq(g.a.connect_calls, 2);
   ck_assert_uint_eq(g.a.session_present, 1);
   ck_assert_int_eq(g.a.stopped_calls, 1);
-  ck_assert_int_eq(g.a.disconnect_calls, 0);
+  ck_assert_int_eq(g.a.disconnect_calls, 1);
+  ck_assert_int_eq(g.a.disc.status, 0);
   ck_assert_int_eq(g.a.message_calls, AWAY_COUNT);
   ck_assert_int_eq(g.b.publish_calls, AWAY_COUNT);
   ck_assert_int_eq(g.a.close_calls + g.b.close_calls, 2);

@@ -64,10 +64,11 @@ typedef struct uvmqtt_store_s {
  * every byte outside [A-Za-z0-9-] written as `_` and two hex digits.
  *
  * Every record carries its length and a CRC-32C. After a crash the last
- * record may be torn: at open it is detected (short, or a bad CRC with
- * nothing but zeros after it) and cut off. A bad record followed by other
- * data is corruption, not a crash: the open fails with UVMQTT_ESTORECORRUPT
- * and the file is left untouched for inspection.
+ * record may be torn: at open it is detected (short, or a bad CRC, with no
+ * whole record after it) and cut off before anything is appended. A bad
+ * record with a whole record after it is corruption, not a crash: the open
+ * fails with UVMQTT_ESTORECORRUPT and the file is left untouched for
+ * inspection (nothing later in the log is thrown away silently).
  *
  * Writes run on libuv's thread pool, at most one at a time; records that
  * arrive meanwhile are batched into the next write. When acknowledged

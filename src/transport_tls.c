@@ -1,0 +1,656 @@
+/* The TLS transport: OpenSSL on top of the TCP transport.
+ *
+ * Composition, not a copy of TCP: the transport struct the owner holds is set
+ * up as a TCP transport whose callbacks are this file's, and its vtable is
+ * swapped for the TLS one. TCP keeps resolving, connecting, writing and
+ * closing the socket; the TLS layer sits between its callbacks and the
+ * owner's. The per-connection state begins with the callbacks struct that
+ * t->cb points at, so every call and callback finds it from `t` alone and the
+ * shared transport struct needs no extra field.
+ *
+ * OpenSSL talks to the socket through a small custom BIO rather than memory
+ * BIOs: reads hand SSL the bytes libuv just read (from the shared read pool,
+ * no copy), and writes go straight to uv_try_write, with only what the socket
+ * did not take copied to the heap and queued. With SSL_MODE_RELEASE_BUFFERS
+ * an idle connection therefore holds no TLS buffer at all; decrypted bytes go
+ * to one 16 KiB buffer shared by the thread's connections, like the read
+ * pool. */
+#include "transport_tls.h"
+
+#include <limits.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "uvmqtt/errors.h"
+
+/* The largest plaintext one TLS record carries. */
+#define PLAIN_SIZE 16384u
+/* SSL_write takes an int length: larger buffers go in pieces. */
+#define WRITE_PIECE (1u << 30)
+
+struct uvmqtt__tls_ctx_s {
+  SSL_CTX *ssl_ctx;
+  BIO_METHOD *bio_method;
+  /* The session of the last connection, offered to the same server on the
+   * next one; the client has one connection at a time, so one suffices. */
+  SSL_SESSION *session;
+  char session_host[256];
+  uint16_t session_port;
+  uint8_t no_sni;
+  uint8_t no_resumption;
+  uint8_t insecure;
+  uint8_t reused;
+};
+
+/* Ciphertext the socket did not take at once, queued on the TCP transport. */
+typedef struct {
+  void *arg;       /* the owner's, when this record ends one of its writes */
+  uint8_t has_arg; /* the owner's on_write follows this record's */
+  uint8_t data[];
+} write_rec_t;
+
+typedef struct {
+  /* First member: t->cb points here while the connection lives. */
+  uvmqtt__transport_cbs_t cbs;
+  const uvmqtt__transport_cbs_t *owner;
+  const uvmqtt__transport_vtbl_t *tcp;
+  uvmqtt__transport_t *t;
+  uvmqtt__tls_ctx_t *ctx;
+  SSL *ssl;
+  const uint8_t *in; /* ciphertext of the current read that SSL has not taken */
+  size_t in_len;
+  write_rec_t *last_rec; /* the newest record queued during the current write() */
+  int io_error;          /* why the BIO failed a write, for the error SSL reports */
+  uint8_t established;   /* handshake and verification done, owner told */
+  uint8_t done;          /* the owner heard of a failure or the end: nothing more */
+  uint8_t plain_ref;
+} conn_t;
+
+static conn_t *conn_of(const uvmqtt__transport_t *t) {
+  return (conn_t *)(void *)(uintptr_t)t->cb;
+}
+
+/* ---- The shared plaintext buffer ----------------------------------------------------- */
+
+/* Thread-local for the read pool's reason: a thread's connections run their
+ * callbacks one at a time, and the owner consumes the bytes before its
+ * on_read returns. */
+static _Thread_local uint8_t *plain_buf;
+static _Thread_local unsigned plain_refs;
+
+static void plain_unref(void) {
+  if (--plain_refs == 0) {
+    uvmqtt__free(plain_buf);
+    plain_buf = NULL;
+  }
+}
+
+/* ---- The BIO between SSL and the socket ---------------------------------------------- */
+
+static int bio_read(BIO *b, char *out, int len) {
+  conn_t *s = BIO_get_data(b);
+  BIO_clear_retry_flags(b);
+  if (s->in_len == 0) {
+    BIO_set_retry_read(b);
+    return -1;
+  }
+  size_t n = s->in_len < (size_t)len ? s->in_len : (size_t)len;
+  memcpy(out, s->in, n);
+  s->in += n;
+  s->in_len -= n;
+  return (int)n;
+}
+
+/* Sends at once what the socket takes; the rest is copied and queued behind
+ * the writes already pending, which keeps the byte order. Never "retry":
+ * SSL_write then always finishes, so the owner's buffers are free when
+ * write() returns. */
+static int bio_write(BIO *b, const char *data, int len) {
+  conn_t *s = BIO_get_data(b);
+  uvmqtt__transport_t *t = s->t;
+  BIO_clear_retry_flags(b);
+  if (len <= 0) return 0;
+  if (t->state != UVMQTT__T_OPEN) {
+    s->io_error = UVMQTT_ENOTCONN;
+    return -1;
+  }
+  uv_buf_t buf = uv_buf_init((char *)(uintptr_t)data, (unsigned)len);
+  int n = uv_try_write((uv_stream_t *)&t->tcp, &buf, 1);
+  if (n == len) return len;
+  if (n == UV_EAGAIN) {
+    n = 0;
+  } else if (n < 0) {
+    s->io_error = n;
+    return -1;
+  }
+  size_t rest = (size_t)(len - n);
+  write_rec_t *w = uvmqtt__malloc(sizeof *w + rest);
+  if (w == NULL) {
+    s->io_error = UVMQTT_ENOMEM;
+    return -1;
+  }
+  memcpy(w->data, data + n, rest);
+  w->arg = NULL;
+  w->has_arg = 0;
+  buf = uv_buf_init((char *)w->data, (unsigned)rest);
+  int r = s->tcp->write(t, &buf, 1, w);
+  if (r == 1) {
+    uvmqtt__free(w);
+  } else if (r < 0) {
+    uvmqtt__free(w);
+    s->io_error = r;
+    return -1;
+  } else {
+    s->last_rec = w;
+  }
+  return len;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr) {
+  (void)b;
+  (void)num;
+  (void)ptr;
+  /* SSL flushes after each handshake flight; bio_write already sent it. */
+  return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int bio_create(BIO *b) {
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+static int bio_destroy(BIO *b) {
+  (void)b;
+  return 1;
+}
+
+/* BIO type indexes are a small process-wide pool: take one, once. */
+static uv_once_t bio_index_once = UV_ONCE_INIT;
+static int bio_index;
+
+static void take_bio_index(void) {
+  bio_index = BIO_get_new_index();
+}
+
+static BIO_METHOD *new_bio_method(void) {
+  uv_once(&bio_index_once, take_bio_index);
+  if (bio_index == -1) return NULL;
+  BIO_METHOD *m = BIO_meth_new(bio_index | BIO_TYPE_SOURCE_SINK, "uvmqtt-uv");
+  if (m == NULL) return NULL;
+  if (!BIO_meth_set_read(m, bio_read) || !BIO_meth_set_write(m, bio_write) ||
+      !BIO_meth_set_ctrl(m, bio_ctrl) || !BIO_meth_set_create(m, bio_create) ||
+      !BIO_meth_set_destroy(m, bio_destroy)) {
+    BIO_meth_free(m);
+    return NULL;
+  }
+  return m;
+}
+
+/* ---- Errors ------------------------------------------------------------------------------ */
+
+static int verify_error(long v) {
+  switch (v) {
+  case X509_V_ERR_HOSTNAME_MISMATCH:
+  case X509_V_ERR_IP_ADDRESS_MISMATCH:
+  case X509_V_ERR_EMAIL_MISMATCH: return UVMQTT_ETLSHOSTNAME;
+  case X509_V_ERR_CERT_HAS_EXPIRED:
+  case X509_V_ERR_CERT_NOT_YET_VALID: return UVMQTT_ETLSEXPIRED;
+  case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+  case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+  case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+  case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+  case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+  case X509_V_ERR_CERT_UNTRUSTED: return UVMQTT_ETLSUNKNOWNCA;
+  default: return UVMQTT_ETLSCERT;
+  }
+}
+
+/* Alerts a server sends when it refuses our certificate or wants one. */
+static int is_peer_cert_alert(int reason) {
+  switch (reason) {
+  case SSL_R_SSLV3_ALERT_BAD_CERTIFICATE:
+  case SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN:
+  case SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE:
+  case SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED:
+  case SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED:
+  case SSL_R_TLSV1_ALERT_UNKNOWN_CA:
+  case SSL_R_TLSV1_ALERT_ACCESS_DENIED:
+  case SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED: return 1;
+  default: return 0;
+  }
+}
+
+/* Names the cause of a failed SSL call: a socket error seen by the BIO, a
+ * failed verification, an alert about our certificate, or else `fallback`.
+ * Empties the thread's OpenSSL error queue, which other connections share. */
+static int ssl_error(conn_t *s, int fallback) {
+  int err = fallback;
+  if (s->io_error != 0) {
+    err = s->io_error;
+  } else if (!s->established && SSL_get_verify_result(s->ssl) != X509_V_OK) {
+    err = verify_error(SSL_get_verify_result(s->ssl));
+  } else {
+    unsigned long e;
+    while ((e = ERR_get_error()) != 0) {
+      if (ERR_GET_LIB(e) != ERR_LIB_SSL) continue;
+      if (is_peer_cert_alert(ERR_GET_REASON(e)))
+        err = UVMQTT_ETLSPEERCERT;
+      else if (ERR_GET_REASON(e) == SSL_R_CERTIFICATE_VERIFY_FAILED)
+        err = UVMQTT_ETLSCERT;
+    }
+  }
+  ERR_clear_error();
+  return err;
+}
+
+/* ---- Driving SSL from the socket's callbacks ---------------------------------------------- */
+
+static int stopped(const conn_t *s) {
+  return s->done || s->t->state != UVMQTT__T_OPEN;
+}
+
+static void drop_session(uvmqtt__tls_ctx_t *ctx) {
+  if (ctx->session != NULL) SSL_SESSION_free(ctx->session);
+  ctx->session = NULL;
+}
+
+static void fail_handshake(conn_t *s, int err) {
+  s->done = 1;
+  /* A session that just failed is not offered again. */
+  drop_session(s->ctx);
+  s->owner->on_connect(s->t, err);
+}
+
+static void end_stream(conn_t *s, int err) {
+  s->done = 1;
+  s->owner->on_read(s->t, err, NULL);
+}
+
+/* 1 once the handshake finished (and the owner was told), 0 while it waits
+ * for bytes, -1 after a failure was reported. */
+static int handshake(conn_t *s) {
+  for (;;) {
+    size_t before = s->in_len;
+    ERR_clear_error();
+    int r = SSL_do_handshake(s->ssl);
+    if (r == 1) break;
+    int e = SSL_get_error(s->ssl, r);
+    if (e == SSL_ERROR_WANT_READ && s->io_error == 0) {
+      if (s->in_len == 0) return 0;
+      /* Asking for more while bytes remain would loop forever. */
+      if (s->in_len < before) continue;
+    }
+    fail_handshake(s, ssl_error(s, UVMQTT_ETLSHANDSHAKE));
+    return -1;
+  }
+  ERR_clear_error();
+  plain_refs++;
+  s->plain_ref = 1;
+  if (plain_buf == NULL) plain_buf = uvmqtt__malloc(PLAIN_SIZE);
+  if (plain_buf == NULL) {
+    fail_handshake(s, UVMQTT_ENOMEM);
+    return -1;
+  }
+  s->established = 1;
+  s->ctx->reused = (uint8_t)SSL_session_reused(s->ssl);
+  s->owner->on_connect(s->t, 0);
+  return 1;
+}
+
+/* Feeds what the socket delivered (s->in) through SSL: the handshake first,
+ * then records, handing each decrypted chunk to the owner. Stops when SSL
+ * has taken every byte, or when the owner closed from a callback. */
+static void drive(conn_t *s) {
+  if (!s->established && handshake(s) <= 0) return;
+  while (!stopped(s)) {
+    size_t before = s->in_len, n = 0;
+    ERR_clear_error();
+    if (SSL_read_ex(s->ssl, plain_buf, PLAIN_SIZE, &n) == 1) {
+      s->owner->on_read(s->t, (ssize_t)n, plain_buf);
+      continue;
+    }
+    int e = SSL_get_error(s->ssl, 0);
+    if (e == SSL_ERROR_WANT_READ && s->io_error == 0) {
+      if (s->in_len == 0) return;
+      if (s->in_len < before) continue;
+      end_stream(s, UVMQTT_ETLSPROTO);
+    } else if (e == SSL_ERROR_ZERO_RETURN) {
+      /* close_notify: the broker ended the stream cleanly. */
+      ERR_clear_error();
+      end_stream(s, UV_EOF);
+    } else {
+      end_stream(s, ssl_error(s, UVMQTT_ETLSPROTO));
+    }
+    return;
+  }
+}
+
+/* ---- The TCP transport's callbacks -------------------------------------------------------- */
+
+static void tls_on_connect(uvmqtt__transport_t *t, int status) {
+  conn_t *s = conn_of(t);
+  if (status < 0) {
+    s->done = 1;
+    s->owner->on_connect(t, status);
+    return;
+  }
+  /* Sends the ClientHello; the rest follows the server's answers. */
+  drive(s);
+}
+
+static void tls_on_read(uvmqtt__transport_t *t, ssize_t nread, const uint8_t *data) {
+  conn_t *s = conn_of(t);
+  if (s->done) return;
+  if (nread < 0) {
+    if (s->established) {
+      end_stream(s, (int)nread);
+    } else {
+      s->done = 1;
+      s->owner->on_connect(t, nread == UV_EOF ? UVMQTT_ETLSCLOSED : (int)nread);
+    }
+    return;
+  }
+  s->in = data;
+  s->in_len = (size_t)nread;
+  drive(s);
+  /* The bytes belong to the read pool and die with this callback. */
+  s->in = NULL;
+  s->in_len = 0;
+}
+
+static void tls_on_write(uvmqtt__transport_t *t, int status, void *arg) {
+  conn_t *s = conn_of(t);
+  write_rec_t *w = arg;
+  void *owner_arg = w->arg;
+  int has_arg = w->has_arg;
+  uvmqtt__free(w);
+  if (has_arg) {
+    s->owner->on_write(t, status, owner_arg);
+  } else if (status < 0 && !s->established && !stopped(s)) {
+    /* A handshake flight did not go out: the handshake cannot finish. */
+    fail_handshake(s, status);
+  }
+}
+
+static void conn_free(conn_t *s) {
+  if (s->ssl != NULL) SSL_free(s->ssl);
+  if (s->plain_ref) plain_unref();
+  uvmqtt__free(s);
+}
+
+static void tls_on_close(uvmqtt__transport_t *t) {
+  conn_t *s = conn_of(t);
+  const uvmqtt__transport_cbs_t *owner = s->owner;
+  /* Leave a closed TCP transport behind, as if TLS had never been there. */
+  t->cb = owner;
+  t->vt = s->tcp;
+  conn_free(s);
+  owner->on_close(t);
+}
+
+/* ---- The vtable ------------------------------------------------------------------------------ */
+
+static int is_ip_literal(const char *host) {
+  unsigned char addr[16];
+  return uv_inet_pton(AF_INET, host, addr) == 0 || uv_inet_pton(AF_INET6, host, addr) == 0;
+}
+
+/* A new SSL for one connection: the BIO, SNI, the name or address the
+ * certificate must carry, and the last session when it was the same
+ * server's. */
+static int new_ssl(conn_t *s, const char *host, uint16_t port) {
+  uvmqtt__tls_ctx_t *ctx = s->ctx;
+  size_t host_len = strlen(host);
+  if (host_len >= sizeof ctx->session_host) return UVMQTT_EINVAL;
+  ERR_clear_error();
+  s->ssl = SSL_new(ctx->ssl_ctx);
+  BIO *bio = s->ssl != NULL ? BIO_new(ctx->bio_method) : NULL;
+  if (bio == NULL) {
+    ERR_clear_error();
+    return UVMQTT_ENOMEM;
+  }
+  BIO_set_data(bio, s);
+  SSL_set_bio(s->ssl, bio, bio);
+  SSL_set_app_data(s->ssl, s);
+  SSL_set_connect_state(s->ssl);
+  int ip = is_ip_literal(host);
+  int ok = 1;
+  if (!ctx->no_sni && !ip) ok = SSL_set_tlsext_host_name(s->ssl, host) == 1;
+  if (ok && !ctx->insecure) {
+    X509_VERIFY_PARAM *vp = SSL_get0_param(s->ssl);
+    X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    ok = ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, host) == 1
+            : X509_VERIFY_PARAM_set1_host(vp, host, host_len) == 1;
+  }
+  if (ok && !ctx->no_resumption) {
+    if (ctx->session != NULL && (ctx->session_port != port || strcmp(ctx->session_host, host)))
+      drop_session(ctx);
+    if (ctx->session != NULL && SSL_SESSION_is_resumable(ctx->session))
+      ok = SSL_set_session(s->ssl, ctx->session) == 1;
+    memcpy(ctx->session_host, host, host_len + 1);
+    ctx->session_port = port;
+  }
+  ERR_clear_error();
+  return ok ? 0 : UVMQTT_EINVAL;
+}
+
+static int tls_connect(uvmqtt__transport_t *t, const char *host, uint16_t port) {
+  conn_t *s = conn_of(t);
+  if (host == NULL || host[0] == '\0') return UVMQTT_EINVAL;
+  if (s->ssl != NULL) return UVMQTT_EBUSY;
+  int err = new_ssl(s, host, port);
+  if (err == 0) err = s->tcp->connect(t, host, port);
+  if (err) {
+    /* Nothing started: the owner will not close, so release everything. */
+    t->cb = s->owner;
+    t->vt = s->tcp;
+    conn_free(s);
+  }
+  return err;
+}
+
+static int tls_write(uvmqtt__transport_t *t, const uv_buf_t *bufs, unsigned nbufs, void *arg) {
+  conn_t *s = conn_of(t);
+  if (!s->established || stopped(s)) return UVMQTT_ENOTCONN;
+  s->last_rec = NULL;
+  for (unsigned i = 0; i < nbufs; i++) {
+    size_t off = 0;
+    while (off < bufs[i].len) {
+      size_t piece = bufs[i].len - off < WRITE_PIECE ? bufs[i].len - off : WRITE_PIECE;
+      size_t written = 0;
+      ERR_clear_error();
+      if (SSL_write_ex(s->ssl, bufs[i].base + off, piece, &written) != 1)
+        return ssl_error(s, UVMQTT_ETLSPROTO);
+      off += written;
+    }
+  }
+  /* Records complete in order, so the owner's write is done when its last
+   * record is: attach the owner's arg to that one. None queued: all sent. */
+  if (s->last_rec == NULL) return 1;
+  s->last_rec->arg = arg;
+  s->last_rec->has_arg = 1;
+  s->last_rec = NULL;
+  return 0;
+}
+
+static size_t tls_write_queue_size(const uvmqtt__transport_t *t) {
+  return t->pending_bytes;
+}
+
+static void tls_close(uvmqtt__transport_t *t) {
+  conn_t *s = conn_of(t);
+  if (t->state == UVMQTT__T_CLOSING || t->state == UVMQTT__T_CLOSED) return;
+  /* A close_notify, best effort: the socket closes right after it. */
+  if (s->established && !stopped(s)) {
+    ERR_clear_error();
+    (void)SSL_shutdown(s->ssl);
+    ERR_clear_error();
+  }
+  s->done = 1;
+  s->tcp->close(t);
+}
+
+static const uvmqtt__transport_vtbl_t tls_vtbl = {
+    .connect = tls_connect,
+    .write = tls_write,
+    .write_queue_size = tls_write_queue_size,
+    .close = tls_close,
+};
+
+int uvmqtt__transport_tls_init(uvmqtt__transport_t *t, uv_loop_t *loop,
+                               const uvmqtt__transport_cbs_t *cb, uvmqtt__tls_ctx_t **ctx) {
+  if (*ctx == NULL) {
+    int err = uvmqtt__tls_ctx_new(NULL, ctx);
+    if (err) return err;
+  }
+  conn_t *s = uvmqtt__calloc(1, sizeof *s);
+  if (s == NULL) return UVMQTT_ENOMEM;
+  s->cbs.on_connect = tls_on_connect;
+  s->cbs.on_read = tls_on_read;
+  s->cbs.on_write = tls_on_write;
+  s->cbs.on_close = tls_on_close;
+  s->owner = cb;
+  s->ctx = *ctx;
+  s->t = t;
+  uvmqtt__transport_tcp_init(t, loop, &s->cbs);
+  s->tcp = t->vt;
+  t->vt = &tls_vtbl;
+  return 0;
+}
+
+/* ---- The context ------------------------------------------------------------------------------
+ */
+
+/* Keeps the last session OpenSSL hands over (TLS 1.3 sends tickets after the
+ * handshake, sometimes two: the newest wins). */
+static int on_new_session(SSL *ssl, SSL_SESSION *session) {
+  conn_t *s = SSL_get_app_data(ssl);
+  drop_session(s->ctx);
+  s->ctx->session = session;
+  return 1;
+}
+
+/* OpenSSL's own fallback prompts on the terminal, which would block: a key
+ * without a password source fails to load instead. */
+static int password_cb(char *buf, int size, int rwflag, void *u) {
+  (void)rwflag;
+  const uvmqtt_tls_options_t *o = u;
+  if (o->key_password != NULL) {
+    size_t n = strlen(o->key_password);
+    if (n > (size_t)size) return -1;
+    memcpy(buf, o->key_password, n);
+    return (int)n;
+  }
+  if (o->key_password_cb != NULL) return o->key_password_cb(buf, size, o->key_password_arg);
+  return -1;
+}
+
+static int load_identity(SSL_CTX *sc, const uvmqtt_tls_options_t *o) {
+  if (o->cert_file == NULL) return o->key_file == NULL;
+  if (SSL_CTX_use_certificate_chain_file(sc, o->cert_file) != 1) return 0;
+  SSL_CTX_set_default_passwd_cb(sc, password_cb);
+  SSL_CTX_set_default_passwd_cb_userdata(sc, (void *)(uintptr_t)o);
+  /* Without key_file the key sits in the certificate's file. */
+  const char *key = o->key_file != NULL ? o->key_file : o->cert_file;
+  int ok = SSL_CTX_use_PrivateKey_file(sc, key, SSL_FILETYPE_PEM) == 1 &&
+           SSL_CTX_check_private_key(sc) == 1;
+  /* The options are the caller's and go away after init. */
+  SSL_CTX_set_default_passwd_cb(sc, NULL);
+  SSL_CTX_set_default_passwd_cb_userdata(sc, NULL);
+  return ok;
+}
+
+/* ALPN's wire form: each name preceded by its length. */
+static int set_alpn(SSL_CTX *sc, const uvmqtt_tls_options_t *o) {
+  if (o->alpn_count == 0) return 0;
+  if (o->alpn == NULL || o->alpn_count > 1024) return UVMQTT_EINVAL;
+  size_t total = 0;
+  for (size_t i = 0; i < o->alpn_count; i++) {
+    size_t n = o->alpn[i] != NULL ? strlen(o->alpn[i]) : 0;
+    if (n == 0 || n > 255) return UVMQTT_EINVAL;
+    total += 1 + n;
+  }
+  if (total > 65535) return UVMQTT_EINVAL;
+  unsigned char *wire = uvmqtt__malloc(total);
+  if (wire == NULL) return UVMQTT_ENOMEM;
+  size_t at = 0;
+  for (size_t i = 0; i < o->alpn_count; i++) {
+    size_t n = strlen(o->alpn[i]);
+    wire[at++] = (unsigned char)n;
+    memcpy(wire + at, o->alpn[i], n);
+    at += n;
+  }
+  /* Unlike most of OpenSSL, 0 means success here. */
+  int err = SSL_CTX_set_alpn_protos(sc, wire, (unsigned)total) == 0 ? 0 : UVMQTT_ENOMEM;
+  uvmqtt__free(wire);
+  return err;
+}
+
+static int configure(uvmqtt__tls_ctx_t *ctx, const uvmqtt_tls_options_t *o) {
+  SSL_CTX *sc = ctx->ssl_ctx;
+  int min = o->min_version ? o->min_version : UVMQTT_TLS_1_2;
+  if (min != UVMQTT_TLS_1_2 && min != UVMQTT_TLS_1_3) return UVMQTT_ETLSCONFIG;
+  if (SSL_CTX_set_min_proto_version(sc, min) != 1) return UVMQTT_ETLSCONFIG;
+  /* Idle connections give their 2 x 17 KiB record buffers back. A client
+   * never renegotiates: every SSL_write then completes without reading. */
+  SSL_CTX_set_mode(sc, SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set_options(sc, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+  SSL_CTX_set_verify(sc, o->insecure ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, NULL);
+  if (o->ca_file != NULL || o->ca_path != NULL) {
+    if (SSL_CTX_load_verify_locations(sc, o->ca_file, o->ca_path) != 1) return UVMQTT_ETLSCONFIG;
+  } else if (!o->insecure) {
+    if (SSL_CTX_set_default_verify_paths(sc) != 1) return UVMQTT_ETLSCONFIG;
+  }
+  if (o->ciphers != NULL && SSL_CTX_set_cipher_list(sc, o->ciphers) != 1) return UVMQTT_ETLSCONFIG;
+  if (o->ciphersuites != NULL && SSL_CTX_set_ciphersuites(sc, o->ciphersuites) != 1)
+    return UVMQTT_ETLSCONFIG;
+  if (!load_identity(sc, o)) return UVMQTT_ETLSCONFIG;
+  int err = set_alpn(sc, o);
+  if (err) return err;
+  if (o->no_resumption) {
+    SSL_CTX_set_session_cache_mode(sc, SSL_SESS_CACHE_OFF);
+  } else {
+    /* OpenSSL hands each new session to on_new_session and keeps no cache
+     * of its own. */
+    SSL_CTX_set_session_cache_mode(sc, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(sc, on_new_session);
+  }
+  ctx->bio_method = new_bio_method();
+  return ctx->bio_method != NULL ? 0 : UVMQTT_ENOMEM;
+}
+
+int uvmqtt__tls_ctx_new(const uvmqtt_tls_options_t *opts, uvmqtt__tls_ctx_t **out) {
+  static const uvmqtt_tls_options_t defaults;
+  const uvmqtt_tls_options_t *o = opts != NULL ? opts : &defaults;
+  *out = NULL;
+  uvmqtt__tls_ctx_t *ctx = uvmqtt__calloc(1, sizeof *ctx);
+  if (ctx == NULL) return UVMQTT_ENOMEM;
+  ctx->no_sni = o->no_sni;
+  ctx->no_resumption = o->no_resumption;
+  ctx->insecure = o->insecure;
+  ERR_clear_error();
+  ctx->ssl_ctx = SSL_CTX_new(TLS_client_method());
+  int err = ctx->ssl_ctx != NULL ? configure(ctx, o) : UVMQTT_ENOMEM;
+  ERR_clear_error();
+  if (err) {
+    uvmqtt__tls_ctx_free(ctx);
+    return err;
+  }
+  *out = ctx;
+  return 0;
+}
+
+void uvmqtt__tls_ctx_free(uvmqtt__tls_ctx_t *ctx) {
+  if (ctx == NULL) return;
+  drop_session(ctx);
+  if (ctx->ssl_ctx != NULL) SSL_CTX_free(ctx->ssl_ctx);
+  if (ctx->bio_method != NULL) BIO_meth_free(ctx->bio_method);
+  uvmqtt__free(ctx);
+}
+
+int uvmqtt__tls_ctx_reused(const uvmqtt__tls_ctx_t *ctx) {
+  return ctx != NULL && ctx->reused;
+}
