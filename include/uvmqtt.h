@@ -110,8 +110,8 @@ int64_t uvmqtt_reconnect_deadline(void *state, const uvmqtt_reconnect_info_t *in
 
 typedef enum {
   UVMQTT_DELIVERY_DEFAULT = 0, /* use the client's default */
-  /* Not connected: the publish completes at once with UVMQTT_ENOTCONN.
-   * Connected: sent once; if the connection drops before the ack, it
+  /* Not connected: uvmqtt_publish() returns UVMQTT_ENOTCONN at once (no
+   * callback). Connected: sent once; if the connection drops before the ack, it
    * completes with the connection's error. Never queued, never retried. */
   UVMQTT_DELIVERY_DROP,
   /* Queued while offline, resent after reconnects, until acknowledged or
@@ -234,6 +234,10 @@ typedef struct {
   uint16_t topic_alias_out;
 
   uint32_t connect_timeout_ms; /* resolve + TCP + CONNACK; default 10000 */
+  /* QoS 1/2 messages handed to the socket and not yet acknowledged, at
+   * most; a v5 broker's Receive Maximum lowers it. 0: 20 (libmosquitto's
+   * default; Mosquitto stalls 3.1.1 publishers with far more in flight). */
+  uint16_t max_inflight;
   /* The largest packet accepted from the broker (whole packet, bytes); a
    * larger one closes the connection with UVMQTT_ETOOLARGE. v5 announces it
    * as Maximum Packet Size unless connect_props sets one. 0: 16 MiB. */

@@ -171,6 +171,7 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
   if (opts->max_queued_bytes) c->sess.max_queued_bytes = opts->max_queued_bytes;
   c->sess.overflow = opts->overflow;
   if (opts->max_packet_size) c->sess.our_max_packet = opts->max_packet_size;
+  c->sess.max_inflight = opts->max_inflight ? opts->max_inflight : 20;
   c->sess.decide = opts->decide;
   c->sess.decide_state = opts->decide_state;
   c->sess.store = opts->store;
@@ -255,7 +256,7 @@ int uvmqtt_subscribe(uvmqtt_client_t *client, const uvmqtt_topic_sub_t *subs, si
   if (props && c->version == UVMQTT_V5) p.props = *props;
   err = uvmqtt__session_request(&c->sess, &p, cb, arg, uvmqtt__now(c));
   if (err) return err;
-  err = uvmqtt__subs_add(c, subs, count, on_message, arg);
+  err = uvmqtt__subs_add(c, subs, count, on_message, arg, c->sess.last_req_id);
   if (uvmqtt__session_pending(&c->sess)) uvmqtt__client_schedule_flush(c);
   return err;
 }

@@ -414,6 +414,7 @@ static int ev_publish_done(void *owner, uvmqtt__msg_t *m, int status, uint8_t re
 
 static int ev_request_done(void *owner, uvmqtt__req_t *r, int status, const uvmqtt_packet_t *ack) {
   uvmqtt__client_t *c = owner;
+  if (r->type == UVMQTT_SUBSCRIBE) uvmqtt__subs_acked(c, r->id);
   if (r->cb) {
     const uint8_t *codes = ack ? ack->u.suback.codes : NULL;
     size_t count = ack ? ack->u.suback.count : 0;

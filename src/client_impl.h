@@ -24,6 +24,7 @@ typedef struct uvmqtt__sub_s {
   void *arg;
   uint8_t options;
   uint16_t len;
+  uint16_t req_id; /* the SUBSCRIBE carrying it while unacknowledged, else 0 */
   char filter[];
 } uvmqtt__sub_t;
 
@@ -94,7 +95,9 @@ typedef struct uvmqtt__client_s uvmqtt__client_t;
 
 /* Subscriptions (client_subs.c). */
 int uvmqtt__subs_add(uvmqtt__client_t *c, const uvmqtt_topic_sub_t *subs, size_t count,
-                     uvmqtt_message_cb cb, void *arg);
+                     uvmqtt_message_cb cb, void *arg, uint16_t req_id);
+/* The SUBSCRIBE `req_id` was acknowledged (or failed for good). */
+void uvmqtt__subs_acked(uvmqtt__client_t *c, uint16_t req_id);
 void uvmqtt__subs_remove(uvmqtt__client_t *c, const char *const *filters, size_t count);
 /* The per-subscription callback for `topic`, or NULL. */
 uvmqtt__sub_t *uvmqtt__subs_match(uvmqtt__client_t *c, uvmqtt_bytes_t topic);

@@ -18,7 +18,7 @@ static uvmqtt__sub_t *find(uvmqtt__client_t *c, const uint8_t *filter, size_t le
 }
 
 int uvmqtt__subs_add(uvmqtt__client_t *c, const uvmqtt_topic_sub_t *subs, size_t count,
-                     uvmqtt_message_cb cb, void *arg) {
+                     uvmqtt_message_cb cb, void *arg, uint16_t req_id) {
   for (size_t i = 0; i < count; i++) {
     const uvmqtt_topic_sub_t *in = &subs[i];
     uvmqtt__sub_t *s = find(c, in->filter.data, in->filter.len, NULL);
@@ -38,6 +38,7 @@ int uvmqtt__subs_add(uvmqtt__client_t *c, const uvmqtt_topic_sub_t *subs, size_t
     s->options = in->options;
     s->on_message = cb;
     s->arg = arg;
+    s->req_id = req_id;
   }
   return 0;
 }
@@ -62,18 +63,28 @@ uvmqtt__sub_t *uvmqtt__subs_match(uvmqtt__client_t *c, uvmqtt_bytes_t topic) {
   return NULL;
 }
 
+void uvmqtt__subs_acked(uvmqtt__client_t *c, uint16_t req_id) {
+  for (uvmqtt__sub_t *s = c->subs; s; s = s->next)
+    if (s->req_id == req_id) s->req_id = 0;
+}
+
 int uvmqtt__subs_resend(uvmqtt__client_t *c, uint64_t now) {
+  /* Filters whose SUBSCRIBE is still unacknowledged go again with that
+   * request (the session resends it): sending them here too would subscribe
+   * twice and deliver retained messages twice. */
   size_t count = 0;
   for (uvmqtt__sub_t *s = c->subs; s; s = s->next)
-    count++;
+    count += s->req_id == 0;
   if (count == 0) return 0;
   uvmqtt_topic_sub_t *list = uvmqtt__calloc(count, sizeof *list);
   if (list == NULL) return UVMQTT_ENOMEM;
   size_t i = 0;
-  for (uvmqtt__sub_t *s = c->subs; s; s = s->next, i++) {
+  for (uvmqtt__sub_t *s = c->subs; s; s = s->next) {
+    if (s->req_id != 0) continue;
     list[i].filter.data = (const uint8_t *)s->filter;
     list[i].filter.len = s->len;
     list[i].options = s->options;
+    i++;
   }
   uvmqtt_packet_t p;
   memset(&p, 0, sizeof p);
@@ -82,7 +93,10 @@ int uvmqtt__subs_resend(uvmqtt__client_t *c, uint64_t now) {
   p.u.subscribe.count = (uint32_t)count;
   int err = uvmqtt__session_request(&c->sess, &p, NULL, NULL, now);
   uvmqtt__free(list);
-  return err;
+  if (err) return err;
+  for (uvmqtt__sub_t *s = c->subs; s; s = s->next)
+    if (s->req_id == 0) s->req_id = c->sess.last_req_id;
+  return 0;
 }
 
 void uvmqtt__subs_free(uvmqtt__client_t *c) {

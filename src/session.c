@@ -200,6 +200,7 @@ void uvmqtt__session_init(uvmqtt__session_t *s, void *owner, const uvmqtt__sessi
   s->broker_max_qos = 2;
   s->broker_retain = 1;
   s->broker_receive_max = DEFAULT_WINDOW;
+  s->max_inflight = DEFAULT_WINDOW;
   s->max_queued = DEFAULT_MAX_QUEUED;
   s->max_queued_bytes = DEFAULT_MAX_QUEUED_BYTES;
   s->our_max_packet = DEFAULT_MAX_PACKET;
@@ -493,7 +494,8 @@ void uvmqtt__session_pump(uvmqtt__session_t *s, uint64_t now) {
   int expiry_changed = 0;
   while (s->state == UVMQTT__S_ONLINE && s->queue.head && s->out.len < UVMQTT__OUT_HIGH_WATER) {
     uvmqtt__msg_t *m = s->queue.head;
-    if (m->qos > 0 && s->inflight >= s->broker_receive_max) break;
+    if (m->qos > 0 && (s->inflight >= s->broker_receive_max || s->inflight >= s->max_inflight))
+      break;
     if (s->broker_max_packet && m->len > s->broker_max_packet) {
       list_pop(&s->queue);
       expiry_changed |= m->deadline != 0;
@@ -545,6 +547,7 @@ int uvmqtt__session_request(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt,
     return UVMQTT_EQUEUEFULL;
   }
   copy.packet_id = r->id;
+  s->last_req_id = r->id;
   ssize_t n = uvmqtt_encode(&copy, s->version, r->data, (size_t)size);
   if (n < 0) {
     uvmqtt__free(r);

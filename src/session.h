@@ -123,9 +123,11 @@ typedef struct uvmqtt__session_s {
   uint16_t keepalive_s; /* in force: ours or the broker's Server Keep Alive */
   uint16_t our_keepalive_s;
   uint16_t broker_receive_max;
+  uint16_t max_inflight;    /* our own cap on the window */
   uint16_t our_receive_max; /* what we announced (v5), bounds incoming QoS 2 */
   uint16_t our_alias_max;   /* incoming topic aliases we accept (v5) */
   uint16_t next_id;
+  uint16_t last_req_id;       /* the id uvmqtt__session_request() gave last */
   uint32_t broker_max_packet; /* 0: none */
   uint32_t our_max_packet;    /* incoming limit when CONNECT does not announce one */
   uint32_t inflight;          /* QoS 1/2 in the window */

@@ -34,6 +34,7 @@ typedef struct {
   int broker_publishes;
   int broker_pingreqs;
   int broker_pubcomps;
+  int broker_subscribes;
   int broker_disconnect_reason;
   int dup_seen;
   uint16_t first_id;
@@ -171,6 +172,18 @@ static void broker_packet(fake_broker_t *fb, fake_conn_t *conn, const uvmqtt_pac
     }
     return;
   case UVMQTT_PUBCOMP: f->broker_pubcomps++; return;
+  case UVMQTT_SUBSCRIBE: {
+    f->broker_subscribes++;
+    uint8_t codes[8] = {0};
+    uvmqtt_packet_t ack;
+    memset(&ack, 0, sizeof ack);
+    ack.type = UVMQTT_SUBACK;
+    ack.packet_id = pkt->packet_id;
+    ack.u.suback.codes = codes;
+    ack.u.suback.count = pkt->u.subscribe.count < 8 ? pkt->u.subscribe.count : 8;
+    ck_assert_int_eq(fake_send_packet(conn, &ack), 0);
+    return;
+  }
   case UVMQTT_DISCONNECT: f->broker_disconnect_reason = pkt->reason; return;
   default: return;
   }
@@ -266,6 +279,22 @@ static void fx_end(fx_t *f) {
     while (!(cond) && uv_now(&(f)->loop) < until_)                                                 \
       uv_run(&(f)->loop, UV_RUN_ONCE);                                                             \
   } while (0)
+
+static void on_wake(uv_timer_t *t) {
+  (void)t;
+}
+
+/* Runs the loop for `ms`, whether or not anything happens. */
+static void run_for(fx_t *f, uint64_t ms) {
+  uv_timer_t wake;
+  uv_timer_init(&f->loop, &wake);
+  uv_timer_start(&wake, on_wake, ms, 0);
+  uint64_t until = uv_now(&f->loop) + ms;
+  while (uv_now(&f->loop) < until)
+    uv_run(&f->loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&wake, NULL);
+  uv_run(&f->loop, UV_RUN_NOWAIT);
+}
 
 /* ---- Tests ---------------------------------------------------------------- */
 
@@ -522,6 +551,27 @@ START_TEST(fake_close_inside_message_callback) {
 }
 END_TEST
 
+/* A SUBSCRIBE queued before the connection goes once, and after a
+ * reconnect without session the stored subscription goes once again. */
+START_TEST(fake_subscribe_sent_once_and_restored) {
+  fx_t *f = calloc(1, sizeof *f);
+  f->stop_after_publishes = 1;
+  fx_start(f, UVMQTT_V311, 30, 0, NULL);
+  uvmqtt_topic_sub_t sub = {{(const uint8_t *)"s/#", 3}, 1};
+  ck_assert_int_eq(uvmqtt_subscribe(&f->client, &sub, 1, NULL, NULL, NULL, NULL), 0);
+  RUN_UNTIL(f, f->broker_subscribes == 1, 2000);
+  uvmqtt_publish_opts_t o = {1, 0, NULL, {0, 0}};
+  ck_assert_int_eq(uvmqtt_publish(&f->client, "r", "x", 1, &o, publish_cb, NULL), 0);
+  RUN_UNTIL(f, f->connects == 2 && f->broker_subscribes == 2, 3000);
+  run_for(f, 200); /* nothing more may come */
+  ck_assert_int_eq(f->connects, 2);
+  ck_assert_int_eq(f->broker_subscribes, 2);
+  finish(f);
+  fx_end(f);
+  free(f);
+}
+END_TEST
+
 Suite *uvmqtt_test_suite(void) {
   Suite *s = suite_create("fake_broker");
   TCase *tc = tcase_create("faults");
@@ -539,6 +589,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(tc, fake_connack_stall_times_out);
   tcase_add_loop_test(tc, fake_resend_with_dup_after_loss, 0, 2);
   tcase_add_test(tc, fake_close_inside_message_callback);
+  tcase_add_test(tc, fake_subscribe_sent_once_and_restored);
   suite_add_tcase(s, tc);
   return s;
 }

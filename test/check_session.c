@@ -329,6 +329,21 @@ START_TEST(session_receive_maximum_honoured) {
 }
 END_TEST
 
+START_TEST(session_max_inflight_caps_window) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 1, 0);
+  f.s.max_inflight = 2;
+  connack(&f, 0, NULL);
+  for (int i = 0; i < 5; i++)
+    publish(&f, "mi", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  ck_assert_int_eq(drain(&f), 2);
+  feed_ack(&f, UVMQTT_PUBACK, f.out[0].packet_id, 0, 2);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.s.inflight, 2);
+  teardown(&f);
+}
+END_TEST
+
 START_TEST(session_broker_limits_fail_locally) {
   fixture_t f;
   setup_session(&f, UVMQTT_V5, 1, 30);
@@ -828,6 +843,7 @@ Suite *uvmqtt_test_suite(void) {
 
   TCase *limits = tcase_create("limits");
   tcase_add_test(limits, session_receive_maximum_honoured);
+  tcase_add_test(limits, session_max_inflight_caps_window);
   tcase_add_test(limits, session_broker_limits_fail_locally);
   tcase_add_test(limits, session_server_keep_alive_applied);
   tcase_add_loop_test(limits, session_keepalive_ping_and_timeout, 0, 2);

@@ -164,6 +164,11 @@ static pid_t spawn(const test_broker_t *b) {
     dup2(null_fd, STDIN_FILENO);
     close(null_fd);
   }
+  /* The broker must not hold the test's pipes and sockets open: a reader
+   * waiting for EOF on a pipe would hang while the broker lives. */
+  long max_fd = sysconf(_SC_OPEN_MAX);
+  for (int i = STDERR_FILENO + 1; i < (max_fd > 0 && max_fd < 65536 ? max_fd : 1024); i++)
+    close(i);
   char *argv[] = {"mosquitto", "-c", conf, NULL};
   execvp(argv[0], argv);
   /* /usr/sbin is often missing from PATH for users other than root. */
