@@ -12,15 +12,11 @@
 /* How often it looks. uvmqtt_disconnect() has no completion callback. */
 #define STOP_POLL_MS 5
 
-static void on_handle_closed(uv_handle_t *h) {
-  (void)h;
-}
-
 static void on_client_closed(uvmqtt_client_t *client) {
   cli_app_t *app = client->data;
-  uv_close((uv_handle_t *)&app->sigint, on_handle_closed);
-  uv_close((uv_handle_t *)&app->sigterm, on_handle_closed);
-  uv_close((uv_handle_t *)&app->stop_timer, on_handle_closed);
+  uv_close((uv_handle_t *)&app->sigint, NULL);
+  uv_close((uv_handle_t *)&app->sigterm, NULL);
+  uv_close((uv_handle_t *)&app->stop_timer, NULL);
   if (app->hooks.closed) app->hooks.closed(app);
 }
 

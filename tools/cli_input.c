@@ -20,9 +20,12 @@ static int make_room(cli_input_t *in) {
   }
   if (in->cap - in->end >= CHUNK) return 0;
   if (in->end > in->max_size) return UV_E2BIG;
-  size_t cap = in->cap ? in->cap : CHUNK;
-  while (cap - in->end < CHUNK)
-    cap *= 2;
+  /* Doubling, but never far past the limit: one chunk beyond it is enough
+   * to see that the limit was crossed. */
+  size_t limit = in->max_size + CHUNK + 1;
+  size_t cap = in->cap ? in->cap * 2 : 2 * CHUNK;
+  if (cap > limit) cap = limit;
+  if (cap - in->end < CHUNK) cap = in->end + CHUNK;
   char *buf = realloc(in->buf, cap);
   if (buf == NULL) return UV_ENOMEM;
   in->buf = buf;

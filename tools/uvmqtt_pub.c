@@ -12,9 +12,17 @@
 
 /* Backpressure for -l: stop reading stdin while this many publishes are
  * unfinished (queued, in flight or being written), go on once they drain
- * to the low mark. This keeps memory flat for any input length. */
-#define QUEUE_HIGH 1000u
-#define QUEUE_LOW  250u
+ * to the low mark. This keeps memory flat for any input length.
+ * QoS 0 messages finish when written, so a large batch keeps the socket
+ * busy. QoS 1/2 messages finish when acknowledged: at most 20 are left
+ * unacknowledged, as mosquitto_pub does. Mosquitto 2.0.11 (and earlier
+ * 2.0 releases) stops delivering to subscribers when a 3.1.1 publisher
+ * has many more QoS 2 messages in flight than its max_inflight_messages
+ * (20 by default), and MQTT 3.1.1 has no Receive Maximum to tell us. */
+#define QOS0_HIGH  1000u
+#define QOS0_LOW   250u
+#define ACKED_HIGH 20u
+#define ACKED_LOW  19u
 
 /* Undelivered messages named one by one; past this they are only counted. */
 #define REPORT_MAX 100u
@@ -33,6 +41,8 @@ typedef struct {
   uint64_t closed; /* pending when the client closed */
   uint64_t other;
   uint32_t outstanding;
+  uint32_t high; /* the backpressure marks for this QoS */
+  uint32_t low;
   uint8_t started;
   uint8_t input_open;
   uint8_t input_done;
@@ -115,7 +125,7 @@ static void input_failed(pub_t *p, int err) {
 static void pump_lines(pub_t *p) {
   const char *line;
   size_t len;
-  while (p->input_open && p->outstanding < QUEUE_HIGH) {
+  while (p->input_open && p->outstanding < p->high) {
     int r = cli_input_line(&p->input, &line, &len);
     if (r == CLI_INPUT_LINE) {
       publish_one(p, line, len);
@@ -131,7 +141,7 @@ static void pump_lines(pub_t *p) {
     }
   }
   if (!p->input_open) return;
-  if (p->outstanding >= QUEUE_HIGH)
+  if (p->outstanding >= p->high)
     cli_input_pause(&p->input);
   else if (cli_input_resume(&p->input) != 0)
     input_failed(p, p->input.error);
@@ -150,6 +160,10 @@ static void on_whole(cli_input_t *in) {
   if (!in->eof) return;
   size_t len;
   const char *bytes = cli_input_bytes(in, &len);
+  if (len > in->max_size) {
+    input_failed(p, UV_E2BIG);
+    return;
+  }
   publish_one(p, bytes, len);
   end_input(p);
   maybe_finish(p);
@@ -219,7 +233,7 @@ static void on_published(uvmqtt_client_t *client, int status, uint8_t reason, vo
     record_failure(p, seq, status, reason);
   }
   if (app->closing) return;
-  if (p->input_open && p->opts.mode == CLI_MSG_LINES && p->outstanding <= QUEUE_LOW) pump_lines(p);
+  if (p->input_open && p->opts.mode == CLI_MSG_LINES && p->outstanding <= p->low) pump_lines(p);
   maybe_finish(p);
 }
 
@@ -265,6 +279,8 @@ int main(int argc, char **argv) {
     return CLI_EXIT_ERROR;
   }
   p.popts.qos = p.opts.qos;
+  p.high = p.opts.qos ? ACKED_HIGH : QOS0_HIGH;
+  p.low = p.opts.qos ? ACKED_LOW : QOS0_LOW;
   p.popts.retain = p.opts.retain;
   if (p.opts.version == UVMQTT_V5 && p.opts.publish_props.props.has != 0)
     p.popts.props = &p.opts.publish_props.props;

@@ -71,7 +71,8 @@ static void on_subscribed(uvmqtt_client_t *client, int status, const uint8_t *re
   sub_t *s = arg;
   char buf[160];
   (void)client;
-  if (s->app.closing) return;
+  /* A stop (signal, -C, -W) may end the connection before the SUBACK. */
+  if (s->app.stopping || s->app.closing) return;
   if (status < 0) {
     cli_app_fail(&s->app, "subscribe failed: %s", cli_errstr(status, buf, sizeof buf));
     return;
