@@ -599,6 +599,28 @@ START_TEST(session_unknown_alias_rejected) {
 }
 END_TEST
 
+START_TEST(session_incoming_size_bounded_by_default) {
+  fixture_t f;
+  memset(&f, 0, sizeof f);
+  uvmqtt__session_init(&f.s, &f, &events, UVMQTT_V311);
+  ck_assert_uint_eq(f.s.our_max_packet, 16u * 1024 * 1024);
+  f.s.our_max_packet = 100;
+  uvmqtt_packet_t c;
+  memset(&c, 0, sizeof c);
+  c.type = UVMQTT_CONNECT;
+  c.u.connect.protocol_level = UVMQTT_V311;
+  c.u.connect.client_id.data = (const uint8_t *)"sess";
+  c.u.connect.client_id.len = 4;
+  ck_assert_int_eq(uvmqtt__session_connect(&f.s, &c, 0), 0);
+  drain(&f);
+  connack(&f, 0, NULL);
+  /* A PUBLISH declaring 200 bytes is refused before anything is buffered. */
+  uint8_t head[3] = {0x30, 0xC8, 0x01};
+  ck_assert_int_eq(uvmqtt__session_recv(&f.s, head, sizeof head, 1), UVMQTT_ETOOLARGE);
+  teardown(&f);
+}
+END_TEST
+
 START_TEST(session_malformed_input_sends_disconnect) {
   fixture_t f;
   setup_session(&f, UVMQTT_V5, 1, 0);
@@ -866,6 +888,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(bad, session_incoming_topic_alias);
   tcase_add_test(bad, session_unknown_alias_rejected);
   tcase_add_test(bad, session_malformed_input_sends_disconnect);
+  tcase_add_test(bad, session_incoming_size_bounded_by_default);
   tcase_add_test(bad, session_packet_before_connack_is_protocol_error);
   tcase_add_test(bad, session_refused_connack);
   suite_add_tcase(s, bad);

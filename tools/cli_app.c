@@ -9,8 +9,6 @@
 
 /* How long a graceful stop waits for DISCONNECT to be written. */
 #define STOP_WAIT_MS 2000
-/* How often it looks. uvmqtt_disconnect() has no completion callback. */
-#define STOP_POLL_MS 5
 
 static void on_client_closed(uvmqtt_client_t *client) {
   cli_app_t *app = client->data;
@@ -27,26 +25,19 @@ static void close_now(cli_app_t *app) {
   uvmqtt_close(&app->client, on_client_closed);
 }
 
-/* The stop, one step per timer tick: DISCONNECT if connected, wait (bounded)
- * until the connection is closed, then close the client. */
+/* The stop: DISCONNECT if connected, then close the client once on_disconnect
+ * says the connection is closed, or when STOP_WAIT_MS pass first. */
 static void on_stop_timer(uv_timer_t *t) {
   cli_app_t *app = t->data;
-  uvmqtt_stats_t st;
-  uvmqtt_client_stats(&app->client, &st);
   if (app->stop_phase == 0) {
     app->stop_phase = 1;
-    app->stop_deadline = uv_now(app->loop) + STOP_WAIT_MS;
+    uvmqtt_stats_t st;
+    uvmqtt_client_stats(&app->client, &st);
     if (st.connected && uvmqtt_disconnect(&app->client, 0) == 0) {
       cli_debug(app->opts, "sending DISCONNECT");
-      uv_timer_start(&app->stop_timer, on_stop_timer, STOP_POLL_MS, 0);
+      uv_timer_start(&app->stop_timer, on_stop_timer, STOP_WAIT_MS, 0);
       return;
     }
-    close_now(app);
-    return;
-  }
-  if ((st.connected || st.write_bytes > 0) && uv_now(app->loop) < app->stop_deadline) {
-    uv_timer_start(&app->stop_timer, on_stop_timer, STOP_POLL_MS, 0);
-    return;
   }
   close_now(app);
 }
@@ -127,7 +118,12 @@ static void on_connect(uvmqtt_client_t *client, int status, const uvmqtt_connack
 
 static void on_disconnect(uvmqtt_client_t *client, const uvmqtt_disconnect_t *info) {
   cli_app_t *app = client->data;
-  if (app->stopping) return;
+  if (app->stopping) {
+    /* The DISCONNECT went out and the socket is closed, or the connection
+     * broke while stopping: either way there is nothing left to wait for. */
+    if (app->stop_phase == 1) close_now(app);
+    return;
+  }
   char why[256];
   describe_failure(app, info->status, info->reason, why, sizeof why);
   if (info->will_retry) {

@@ -27,7 +27,6 @@ struct cli_app_s {
   uv_signal_t sigint;
   uv_signal_t sigterm;
   uv_timer_t stop_timer;
-  uint64_t stop_deadline;
   int exit_code;
   uint8_t ever_connected;
   uint8_t stopping; /* a stop was asked for */
