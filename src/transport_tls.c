@@ -65,6 +65,8 @@ typedef struct {
   write_rec_t *last_rec; /* the newest record queued during the current write() */
   int io_error;          /* why the BIO failed a write, for the error SSL reports */
   uint8_t established;   /* handshake and verification done, owner told */
+  uint8_t cert_asked;    /* the server sent a CertificateRequest */
+  uint8_t got_data;      /* application data arrived */
   uint8_t done;          /* the owner heard of a failure or the end: nothing more */
   uint8_t plain_ref;
 } conn_t;
@@ -309,6 +311,7 @@ static void drive(conn_t *s) {
     size_t before = s->in_len, n = 0;
     ERR_clear_error();
     if (SSL_read_ex(s->ssl, plain_buf, PLAIN_SIZE, &n) == 1) {
+      s->got_data = 1;
       s->owner->on_read(s->t, (ssize_t)n, plain_buf);
       continue;
     }
@@ -322,6 +325,8 @@ static void drive(conn_t *s) {
       ERR_clear_error();
       end_stream(s, UV_EOF);
     } else {
+      /* A broken record or a fatal alert: that session is not offered again. */
+      drop_session(s->ctx);
       end_stream(s, ssl_error(s, UVMQTT_ETLSPROTO));
     }
     return;
@@ -346,10 +351,20 @@ static void tls_on_read(uvmqtt__transport_t *t, ssize_t nread, const uint8_t *da
   if (s->done) return;
   if (nread < 0) {
     if (s->established) {
-      end_stream(s, (int)nread);
+      /* With TLS 1.3 the server judges our certificate only after our
+       * handshake finished, then sends an alert and hangs up; the reset
+       * that our early CONNECT provokes can destroy the alert. A broker
+       * that asked for a certificate and hung up before sending anything
+       * refused the certificate (or its absence). */
+      int err = (int)nread;
+      if (s->cert_asked && !s->got_data && (err == UV_EOF || err == UV_ECONNRESET))
+        err = UVMQTT_ETLSPEERCERT;
+      end_stream(s, err);
     } else {
-      s->done = 1;
-      s->owner->on_connect(t, nread == UV_EOF ? UVMQTT_ETLSCLOSED : (int)nread);
+      /* Whoever hung up before the handshake finished (EOF or a reset) is
+       * no TLS server or refused this client's TLS. */
+      int err = nread == UV_EOF || nread == UV_ECONNRESET ? UVMQTT_ETLSCLOSED : (int)nread;
+      fail_handshake(s, err);
     }
     return;
   }
@@ -359,6 +374,11 @@ static void tls_on_read(uvmqtt__transport_t *t, ssize_t nread, const uint8_t *da
   /* The bytes belong to the read pool and die with this callback. */
   s->in = NULL;
   s->in_len = 0;
+  /* SSL_MODE_RELEASE_BUFFERS misses one case: reading a post-handshake
+   * message (the TLS 1.3 session tickets) sets up a 16 KiB write buffer
+   * that no write ever releases. Between reads nothing needs either buffer
+   * unless a partial record waits in it, which SSL_has_pending() reports. */
+  if (s->established && !SSL_has_pending(s->ssl)) (void)SSL_free_buffers(s->ssl);
 }
 
 static void tls_on_write(uvmqtt__transport_t *t, int status, void *arg) {
@@ -376,6 +396,13 @@ static void tls_on_write(uvmqtt__transport_t *t, int status, void *arg) {
 }
 
 static void conn_free(conn_t *s) {
+  /* OpenSSL marks the session of a connection that ended without
+   * close_notify as not resumable. A dropped TCP connection is exactly when
+   * resumption pays, and MQTT's own framing makes truncation harmless, so a
+   * verified connection counts as shut down; one that failed its handshake
+   * or broke TLS has already dropped its session. */
+  if (s->ssl != NULL && s->established)
+    SSL_set_shutdown(s->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
   if (s->ssl != NULL) SSL_free(s->ssl);
   if (s->plain_ref) plain_unref();
   uvmqtt__free(s);
@@ -533,6 +560,14 @@ static int on_new_session(SSL *ssl, SSL_SESSION *session) {
   return 1;
 }
 
+/* Called on a client only when the server asks for a certificate. */
+static int on_cert_request(SSL *ssl, void *arg) {
+  (void)arg;
+  conn_t *s = SSL_get_app_data(ssl);
+  s->cert_asked = 1;
+  return 1;
+}
+
 /* OpenSSL's own fallback prompts on the terminal, which would block: a key
  * without a password source fails to load instead. */
 static int password_cb(char *buf, int size, int rwflag, void *u) {
@@ -608,6 +643,7 @@ static int configure(uvmqtt__tls_ctx_t *ctx, const uvmqtt_tls_options_t *o) {
   if (o->ciphersuites != NULL && SSL_CTX_set_ciphersuites(sc, o->ciphersuites) != 1)
     return UVMQTT_ETLSCONFIG;
   if (!load_identity(sc, o)) return UVMQTT_ETLSCONFIG;
+  SSL_CTX_set_cert_cb(sc, on_cert_request, NULL);
   int err = set_alpn(sc, o);
   if (err) return err;
   if (o->no_resumption) {
