@@ -89,8 +89,9 @@ typedef enum {
    * (group commit), so the cost is one sync per batch, not per message. */
   UVMQTT_FILE_SYNC_ALWAYS = 0,
   /* fsync at most every `interval_ms`; `done` runs after the sync that
-   * covers it. Fewer syncs under load; each done waits up to interval_ms.
-   * Also "on disk" when done runs. */
+   * covers it. Fewer syncs under load; each done waits up to interval_ms,
+   * so a writer that waits for its dones before going on gets at most one
+   * window of messages per interval. Also "on disk" when done runs. */
   UVMQTT_FILE_SYNC_INTERVAL,
   /* Never fsync; `done` runs once the write reached the kernel. Survives a
    * crash of the process, not of the machine (a power cut may lose the
