@@ -434,8 +434,12 @@ static void ev_stored(void *owner, void *arg, int status) {
   if (c->cbs.on_stored && !c->closing) c->cbs.on_stored(c->handle, status, arg);
 }
 
+static void ev_wake(void *owner) {
+  uvmqtt__client_schedule_flush(owner);
+}
+
 const uvmqtt__session_events_t uvmqtt__client_session_events = {
-    ev_connack, ev_message, ev_publish_done, ev_request_done, ev_disconnect, ev_stored};
+    ev_connack, ev_message, ev_publish_done, ev_request_done, ev_disconnect, ev_stored, ev_wake};
 
 /* ---- Close
  * ---------------------------------------------------------------------------------------- */

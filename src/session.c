@@ -68,7 +68,14 @@ static void list_prepend_all(uvmqtt__msg_list_t *to, uvmqtt__msg_list_t *from) {
 static void store_update(uvmqtt__session_t *s, const uvmqtt__msg_t *m, uint8_t phase) {
   /* An update the store cannot make leaves the log one phase behind: after a
    * crash the message is resent (at least once), never lost. */
-  if (s->store) (void)s->store->update(s->store->state, m->seq, phase, m->id);
+  if (s->store) (void)s->store->update(s->store->state, m->seq, phase, m->id, NULL, NULL);
+}
+
+static void store_wait_link(uvmqtt__session_t *s, uvmqtt__store_wait_t *w) {
+  w->prev = NULL;
+  w->next = s->store_waits;
+  if (w->next) w->next->prev = w;
+  s->store_waits = w;
 }
 
 static void store_wait_unlink(uvmqtt__session_t *s, uvmqtt__store_wait_t *w) {
@@ -112,10 +119,69 @@ static int store_append(uvmqtt__session_t *s, const uvmqtt__msg_t *m) {
     s->store_failed = w;
     return 0;
   }
-  w->next = s->store_waits;
-  if (w->next) w->next->prev = w;
-  s->store_waits = w;
+  store_wait_link(s, w);
   return 0;
+}
+
+static void on_phase_stored(void *arg, int status);
+
+/* Records a phase change whose packet (PUBLISH under a new id, PUBREL) must
+ * not reach the broker before the store has it: otherwise a process killed
+ * in between would come back one phase behind the broker and repeat a step
+ * the broker already took (a second PUBLISH of a QoS 2 message the broker
+ * released is a second delivery). Returns 1 when the packet must wait for
+ * on_phase_stored(), 0 when it may go now (no store, or a store that failed:
+ * the client keeps running in memory). */
+static int store_update_then_send(uvmqtt__session_t *s, uvmqtt__msg_t *m, uint8_t phase) {
+  if (s->store == NULL) return 0;
+  uvmqtt__store_wait_t *w = uvmqtt__calloc(1, sizeof *w);
+  if (w == NULL) {
+    store_update(s, m, phase);
+    return 0;
+  }
+  w->s = s;
+  w->msg = m;
+  if (s->store->update(s->store->state, m->seq, phase, m->id, on_phase_stored, w) != 0) {
+    uvmqtt__free(w);
+    return 0;
+  }
+  store_wait_link(s, w);
+  m->wait = w;
+  return 1;
+}
+
+static int out_append(uvmqtt__session_t *s, const uint8_t *bytes, size_t len, uint64_t now);
+static int out_ack(uvmqtt__session_t *s, uint8_t type, uint16_t id, uint8_t reason, uint64_t now);
+static int out_publish(uvmqtt__session_t *s, uvmqtt__msg_t *m, uint64_t now);
+
+/* The store has the phase change: the packet it held back goes out now if
+ * the connection is up, else with the resend after the next CONNACK. A
+ * store error changes nothing: the packet goes all the same. */
+static void on_phase_stored(void *arg, int status) {
+  (void)status;
+  uvmqtt__store_wait_t *w = arg;
+  uvmqtt__session_t *s = w->s;
+  uvmqtt__msg_t *m = w->msg;
+  if (s) store_wait_unlink(s, w);
+  uvmqtt__free(w);
+  if (s == NULL || m == NULL) return;
+  m->wait = NULL;
+  if (m->state == UVMQTT__MSG_STORING) m->state = UVMQTT__MSG_WAIT_ACK;
+  if (s->state != UVMQTT__S_ONLINE) return;
+  /* The session has no clock: the latest time it was given stands in. At
+   * worst keepalive sends one PINGREQ early. */
+  uint64_t now = s->last_send > s->last_recv ? s->last_send : s->last_recv;
+  int err = m->state == UVMQTT__MSG_WAIT_COMP ? out_ack(s, UVMQTT_PUBREL, m->id, 0, now)
+                                              : out_publish(s, m, now);
+  /* Out of memory: the resend after the next reconnect sends it. */
+  (void)err;
+  if (s->ev->wake) s->ev->wake(s->owner);
+}
+
+/* The message is gone: a confirmation still due finds nothing to send. */
+static void store_wait_forget(uvmqtt__msg_t *m) {
+  if (m->wait) m->wait->msg = NULL;
+  m->wait = NULL;
 }
 
 int uvmqtt__session_report_store_failures(uvmqtt__session_t *s) {
@@ -188,6 +254,16 @@ static int out_ack(uvmqtt__session_t *s, uint8_t type, uint16_t id, uint8_t reas
   return out_append(s, b, sizeof b, now);
 }
 
+/* Writes the PUBLISH of m. Its stored bytes are always what the next send
+ * must be: once they went out under this packet id, a resend is a DUP. */
+static int out_publish(uvmqtt__session_t *s, uvmqtt__msg_t *m, uint64_t now) {
+  int err = out_append(s, m->data, m->len, now);
+  if (err) return err;
+  m->sent = 1;
+  if (m->qos > 0) m->data[0] |= 0x08;
+  return 0;
+}
+
 /* ---- Init and teardown ------------------------------------------------------ */
 
 void uvmqtt__session_init(uvmqtt__session_t *s, void *owner, const uvmqtt__session_events_t *ev,
@@ -208,6 +284,7 @@ void uvmqtt__session_init(uvmqtt__session_t *s, void *owner, const uvmqtt__sessi
 }
 
 static void msg_finish(uvmqtt__session_t *s, uvmqtt__msg_t *m, int status, uint8_t reason) {
+  store_wait_forget(m);
   store_update(s, m, UVMQTT_STORE_DONE);
   s->queued--;
   s->queued_bytes -= m->len;
@@ -334,6 +411,7 @@ static void requeue_window_as_new(uvmqtt__session_t *s) {
     }
     m->state = UVMQTT__MSG_QUEUED;
     m->data[0] &= (uint8_t)~0x08; /* not a duplicate for a broker without the session */
+    store_wait_forget(m);
     store_update(s, m, UVMQTT_STORE_QUEUED);
     list_push(&again, m);
   }
@@ -344,13 +422,11 @@ static void requeue_window_as_new(uvmqtt__session_t *s) {
  * (PUBLISH with DUP, or PUBREL), then the queue follows via pump. */
 static int resend_window(uvmqtt__session_t *s, uint64_t now) {
   for (uvmqtt__msg_t *m = s->window.head; m; m = m->next) {
-    int err;
-    if (m->state == UVMQTT__MSG_WAIT_COMP) {
-      err = out_ack(s, UVMQTT_PUBREL, m->id, 0, now);
-    } else {
-      m->data[0] |= 0x08;
-      err = out_append(s, m->data, m->len, now);
-    }
+    /* Held back for the store: on_phase_stored() sends it, and every later
+     * message of the window waits too (the store confirms in order). */
+    if (m->wait) break;
+    int err = m->state == UVMQTT__MSG_WAIT_COMP ? out_ack(s, UVMQTT_PUBREL, m->id, 0, now)
+                                                : out_publish(s, m, now);
     if (err) return err;
   }
   return 0;
@@ -399,10 +475,17 @@ static int on_connack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t n
 
 /* ---- Outgoing publish --------------------------------------------------------------- */
 
+/* Only a message never handed to the socket may expire: one that was may
+ * have reached the broker, and calling it expired would be a lie. (A message
+ * back in the queue after a reconnect without session was sent before.) */
+static int expirable(const uvmqtt__msg_t *m) {
+  return m->deadline != 0 && !m->sent;
+}
+
 static void recompute_expiry(uvmqtt__session_t *s) {
   uint64_t next = 0;
   for (uvmqtt__msg_t *m = s->queue.head; m; m = m->next)
-    if (m->deadline && (next == 0 || m->deadline < next)) next = m->deadline;
+    if (expirable(m) && (next == 0 || m->deadline < next)) next = m->deadline;
   s->next_expiry = next;
 }
 
@@ -474,6 +557,7 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
   m->policy = policy;
   m->state = UVMQTT__MSG_QUEUED;
   m->sent = 0;
+  m->wait = NULL;
   if (s->store) {
     err = store_append(s, m);
     if (err) {
@@ -484,7 +568,7 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
   s->queued++;
   s->queued_bytes += m->len;
   list_push(&s->queue, m);
-  if (m->deadline && (s->next_expiry == 0 || m->deadline < s->next_expiry))
+  if (expirable(m) && (s->next_expiry == 0 || m->deadline < s->next_expiry))
     s->next_expiry = m->deadline;
   uvmqtt__session_pump(s, now);
   return 0;
@@ -506,22 +590,28 @@ void uvmqtt__session_pump(uvmqtt__session_t *s, uint64_t now) {
       uint16_t id = next_packet_id(s, &m->serial);
       if (id == 0) break; /* every id in use: wait for acks */
       m->id = id;
+      m->data[0] &= (uint8_t)~0x08; /* a new id: the first send under it */
       m->data[m->id_off] = (uint8_t)(id >> 8);
       m->data[m->id_off + 1] = (uint8_t)id;
     }
-    if (out_append(s, m->data, m->len, now) != 0) break; /* out of memory: retry later */
-    list_pop(&s->queue);
-    expiry_changed |= m->deadline != 0;
-    m->sent = 1;
     if (m->qos == 0) {
+      if (out_publish(s, m, now) != 0) break; /* out of memory: retry later */
+      list_pop(&s->queue);
       m->state = UVMQTT__MSG_WRITING;
       list_push(&s->out.msgs, m);
     } else {
-      m->state = UVMQTT__MSG_WAIT_ACK;
+      /* A stored message goes out once the store knows its packet id. */
+      if (s->store == NULL || m->wait != NULL || !store_update_then_send(s, m, UVMQTT_STORE_SENT)) {
+        if (out_publish(s, m, now) != 0) break; /* out of memory: retry later */
+        m->state = UVMQTT__MSG_WAIT_ACK;
+      } else {
+        m->state = UVMQTT__MSG_STORING;
+      }
+      list_pop(&s->queue);
       s->inflight++;
       list_push(&s->window, m);
-      store_update(s, m, UVMQTT_STORE_SENT);
     }
+    expiry_changed |= m->deadline != 0;
   }
   if (expiry_changed) recompute_expiry(s);
 }
@@ -590,6 +680,9 @@ static int window_complete(uvmqtt__session_t *s, uvmqtt__msg_t *prev, uvmqtt__ms
 
 static int on_ack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t now) {
   uvmqtt__msg_t *prev, *m = window_find(s, p->packet_id, &prev);
+  /* An ack for a PUBLISH not sent yet is as unexpected as one for an id
+   * never used. */
+  if (m && m->state == UVMQTT__MSG_STORING) m = NULL;
   switch (p->type) {
   case UVMQTT_PUBACK:
     /* An ack for nothing we sent (or of the wrong kind) is ignored. */
@@ -599,11 +692,12 @@ static int on_ack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t now) 
     if (m && m->qos == 2 && m->state == UVMQTT__MSG_WAIT_ACK) {
       if (p->reason >= 0x80) return window_complete(s, prev, m, p->reason, now);
       m->state = UVMQTT__MSG_WAIT_COMP;
-      store_update(s, m, UVMQTT_STORE_PUBREC);
+      /* The PUBREL waits until the store knows of the PUBREC. */
+      if (store_update_then_send(s, m, UVMQTT_STORE_PUBREC)) return 0;
       return out_ack(s, UVMQTT_PUBREL, p->packet_id, 0, now);
     }
     if (m && m->state == UVMQTT__MSG_WAIT_COMP)
-      return out_ack(s, UVMQTT_PUBREL, p->packet_id, 0, now);
+      return m->wait ? 0 : out_ack(s, UVMQTT_PUBREL, p->packet_id, 0, now);
     /* Unknown id: release it so the broker can forget it. */
     return out_ack(s, UVMQTT_PUBREL, p->packet_id, 0x92, now);
   case UVMQTT_PUBCOMP:
@@ -813,7 +907,7 @@ int uvmqtt__session_tick(uvmqtt__session_t *s, uint64_t now) {
     uvmqtt__msg_t *prev = NULL, *m = s->queue.head;
     while (m) {
       uvmqtt__msg_t *next = m->next;
-      if (m->deadline && m->deadline <= now) {
+      if (expirable(m) && m->deadline <= now) {
         list_unlink(&s->queue, prev, m);
         list_push(&expired, m);
       } else {
@@ -907,6 +1001,7 @@ static void restore_one(void *arg, const uvmqtt_store_record_t *rec) {
   s->queued_bytes += m->len;
   if (m->qos > 0 && rec->phase != UVMQTT_STORE_QUEUED && rec->packet_id != 0) {
     m->id = rec->packet_id;
+    m->data[0] |= 0x08; /* it may have gone out under this id */
     m->data[m->id_off] = (uint8_t)(m->id >> 8);
     m->data[m->id_off + 1] = (uint8_t)m->id;
     m->sent = 1;

@@ -23,6 +23,7 @@
 
 typedef struct uvmqtt__msg_s uvmqtt__msg_t;
 typedef struct uvmqtt__req_s uvmqtt__req_t;
+typedef struct uvmqtt__store_wait_s uvmqtt__store_wait_t;
 
 /* An outgoing PUBLISH, encoded once at publish time (packet id patched in
  * when it is sent). One allocation. */
@@ -43,11 +44,17 @@ struct uvmqtt__msg_s {
   uint8_t policy; /* uvmqtt_delivery_kind_t, never DEFAULT */
   uint8_t state;  /* uvmqtt__msg_state_t */
   uint8_t sent;   /* handed to the socket at least once */
+  /* A phase change the store has not confirmed yet; the packet it allows
+   * (PUBLISH, PUBREL) waits for it. */
+  uvmqtt__store_wait_t *wait;
   uint8_t data[]; /* the encoded PUBLISH */
 };
 
 typedef enum {
   UVMQTT__MSG_QUEUED = 0, /* waiting for a connection, a window slot or room */
+  UVMQTT__MSG_STORING,    /* QoS 1/2 with a packet id, in the window: the PUBLISH waits
+                           * until the store has the id, so that a restarted process
+                           * resends it under the id the broker may know */
   UVMQTT__MSG_WAIT_ACK,   /* QoS 1 sent: waiting for PUBACK; QoS 2: for PUBREC */
   UVMQTT__MSG_WAIT_COMP,  /* QoS 2 PUBREL sent: waiting for PUBCOMP */
   UVMQTT__MSG_WRITING     /* QoS 0 in the output: waiting for the write */
@@ -81,16 +88,21 @@ typedef struct {
   /* The store has (status 0) or could not keep (status < 0) the message
    * published with `arg`. */
   void (*stored)(void *owner, void *arg, int status);
+  /* Output appeared outside any call into the session (a store confirmed a
+   * phase change): the owner should write it. */
+  void (*wake)(void *owner);
 } uvmqtt__session_events_t;
 
-/* An append the store has not confirmed yet. */
-typedef struct uvmqtt__store_wait_s {
+/* A store operation the store has not confirmed yet: an append (msg NULL,
+ * reported through `stored`) or a phase change of `msg`. */
+struct uvmqtt__store_wait_s {
   struct uvmqtt__store_wait_s *next;
   struct uvmqtt__store_wait_s *prev;
   struct uvmqtt__session_s *s; /* NULL once the session is gone */
+  uvmqtt__msg_t *msg;          /* phase changes: NULL once the message is gone */
   void *arg;
   int status; /* for appends the store refused at once */
-} uvmqtt__store_wait_t;
+};
 
 typedef enum {
   UVMQTT__S_OFFLINE = 0,

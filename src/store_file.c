@@ -771,7 +771,8 @@ static int fs_append(void *state, const uvmqtt_store_record_t *rec, uvmqtt_store
   return 0;
 }
 
-static int fs_update(void *state, uint64_t seq, uint8_t phase, uint16_t packet_id) {
+static int fs_update(void *state, uint64_t seq, uint8_t phase, uint16_t packet_id,
+                     uvmqtt_store_done_cb done, void *arg) {
   fstore_t *s = state;
   if (s == NULL || phase > UVMQTT_STORE_DONE) return UVMQTT_EINVAL;
   if (s->closing) return UVMQTT_ECLOSED;
@@ -780,12 +781,20 @@ static int fs_update(void *state, uint64_t seq, uint8_t phase, uint16_t packet_i
   int found;
   size_t i = entry_find(s, seq, &found);
   if (!found || s->entries[i].phase == UVMQTT_STORE_DONE) return UVMQTT_EINVAL;
-  if (pend_reserve(s, UPDATE_REC) < 0) return UVMQTT_ENOMEM;
+  if (pend_reserve(s, UPDATE_REC) < 0 || (done != NULL && waiters_reserve(s) < 0))
+    return UVMQTT_ENOMEM;
   encode_update(s->pend + s->pend_len, seq, phase, packet_id);
   s->pend_len += UPDATE_REC;
   s->queued_total += UPDATE_REC;
   entry_set_phase(s, &s->entries[i], phase, packet_id);
   entries_sweep(s);
+  if (done != NULL) {
+    waiter_t *w = &s->waiters[(s->wq_head + s->wq_len) % s->wq_cap];
+    w->mark = s->queued_total;
+    w->done = done;
+    w->arg = arg;
+    s->wq_len++;
+  }
   kick(s);
   return 0;
 }

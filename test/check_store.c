@@ -248,10 +248,10 @@ START_TEST(store_roundtrip) {
   ck_assert_uint_eq(g_nloaded, 0);
   for (uint64_t seq = 1; seq <= 5; seq++)
     append_seq(st, seq, UVMQTT_DELIVERY_UNTIL_DELIVERED, seq == 3 ? 1700000000123u : 0);
-  ck_assert_int_eq(st->update(st->state, 2, UVMQTT_STORE_SENT, 7), 0);
-  ck_assert_int_eq(st->update(st->state, 3, UVMQTT_STORE_SENT, 8), 0);
-  ck_assert_int_eq(st->update(st->state, 3, UVMQTT_STORE_PUBREC, 8), 0);
-  ck_assert_int_eq(st->update(st->state, 4, UVMQTT_STORE_DONE, 0), 0);
+  ck_assert_int_eq(st->update(st->state, 2, UVMQTT_STORE_SENT, 7, NULL, NULL), 0);
+  ck_assert_int_eq(st->update(st->state, 3, UVMQTT_STORE_SENT, 8, NULL, NULL), 0);
+  ck_assert_int_eq(st->update(st->state, 3, UVMQTT_STORE_PUBREC, 8, NULL, NULL), 0);
+  ck_assert_int_eq(st->update(st->state, 4, UVMQTT_STORE_DONE, 0, NULL, NULL), 0);
   uv_run(&g_loop, UV_RUN_DEFAULT);
   ck_assert_int_eq(g_done_count, 5);
   for (int i = 0; i < 5; i++) {
@@ -290,16 +290,16 @@ START_TEST(store_load_unfinished_in_order_latest_phase) {
   for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
     append_seq(st, order[i], UVMQTT_DELIVERY_DEADLINE, 99);
   uv_run(&g_loop, UV_RUN_DEFAULT);
-  ck_assert_int_eq(st->update(st->state, 10, UVMQTT_STORE_SENT, 1), 0);
-  ck_assert_int_eq(st->update(st->state, 10, UVMQTT_STORE_QUEUED, 0), 0);
-  ck_assert_int_eq(st->update(st->state, 10, UVMQTT_STORE_SENT, 11), 0);
-  ck_assert_int_eq(st->update(st->state, 20, UVMQTT_STORE_SENT, 2), 0);
-  ck_assert_int_eq(st->update(st->state, 20, UVMQTT_STORE_PUBREC, 2), 0);
-  ck_assert_int_eq(st->update(st->state, 30, UVMQTT_STORE_DONE, 0), 0);
-  ck_assert_int_eq(st->update(st->state, 60, UVMQTT_STORE_SENT, 6), 0);
-  ck_assert_int_eq(st->update(st->state, 60, UVMQTT_STORE_DONE, 0), 0);
+  ck_assert_int_eq(st->update(st->state, 10, UVMQTT_STORE_SENT, 1, NULL, NULL), 0);
+  ck_assert_int_eq(st->update(st->state, 10, UVMQTT_STORE_QUEUED, 0, NULL, NULL), 0);
+  ck_assert_int_eq(st->update(st->state, 10, UVMQTT_STORE_SENT, 11, NULL, NULL), 0);
+  ck_assert_int_eq(st->update(st->state, 20, UVMQTT_STORE_SENT, 2, NULL, NULL), 0);
+  ck_assert_int_eq(st->update(st->state, 20, UVMQTT_STORE_PUBREC, 2, NULL, NULL), 0);
+  ck_assert_int_eq(st->update(st->state, 30, UVMQTT_STORE_DONE, 0, NULL, NULL), 0);
+  ck_assert_int_eq(st->update(st->state, 60, UVMQTT_STORE_SENT, 6, NULL, NULL), 0);
+  ck_assert_int_eq(st->update(st->state, 60, UVMQTT_STORE_DONE, 0, NULL, NULL), 0);
   /* A seq whose message is DONE may be used again for a new message. */
-  ck_assert_int_eq(st->update(st->state, 70, UVMQTT_STORE_DONE, 0), 0);
+  ck_assert_int_eq(st->update(st->state, 70, UVMQTT_STORE_DONE, 0, NULL, NULL), 0);
   append_seq(st, 70, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0);
   uv_run(&g_loop, UV_RUN_DEFAULT);
   store_close(st);
@@ -338,10 +338,10 @@ START_TEST(store_argument_errors) {
   rec.packet = NULL;
   ck_assert_int_eq(st->append(st->state, &rec, on_done, NULL), UVMQTT_EINVAL);
   ck_assert_int_eq(st->append(st->state, NULL, on_done, NULL), UVMQTT_EINVAL);
-  ck_assert_int_eq(st->update(st->state, 9, UVMQTT_STORE_SENT, 1), UVMQTT_EINVAL);
-  ck_assert_int_eq(st->update(st->state, 1, 4, 1), UVMQTT_EINVAL);
-  ck_assert_int_eq(st->update(st->state, 1, UVMQTT_STORE_DONE, 0), 0);
-  ck_assert_int_eq(st->update(st->state, 1, UVMQTT_STORE_SENT, 1), UVMQTT_EINVAL);
+  ck_assert_int_eq(st->update(st->state, 9, UVMQTT_STORE_SENT, 1, NULL, NULL), UVMQTT_EINVAL);
+  ck_assert_int_eq(st->update(st->state, 1, 4, 1, NULL, NULL), UVMQTT_EINVAL);
+  ck_assert_int_eq(st->update(st->state, 1, UVMQTT_STORE_DONE, 0, NULL, NULL), 0);
+  ck_assert_int_eq(st->update(st->state, 1, UVMQTT_STORE_SENT, 1, NULL, NULL), UVMQTT_EINVAL);
   ck_assert_int_eq(st->load(st->state, on_each, NULL), UVMQTT_EBUSY);
   uv_run(&g_loop, UV_RUN_DEFAULT);
   ck_assert_int_eq(g_done_count, 1);
@@ -380,7 +380,7 @@ START_TEST(store_sync_policies) {
   }
   for (uint64_t seq = 200; seq < 300; seq++)
     append_seq(st, seq, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0);
-  ck_assert_int_eq(st->update(st->state, 5, UVMQTT_STORE_DONE, 0), 0);
+  ck_assert_int_eq(st->update(st->state, 5, UVMQTT_STORE_DONE, 0, NULL, NULL), 0);
   st->close(st->state, on_closed, NULL);
   uv_run(&g_loop, UV_RUN_DEFAULT);
   ck_assert_int_eq(g_closed, 1);
@@ -409,7 +409,7 @@ static uint64_t write_messages(const char *id, uint64_t n) {
   store_load(st);
   for (uint64_t seq = 1; seq < n; seq++)
     append_seq(st, seq, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0);
-  ck_assert_int_eq(st->update(st->state, 2, UVMQTT_STORE_SENT, 22), 0);
+  ck_assert_int_eq(st->update(st->state, 2, UVMQTT_STORE_SENT, 22, NULL, NULL), 0);
   uv_run(&g_loop, UV_RUN_DEFAULT);
   uint64_t before_last = file_size(path);
   append_seq(st, n, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0);
@@ -657,7 +657,7 @@ static uv_idle_t g_idle;
 static int g_seen_compacting;
 
 static void model_update(uint64_t seq, uint8_t phase, uint16_t id) {
-  ck_assert_int_eq(g_cstore->update(g_cstore->state, seq, phase, id), 0);
+  ck_assert_int_eq(g_cstore->update(g_cstore->state, seq, phase, id, NULL, NULL), 0);
   g_model[seq].phase = phase;
   g_model[seq].packet_id = id;
   if (phase == UVMQTT_STORE_DONE) g_model[seq].live = 0;

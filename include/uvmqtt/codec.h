@@ -157,9 +157,9 @@ typedef struct uvmqtt_props_s {
 /* One property as uvmqtt_props_next() yields it. */
 typedef struct {
   uint8_t id;
-  uint32_t u32;          /* byte, two-byte, four-byte and varint values */
-  uvmqtt_bytes_t str;    /* string and binary values; the key of a pair */
-  uvmqtt_bytes_t value;  /* the value of a string pair */
+  uint32_t u32;         /* byte, two-byte, four-byte and varint values */
+  uvmqtt_bytes_t str;   /* string and binary values; the key of a pair */
+  uvmqtt_bytes_t value; /* the value of a string pair */
 } uvmqtt_prop_t;
 
 /* Walks an encoded property block (a decoded props' `raw`). *offset starts at
@@ -169,10 +169,10 @@ int uvmqtt_props_next(uvmqtt_bytes_t raw, size_t *offset, uvmqtt_prop_t *out);
 
 /* Subscription options byte: QoS in bits 0-1, then v5's No Local, Retain As
  * Published and Retain Handling (bits 4-5). */
-#define UVMQTT_SUB_QOS(q)             ((uint8_t)((q)&3))
-#define UVMQTT_SUB_NO_LOCAL           0x04
+#define UVMQTT_SUB_QOS(q)              ((uint8_t)((q)&3))
+#define UVMQTT_SUB_NO_LOCAL            0x04
 #define UVMQTT_SUB_RETAIN_AS_PUBLISHED 0x08
-#define UVMQTT_SUB_RETAIN_HANDLING(h) ((uint8_t)(((h)&3) << 4))
+#define UVMQTT_SUB_RETAIN_HANDLING(h)  ((uint8_t)(((h)&3) << 4))
 
 typedef struct {
   uvmqtt_bytes_t filter;
@@ -188,7 +188,7 @@ typedef struct {
   uint8_t clean_start;
   uint16_t keep_alive;
   uvmqtt_bytes_t client_id;
-  uint8_t will;      /* will flag */
+  uint8_t will; /* will flag */
   uint8_t will_qos;
   uint8_t will_retain;
   uvmqtt_props_t will_props;

@@ -46,9 +46,16 @@ typedef struct uvmqtt_store_s {
    * inside the call). Returns 0 or a negative error (then no `done`). */
   int (*append)(void *state, const uvmqtt_store_record_t *rec, uvmqtt_store_done_cb done,
                 void *arg);
-  /* Records a phase change of message `seq`. Returns 0 or a negative error;
-   * the change is made durable with the next sync, in order with appends. */
-  int (*update)(void *state, uint64_t seq, uint8_t phase, uint16_t packet_id);
+  /* Records a phase change of message `seq`, made durable with the next
+   * sync, in order with appends. `done` may be NULL; when given it runs once,
+   * later (never from inside the call), when the change is durable: the
+   * client holds back the packet a change allows (the PUBLISH under a new
+   * packet id, the PUBREL after PUBREC) until then, so that a restarted
+   * process never repeats a step the broker already took. Every `done`, of
+   * appends and updates, runs in the order of the calls. Returns 0 or a
+   * negative error (then no `done`). */
+  int (*update)(void *state, uint64_t seq, uint8_t phase, uint16_t packet_id,
+                uvmqtt_store_done_cb done, void *arg);
   /* Calls `each` for every message not DONE, in seq order, synchronously
    * (start-up only). Views are valid during the call. Returns 0 or an error. */
   int (*load)(void *state, uvmqtt_store_each_cb each, void *arg);
