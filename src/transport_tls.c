@@ -266,6 +266,17 @@ static void fail_handshake(conn_t *s, int err) {
   s->owner->on_connect(s->t, err);
 }
 
+/* With TLS 1.3 the server judges our certificate only after our handshake
+ * finished, then sends an alert and hangs up; the reset that our early
+ * CONNECT provokes can destroy the alert, and the hang-up may show first as
+ * a failed write. A broker that asked for a certificate and hung up before
+ * sending anything refused the certificate (or its absence). */
+static int refused_certificate(const conn_t *s, int err) {
+  if (s->cert_asked && !s->got_data && (err == UV_EOF || err == UV_ECONNRESET || err == UV_EPIPE))
+    return UVMQTT_ETLSPEERCERT;
+  return err;
+}
+
 static void end_stream(conn_t *s, int err) {
   s->done = 1;
   s->owner->on_read(s->t, err, NULL);
@@ -351,15 +362,7 @@ static void tls_on_read(uvmqtt__transport_t *t, ssize_t nread, const uint8_t *da
   if (s->done) return;
   if (nread < 0) {
     if (s->established) {
-      /* With TLS 1.3 the server judges our certificate only after our
-       * handshake finished, then sends an alert and hangs up; the reset
-       * that our early CONNECT provokes can destroy the alert. A broker
-       * that asked for a certificate and hung up before sending anything
-       * refused the certificate (or its absence). */
-      int err = (int)nread;
-      if (s->cert_asked && !s->got_data && (err == UV_EOF || err == UV_ECONNRESET))
-        err = UVMQTT_ETLSPEERCERT;
-      end_stream(s, err);
+      end_stream(s, refused_certificate(s, (int)nread));
     } else {
       /* Whoever hung up before the handshake finished (EOF or a reset) is
        * no TLS server or refused this client's TLS. */
@@ -388,7 +391,7 @@ static void tls_on_write(uvmqtt__transport_t *t, int status, void *arg) {
   int has_arg = w->has_arg;
   uvmqtt__free(w);
   if (has_arg) {
-    s->owner->on_write(t, status, owner_arg);
+    s->owner->on_write(t, status < 0 ? refused_certificate(s, status) : status, owner_arg);
   } else if (status < 0 && !s->established && !stopped(s)) {
     /* A handshake flight did not go out: the handshake cannot finish. */
     fail_handshake(s, status);
@@ -490,7 +493,7 @@ static int tls_write(uvmqtt__transport_t *t, const uv_buf_t *bufs, unsigned nbuf
       size_t written = 0;
       ERR_clear_error();
       if (SSL_write_ex(s->ssl, bufs[i].base + off, piece, &written) != 1)
-        return ssl_error(s, UVMQTT_ETLSPROTO);
+        return refused_certificate(s, ssl_error(s, UVMQTT_ETLSPROTO));
       off += written;
     }
   }
