@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs every libFuzzer target of a build for DURATION seconds each. Builds
-# nothing: configure with `CC=clang meson setup BUILD_DIR -Dfuzz=true` and
-# build first.
+# Runs every libFuzzer target of a build for DURATION seconds each, all at
+# once. Builds nothing: configure with
+# `CC=clang meson setup BUILD_DIR -Dfuzz=true` and build first.
 #
 # Each target starts from a fresh seed corpus (made by the encoder) plus
 # fuzz/corpus-<target>/ when that directory exists, all copied to a
@@ -44,8 +44,7 @@ mkdir -p "$artifacts"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}"
 
-passed=0
-failed=0
+# The targets run side by side (one core each), then report in order.
 for t in $targets; do
   corpus="$tmp/corpus/$t"
   mkdir -p "$corpus"
@@ -53,12 +52,20 @@ for t in $targets; do
   if [ -d "$here/corpus-$t" ]; then
     cp -R "$here/corpus-$t/." "$corpus/"
   fi
-  log="$tmp/$t.log"
   echo "== $t for ${duration}s ($(ls "$corpus" | wc -l) seed inputs)"
   "$bin/$t" -max_total_time="$duration" -timeout=10 -rss_limit_mb=2048 -max_len=16384 \
-    -print_final_stats=1 -artifact_prefix="$artifacts/$t-" "$corpus" >"$log" 2>&1
+    -print_final_stats=1 -artifact_prefix="$artifacts/$t-" "$corpus" >"$tmp/$t.log" 2>&1 &
+  echo $! >"$tmp/$t.pid"
+done
+
+passed=0
+failed=0
+for t in $targets; do
+  wait "$(cat "$tmp/$t.pid")"
   rc=$?
+  log="$tmp/$t.log"
   if [ $rc -eq 0 ]; then
+    echo "   $t:"
     grep -E '^stat::number_of_executed_units|^Done ' "$log" | sed 's/^/   /'
     passed=$((passed + 1))
   else
