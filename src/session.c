@@ -849,12 +849,20 @@ int uvmqtt__session_recv(uvmqtt__session_t *s, const uint8_t *data, size_t len, 
 static int keep_at_loss(uvmqtt__session_t *s, uvmqtt__msg_t *m, int status, uint64_t now) {
   switch (m->policy) {
   case UVMQTT_DELIVERY_DROP: return 0;
+  /* Past its deadline a message is stale: one that was sent is not resent
+   * after the reconnect, one that never was expires. */
+  case UVMQTT_DELIVERY_DEADLINE: return m->deadline == 0 || now < m->deadline;
   case UVMQTT_DELIVERY_CUSTOM: {
     if (s->decide == NULL) return 1;
     uvmqtt_pending_info_t info;
     info.topic.data = m->data + m->topic_off;
     info.topic.len = m->topic_len;
-    info.payload_len = m->len; /* encoded size: an upper bound of the payload */
+    /* The payload's place is not kept per message; decoding our own packet
+     * finds it without allocating, and only at a loss. */
+    uvmqtt_packet_t p;
+    info.payload_len = uvmqtt_decode_packet(m->data, m->len, s->version, &p) == 0
+                           ? p.u.publish.payload.len
+                           : m->len;
     info.qos = m->qos;
     info.sent = m->sent;
     info.age_ms = now - m->created;
@@ -881,7 +889,7 @@ static void apply_loss_policy(uvmqtt__session_t *s, uvmqtt__msg_list_t *l, int i
     m = next;
   }
   while ((m = list_pop(&dropped)) != NULL)
-    msg_finish(s, m, status, 0);
+    msg_finish(s, m, expirable(m) && m->deadline <= now ? UVMQTT_EEXPIRED : status, 0);
 }
 
 void uvmqtt__session_lost(uvmqtt__session_t *s, int status, uint64_t now) {

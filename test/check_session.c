@@ -515,6 +515,85 @@ START_TEST(session_deadline_expires_unsent_only) {
 }
 END_TEST
 
+/* At a loss, a deadline message past its deadline is not kept: the one
+ * handed to the socket completes with the connection's error (it may have
+ * arrived), the one never sent expires. */
+START_TEST(session_deadline_past_at_loss) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 0, 0);
+  f.s.max_inflight = 1;
+  connack(&f, 0, NULL);
+  publish(&f, "sent", 1, UVMQTT_DELIVERY_DEADLINE, 100, 0, 0);
+  publish(&f, "waiting", 1, UVMQTT_DELIVERY_DEADLINE, 100, 0, 0); /* the window is full */
+  publish(&f, "young", 1, UVMQTT_DELIVERY_DEADLINE, 1000, 0, 0);
+  ck_assert_int_eq(drain(&f), 1);
+  uvmqtt__session_lost(&f.s, UV_EOF, 200); /* before any tick saw the deadline */
+  ck_assert_int_eq(f.done, 2);
+  ck_assert_int_eq(f.statuses[0], UV_EOF);
+  ck_assert_int_eq(f.statuses[1], UVMQTT_EEXPIRED);
+  ck_assert_int_eq(f.s.queued, 1);
+  reconnect(&f, 1);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].u.publish.dup, 0); /* "young", never sent before */
+  teardown(&f);
+}
+END_TEST
+
+typedef struct {
+  int calls;
+  int last_status;
+  uvmqtt_pending_info_t seen[4];
+} decide_log_t;
+
+/* Keeps what is on topic "keep", drops the rest. */
+static int decide_by_topic(void *state, const uvmqtt_pending_info_t *msg, int status) {
+  decide_log_t *log = state;
+  if (log->calls < 4) log->seen[log->calls] = *msg;
+  log->calls++;
+  log->last_status = status;
+  return msg->topic.len == 4 && memcmp(msg->topic.data, "keep", 4) == 0;
+}
+
+START_TEST(session_custom_policy_decides_at_loss) {
+  fixture_t f;
+  decide_log_t log;
+  memset(&log, 0, sizeof log);
+  setup_session(&f, UVMQTT_V311, 0, 0);
+  f.s.decide = decide_by_topic;
+  f.s.decide_state = &log;
+  connack(&f, 0, NULL);
+  publish(&f, "keep", 1, UVMQTT_DELIVERY_CUSTOM, 0, 10, 0);
+  publish(&f, "drop", 2, UVMQTT_DELIVERY_CUSTOM, 0, 20, 0);
+  ck_assert_int_eq(drain(&f), 2);
+  uvmqtt__session_lost(&f.s, UVMQTT_EKEEPALIVE, 50);
+  /* Asked once per message, in order, with what it needs to decide. */
+  ck_assert_int_eq(log.calls, 2);
+  ck_assert_int_eq(log.last_status, UVMQTT_EKEEPALIVE);
+  ck_assert_int_eq(log.seen[0].qos, 1);
+  ck_assert_int_eq(log.seen[0].sent, 1);
+  ck_assert_uint_eq(log.seen[0].payload_len, 7); /* "payload" */
+  ck_assert_uint_eq(log.seen[0].age_ms, 40);
+  ck_assert_int_eq(log.seen[1].qos, 2);
+  ck_assert_uint_eq(log.seen[1].age_ms, 30);
+  /* The dropped one completes with the connection's error. */
+  ck_assert_int_eq(f.done, 1);
+  ck_assert_int_eq(f.last_status, UVMQTT_EKEEPALIVE);
+  ck_assert_int_eq(f.s.queued, 1);
+  /* The kept one goes again after the reconnect, as a duplicate. */
+  reconnect(&f, 1);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBLISH);
+  ck_assert_int_eq(f.out[0].u.publish.dup, 1);
+  ck_assert_int_eq(f.out[0].u.publish.topic.len, 4);
+  ck_assert_mem_eq(f.out[0].u.publish.topic.data, "keep", 4);
+  /* Without a decide function a custom message is kept. */
+  f.s.decide = NULL;
+  uvmqtt__session_lost(&f.s, UV_EOF, 60);
+  ck_assert_int_eq(f.s.queued, 1);
+  teardown(&f);
+}
+END_TEST
+
 START_TEST(session_drop_policy_fails_at_loss) {
   fixture_t f;
   setup_session(&f, UVMQTT_V311, 0, 0);
@@ -924,6 +1003,8 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_loop_test(recon, session_republish_without_session, 0, 2);
   tcase_add_test(recon, session_offline_queue_sent_on_connack);
   tcase_add_test(recon, session_deadline_expires_unsent_only);
+  tcase_add_test(recon, session_deadline_past_at_loss);
+  tcase_add_test(recon, session_custom_policy_decides_at_loss);
   tcase_add_test(recon, session_drop_policy_fails_at_loss);
   tcase_add_test(recon, session_queue_bounds);
   tcase_add_test(recon, session_free_completes_everything);
