@@ -230,8 +230,6 @@ typedef struct {
    * size, topic alias maximum (incoming aliases we accept), request
    * response/problem information, user properties, authentication. */
   const uvmqtt_props_t *connect_props;
-  /* Outgoing topic aliases to use, capped by the broker's maximum. 0: none. */
-  uint16_t topic_alias_out;
 
   uint32_t connect_timeout_ms; /* resolve + TCP + CONNACK; default 10000 */
   /* QoS 1/2 messages handed to the socket and not yet acknowledged, at

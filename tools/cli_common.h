@@ -11,6 +11,12 @@
 
 #define CLI_MAX_TOPICS     64
 #define CLI_MAX_USER_PROPS 32
+#define CLI_MAX_ALPN       8
+
+/* Default ports, as mosquitto_pub's: plaintext, and TLS once any TLS
+ * option (or an mqtts:// URL) is given. */
+#define CLI_PORT_MQTT  1883
+#define CLI_PORT_MQTTS 8883
 
 /* Exit statuses. A timeout matches mosquitto_sub's (MOSQ_ERR_TIMEOUT). */
 #define CLI_EXIT_OK      0
@@ -40,7 +46,7 @@ typedef struct {
   const char *prog;
 
   const char *host;
-  int port;
+  int port; /* 0 until -p or -L gives one */
   const char *topics[CLI_MAX_TOPICS];
   size_t topic_count;
   const char *username;
@@ -86,6 +92,19 @@ typedef struct {
   uvmqtt_delivery_t delivery;
   uint8_t delivery_set;
 
+  /* TLS (--cafile, --cert...): `tls` is set by any TLS option or an
+   * mqtts:// URL; tls_opts is what the client gets, alpn its name list. */
+  uint8_t tls;
+  uint8_t insecure;
+  uvmqtt_tls_options_t tls_opts;
+  const char *alpn[CLI_MAX_ALPN];
+
+  /* --store DIR and --drain (uvmqtt-pub). The tool opens the store and
+   * sets `store` before the client is created. */
+  const char *store_dir;
+  uint8_t drain;
+  const uvmqtt_store_t *store;
+
   char url[1024]; /* -L, split in place into host, credentials and topic */
   char uri[320];
 } cli_opts_t;
@@ -104,6 +123,10 @@ void cli_client_options(const cli_opts_t *o, uvmqtt_options_t *out);
  * delivered) publishing. Otherwise the first connection must succeed, as
  * with mosquitto_pub and mosquitto_sub. */
 int cli_retry_initial(const cli_opts_t *o);
+
+/* 1 for a failure of the first connection that retrying cannot fix: a
+ * refusal by the broker, or a TLS certificate or configuration error. */
+int cli_fatal_before_connect(int status);
 
 /* The name of an MQTT reason code ("Not authorized"). `connack` selects
  * the MQTT 3.1.1 CONNACK return codes 1-5 when `version` is 3.1.1. */
