@@ -228,7 +228,9 @@ typedef struct {
 
   /* v5 CONNECT properties: session expiry, receive maximum, maximum packet
    * size, topic alias maximum (incoming aliases we accept), request
-   * response/problem information, user properties, authentication. */
+   * response/problem information, user properties. Enhanced authentication
+   * (Authentication Method or Data) is not supported: init fails with
+   * UVMQTT_EINVAL. */
   const uvmqtt_props_t *connect_props;
 
   uint32_t connect_timeout_ms; /* resolve + TCP + CONNACK; default 10000 */

@@ -101,6 +101,11 @@ static int validate_options(const uvmqtt_options_t *o) {
   if (o->delivery.kind > UVMQTT_DELIVERY_CUSTOM) return UVMQTT_EINVAL;
   if (o->delivery.kind == UVMQTT_DELIVERY_CUSTOM && o->decide == NULL) return UVMQTT_EINVAL;
   if (o->overflow > UVMQTT_OVERFLOW_DROP_OLDEST) return UVMQTT_EINVAL;
+  /* Enhanced authentication (AUTH exchanges) is not implemented: asking the
+   * broker for it would leave the connection waiting for a step never sent. */
+  if (o->connect_props && (UVMQTT_HAS(o->connect_props, UVMQTT_PROP_AUTHENTICATION_METHOD) ||
+                           UVMQTT_HAS(o->connect_props, UVMQTT_PROP_AUTHENTICATION_DATA)))
+    return UVMQTT_EINVAL;
   return 0;
 }
 

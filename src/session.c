@@ -812,7 +812,9 @@ static int handle_packet(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_
   case UVMQTT_DISCONNECT:
     if (s->ev->disconnect && s->ev->disconnect(s->owner, p)) return 1;
     return UVMQTT_EDISCONNECTED;
-  case UVMQTT_AUTH: return 0;         /* enhanced authentication is not offered in CONNECT */
+  /* The client never sends an Authentication Method, so the broker must
+   * not start an AUTH exchange [MQTT-4.12.0-6]: a protocol error. */
+  case UVMQTT_AUTH: return UVMQTT_EPROTOCOL;
   default: return UVMQTT_EUNEXPECTED; /* CONNECT, SUBSCRIBE... sent to a client */
   }
 }

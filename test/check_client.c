@@ -1189,6 +1189,43 @@ START_TEST(client_unsubscribe_stops_delivery) {
 }
 END_TEST
 
+/* ---- Options refused at init
+ * ---------------------------------------------------------------------- */
+
+START_TEST(client_init_rejects_bad_options) {
+  uv_loop_t loop;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  uvmqtt_client_t client;
+  uvmqtt_options_t o;
+  uvmqtt_options_init(&o);
+  o.uri = "mqtt://127.0.0.1:1";
+  ck_assert_int_eq(uvmqtt_client_init(NULL, &client, &o, NULL), UVMQTT_EINVAL);
+  ck_assert_int_eq(uvmqtt_client_init(&loop, NULL, &o, NULL), UVMQTT_EINVAL);
+  ck_assert_int_eq(uvmqtt_client_init(&loop, &client, NULL, NULL), UVMQTT_EINVAL);
+  o.version = 3; /* MQTT 3.1 is not spoken */
+  ck_assert_int_eq(uvmqtt_client_init(&loop, &client, &o, NULL), UVMQTT_EINVAL);
+  o.version = UVMQTT_V5;
+  o.will_topic = "a/+";
+  ck_assert_int_eq(uvmqtt_client_init(&loop, &client, &o, NULL), UVMQTT_EBADTOPIC);
+  o.will_topic = NULL;
+  o.delivery.kind = UVMQTT_DELIVERY_CUSTOM; /* without a decide function */
+  ck_assert_int_eq(uvmqtt_client_init(&loop, &client, &o, NULL), UVMQTT_EINVAL);
+  o.delivery.kind = UVMQTT_DELIVERY_UNTIL_DELIVERED;
+  /* Enhanced authentication would wait for AUTH steps the client never
+   * sends. */
+  uvmqtt_props_t props;
+  memset(&props, 0, sizeof props);
+  props.has = 1ull << UVMQTT_PROP_AUTHENTICATION_METHOD;
+  props.authentication_method.data = (const uint8_t *)"SCRAM-SHA-1";
+  props.authentication_method.len = 11;
+  o.connect_props = &props;
+  ck_assert_int_eq(uvmqtt_client_init(&loop, &client, &o, NULL), UVMQTT_EINVAL);
+  /* Nothing was allocated or started by the refusals. */
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_NOWAIT), 0);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+}
+END_TEST
+
 /* ---- Synchronous publish errors
  * ---------------------------------------------------------------------- */
 
@@ -1547,6 +1584,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_loop_test(tc, client_disconnect_in_pre_connect, 0, 2);
   tcase_add_loop_test(tc, client_disconnect_while_connecting, 0, 2);
   tcase_add_loop_test(tc, client_refused_connack, 0, 2);
+  tcase_add_test(tc, client_init_rejects_bad_options);
   tcase_add_loop_test(tc, client_persistent_session, 0, 2);
 
   tc = tcase(s, "publish", TCASE_TIMEOUT_S);

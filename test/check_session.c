@@ -721,6 +721,22 @@ START_TEST(session_malformed_input_sends_disconnect) {
 }
 END_TEST
 
+/* The client offers no Authentication Method, so an AUTH from the broker is
+ * a protocol error, answered with DISCONNECT 0x82. */
+START_TEST(session_unrequested_auth_is_protocol_error) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V5, 1, 0);
+  connack(&f, 0, NULL);
+  drain(&f);
+  uint8_t auth[2] = {UVMQTT_AUTH << 4, 0}; /* reason 0x00, no properties */
+  ck_assert_int_eq(uvmqtt__session_recv(&f.s, auth, sizeof auth, 1), UVMQTT_EPROTOCOL);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_DISCONNECT);
+  ck_assert_int_eq(f.out[0].reason, 0x82);
+  teardown(&f);
+}
+END_TEST
+
 START_TEST(session_packet_before_connack_is_protocol_error) {
   fixture_t f;
   setup_session(&f, UVMQTT_V311, 1, 0);
@@ -1015,6 +1031,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(bad, session_unknown_alias_rejected);
   tcase_add_test(bad, session_malformed_input_sends_disconnect);
   tcase_add_test(bad, session_incoming_size_bounded_by_default);
+  tcase_add_test(bad, session_unrequested_auth_is_protocol_error);
   tcase_add_test(bad, session_packet_before_connack_is_protocol_error);
   tcase_add_test(bad, session_refused_connack);
   suite_add_tcase(s, bad);
