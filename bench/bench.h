@@ -42,6 +42,9 @@ typedef struct {
   const char *plot_path;  /* --plot */
   const char *ready_path; /* --ready-file: created once subscribers are subscribed */
   int quiet;              /* -Q: no progress lines */
+  int tls;                /* --tls, --cafile or an mqtts:// URI: connect over TLS */
+  const char *cafile;     /* --cafile: the CA that signed the broker's certificate */
+  int insecure;           /* --insecure: no certificate or host-name check */
 } bench_opts_t;
 
 /* Parses argv (argv[1] is the subcommand). `allowed` is a bitmask of

@@ -23,6 +23,7 @@ typedef struct {
   uv_timer_t close_poll;
   uint32_t disconnecting;
   uvmqtt_backoff_t backoff;
+  uvmqtt_tls_options_t tls;
   char uri[300];
 } driver_state_t;
 
@@ -110,8 +111,11 @@ static const uvmqtt_callbacks_t callbacks = {
 static int drv_setup(bench_t *b) {
   driver_state_t *ds = b->drv_state;
   const char *h = b->o->host;
-  snprintf(ds->uri, sizeof ds->uri, strchr(h, ':') ? "mqtt://[%s]:%d" : "mqtt://%s:%d", h,
+  const char *scheme = b->o->tls ? "mqtts" : "mqtt";
+  snprintf(ds->uri, sizeof ds->uri, strchr(h, ':') ? "%s://[%s]:%d" : "%s://%s:%d", scheme, h,
            b->o->port);
+  ds->tls.ca_file = b->o->cafile;
+  ds->tls.insecure = (uint8_t)b->o->insecure;
   /* A few quick retries, so a refused connection ends the run instead of
    * backing off for minutes. */
   ds->backoff.min_ms = 200;
@@ -135,6 +139,7 @@ static int drv_connect(bench_t *b, bench_client_t *cl) {
   opts.keepalive = (uint16_t)b->o->keepalive;
   opts.reconnect.fn = uvmqtt_reconnect_backoff;
   opts.reconnect.state = &ds->backoff;
+  if (b->o->tls) opts.tls = &ds->tls;
   int rc = uvmqtt_client_init(b->loop, &u->client, &opts, &callbacks);
   if (rc < 0) {
     fprintf(stderr, "uvmqtt_client_init: %s\n", uvmqtt_strerror(rc));

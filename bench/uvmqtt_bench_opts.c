@@ -16,7 +16,10 @@ static void usage(FILE *f, const char *prog, unsigned allowed) {
           "\n"
           "  -h HOST            broker host (127.0.0.1)\n"
           "  -p PORT            broker port (1883)\n"
-          "  -U URI             mqtt://host:port instead of -h/-p\n"
+          "  -U URI             mqtt://host:port (or mqtts://) instead of -h/-p\n"
+          "  --tls              connect over TLS (the system's CAs unless --cafile)\n"
+          "  --cafile FILE      trust the CA in FILE (implies --tls)\n"
+          "  --insecure         TLS without certificate or host-name verification\n"
           "  -c N               clients (publishers or subscribers; pubsub: N of each) (1)\n"
           "  -n N               index of the first client (0)\n"
           "  -R N               connections started per second, 0 = all at once (0)\n"
@@ -67,13 +70,17 @@ static int parse_double(const char *s, double *out) {
   return 0;
 }
 
-/* "mqtt://host:port" or "tcp://host:port" (port optional). The host part is
- * kept in a static buffer: there is one set of options per process. */
+/* "mqtt://host:port", "tcp://host:port" or, for TLS, "mqtts://host:port"
+ * (port optional). The host part is kept in a static buffer: there is one
+ * set of options per process. */
 static int parse_uri(const char *uri, bench_opts_t *o) {
   static char host[256];
   const char *p = strstr(uri, "://");
   if (p == NULL) return -1;
-  if (strncmp(uri, "mqtt://", 7) != 0 && strncmp(uri, "tcp://", 6) != 0) return -1;
+  if (strncmp(uri, "mqtts://", 8) == 0)
+    o->tls = 1;
+  else if (strncmp(uri, "mqtt://", 7) != 0 && strncmp(uri, "tcp://", 6) != 0)
+    return -1;
   p += 3;
   const char *colon = strrchr(p, ':');
   const char *close = strrchr(p, ']');
@@ -94,7 +101,18 @@ static int parse_uri(const char *uri, bench_opts_t *o) {
   return 0;
 }
 
-enum { OPT_DURATION = 256, OPT_DRAIN, OPT_IFADDR, OPT_JSON, OPT_PLOT, OPT_READY, OPT_HELP };
+enum {
+  OPT_DURATION = 256,
+  OPT_DRAIN,
+  OPT_IFADDR,
+  OPT_JSON,
+  OPT_PLOT,
+  OPT_READY,
+  OPT_TLS,
+  OPT_CAFILE,
+  OPT_INSECURE,
+  OPT_HELP
+};
 
 int bench_parse_options(int argc, char **argv, const char *prog, unsigned allowed,
                         bench_opts_t *o) {
@@ -130,6 +148,9 @@ int bench_parse_options(int argc, char **argv, const char *prog, unsigned allowe
       {"json", required_argument, NULL, OPT_JSON},
       {"plot", required_argument, NULL, OPT_PLOT},
       {"ready-file", required_argument, NULL, OPT_READY},
+      {"tls", no_argument, NULL, OPT_TLS},
+      {"cafile", required_argument, NULL, OPT_CAFILE},
+      {"insecure", no_argument, NULL, OPT_INSECURE},
       {"help", no_argument, NULL, OPT_HELP},
       {NULL, 0, NULL, 0},
   };
@@ -177,6 +198,15 @@ int bench_parse_options(int argc, char **argv, const char *prog, unsigned allowe
     case OPT_JSON: o->json_path = optarg; break;
     case OPT_PLOT: o->plot_path = optarg; break;
     case OPT_READY: o->ready_path = optarg; break;
+    case OPT_TLS: o->tls = 1; break;
+    case OPT_CAFILE:
+      o->cafile = optarg;
+      o->tls = 1;
+      break;
+    case OPT_INSECURE:
+      o->insecure = 1;
+      o->tls = 1;
+      break;
     case OPT_HELP: usage(stdout, prog, allowed); return 1;
     default: usage(stderr, prog, allowed); return -1;
     }
@@ -193,6 +223,10 @@ int bench_parse_options(int argc, char **argv, const char *prog, unsigned allowe
   if (o->size < BENCH_HEADER_LEN) {
     fprintf(stderr, "%s: -s must be at least %d (the payload carries a stamp)\n", prog,
             BENCH_HEADER_LEN);
+    return -1;
+  }
+  if (o->tls && o->cmd == BENCH_RAW) {
+    fprintf(stderr, "%s: raw measures plain TCP only\n", prog);
     return -1;
   }
   if (!inflight_set) o->inflight = o->qos == 0 ? 1000 : 100;

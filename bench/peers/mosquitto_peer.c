@@ -141,6 +141,17 @@ static int drv_connect(bench_t *b, bench_client_t *cl) {
   mosquitto_publish_callback_set(m->mosq, on_publish);
   mosquitto_subscribe_callback_set(m->mosq, on_subscribe);
   mosquitto_message_callback_set(m->mosq, on_message);
+  if (b->o->tls) {
+    /* No CA file: the system's trust store, as uvmqtt does. */
+    if (b->o->cafile == NULL) mosquitto_int_option(m->mosq, MOSQ_OPT_TLS_USE_OS_CERTS, 1);
+    int trc = mosquitto_tls_set(m->mosq, b->o->cafile, NULL, NULL, NULL, NULL);
+    if (trc == MOSQ_ERR_SUCCESS && b->o->insecure) trc = mosquitto_tls_insecure_set(m->mosq, true);
+    if (trc != MOSQ_ERR_SUCCESS) {
+      fprintf(stderr, "mosquitto_tls_set: %s\n", mosquitto_strerror(trc));
+      m->dead = 1;
+      return -1;
+    }
+  }
   int rc = mosquitto_connect_bind(m->mosq, b->o->host, b->o->port, b->o->keepalive, cl->bind_addr);
   if (rc != MOSQ_ERR_SUCCESS) {
     fprintf(stderr, "mosquitto_connect: %s\n", mosquitto_strerror(rc));

@@ -161,7 +161,8 @@ static void on_disconnect_failed5(void *context, MQTTAsync_failureData5 *r) {
 static int drv_setup(bench_t *b) {
   driver_state_t *ds = b->drv_state;
   const char *h = b->o->host;
-  snprintf(ds->uri, sizeof ds->uri, strchr(h, ':') ? "tcp://[%s]:%d" : "tcp://%s:%d", h,
+  const char *scheme = b->o->tls ? "ssl" : "tcp";
+  snprintf(ds->uri, sizeof ds->uri, strchr(h, ':') ? "%s://[%s]:%d" : "%s://%s:%d", scheme, h,
            b->o->port);
   ds->v5 = b->o->version == 5;
   return 0;
@@ -192,6 +193,13 @@ static int drv_connect(bench_t *b, bench_client_t *cl) {
   o->keepAliveInterval = b->o->keepalive;
   o->maxInflight = (int)b->o->inflight;
   o->context = p;
+  MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+  if (b->o->tls) {
+    ssl.trustStore = b->o->cafile;
+    ssl.enableServerCertAuth = !b->o->insecure;
+    ssl.verify = !b->o->insecure; /* the host name */
+    o->ssl = &ssl;
+  }
   if (ds->v5) {
     o->cleanstart = 1;
     o->onSuccess5 = on_connected5;
