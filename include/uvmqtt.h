@@ -318,6 +318,11 @@ typedef struct {
    * under the store's sync policy, so the application may forget it; or the
    * store failed (status < 0) and the message lives in memory only. */
   void (*on_stored)(uvmqtt_client_t *client, int status, void *arg);
+  /* With a store: a message an earlier process published, restored by
+   * uvmqtt_client_init(), finished (status and reason as for
+   * uvmqtt_publish_cb; `arg` is NULL). Not called for messages still held
+   * when the client is closed: they stay in the store. */
+  void (*on_restored_done)(uvmqtt_client_t *client, int status, uint8_t reason, void *arg);
 } uvmqtt_callbacks_t;
 
 /* A publish finished. status 0: QoS 0 written to the socket, QoS 1 PUBACK,
@@ -392,7 +397,10 @@ int uvmqtt_disconnect(uvmqtt_client_t *client, uint8_t reason);
 
 /* Closes the client: the connection drops without DISCONNECT (so a will is
  * sent), every pending publish/subscribe completes with UVMQTT_ECLOSED, every
- * handle is closed, and then `cb` runs. Memory is released before `cb`.
+ * handle is closed, and then `cb` runs. Memory is released before `cb`. With
+ * a store, the messages the delivery policies would have kept stay in it,
+ * unfinished: the next process with the same store sends them. Close the
+ * store after `cb`.
  * Legal from inside any callback; a second call is ignored. */
 void uvmqtt_close(uvmqtt_client_t *client, uvmqtt_close_cb cb);
 

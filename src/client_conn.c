@@ -408,7 +408,10 @@ static int ev_message(void *owner, const uvmqtt_packet_t *p, uvmqtt_bytes_t topi
 
 static int ev_publish_done(void *owner, uvmqtt__msg_t *m, int status, uint8_t reason) {
   uvmqtt__client_t *c = owner;
-  if (m->cb) m->cb(c->handle, status, reason, m->arg);
+  if (m->cb)
+    m->cb(c->handle, status, reason, m->arg);
+  else if (m->restored && c->cbs.on_restored_done && !c->closing)
+    c->cbs.on_restored_done(c->handle, status, reason, NULL);
   return c->closing;
 }
 

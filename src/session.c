@@ -303,6 +303,9 @@ static void aliases_free(uvmqtt__session_t *s) {
 void uvmqtt__session_free(uvmqtt__session_t *s, int status) {
   uvmqtt__msg_t *m;
   uvmqtt__session_lost(s, status, s->last_recv);
+  /* What the delivery policies kept is still owed to the broker: the store
+   * keeps it for the next process. DONE would mean delivered or given up. */
+  s->store = NULL;
   while ((m = list_pop(&s->window)) != NULL) {
     if (m->qos > 0) s->inflight--;
     msg_finish(s, m, status, 0);
@@ -557,6 +560,7 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
   m->policy = policy;
   m->state = UVMQTT__MSG_QUEUED;
   m->sent = 0;
+  m->restored = 0;
   m->wait = NULL;
   if (s->store) {
     err = store_append(s, m);
@@ -1006,6 +1010,7 @@ static void restore_one(void *arg, const uvmqtt_store_record_t *rec) {
   m->qos = p.u.publish.qos;
   m->id_off = m->qos ? fixed + 2 + m->topic_len : 0;
   m->policy = rec->policy ? rec->policy : UVMQTT_DELIVERY_UNTIL_DELIVERED;
+  m->restored = 1;
   if (s->next_seq <= rec->seq) s->next_seq = rec->seq + 1;
   s->queued++;
   s->queued_bytes += m->len;

@@ -44,6 +44,7 @@ struct uvmqtt__msg_s {
   uint8_t policy; /* uvmqtt_delivery_kind_t, never DEFAULT */
   uint8_t state;  /* uvmqtt__msg_state_t */
   uint8_t sent;   /* handed to the socket at least once */
+  uint8_t restored; /* published by an earlier process, found in the store */
   /* A phase change the store has not confirmed yet; the packet it allows
    * (PUBLISH, PUBREL) waits for it. */
   uvmqtt__store_wait_t *wait;
@@ -185,7 +186,8 @@ int uvmqtt__session_restore(uvmqtt__session_t *s, uint64_t now);
 int uvmqtt__session_report_store_failures(uvmqtt__session_t *s);
 
 /* Frees everything; every message and request completes with `status`
- * (publish_done/request_done run). */
+ * (publish_done/request_done run). Messages the delivery policies keep at
+ * the loss this implies stay unfinished in the store, for the next process. */
 void uvmqtt__session_free(uvmqtt__session_t *s, int status);
 
 /* A transport came up: resets the decoder and output, encodes CONNECT from

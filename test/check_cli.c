@@ -1,14 +1,19 @@
 /* uvmqtt-pub and uvmqtt-sub against a real Mosquitto and its own
  * mosquitto_pub / mosquitto_sub: interop both ways, the single-message
- * modes, -C/-W, failures, delivery deadlines and broker restarts. */
+ * modes, -C/-W, failures, delivery deadlines, broker restarts, TLS
+ * (certificates made at test time with the openssl command) and the
+ * message store (--store, --drain) across a SIGKILL. */
+#include <arpa/inet.h>
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -22,6 +27,7 @@
 #define LINES_INTEROP 1000
 #define LINES_RESTART 2000
 #define RESTARTS      3
+#define LINES_DRAIN   5000
 
 /* A broker whose queues never drop a message for a slow or offline
  * persistent subscriber (the default keeps 1000). */
@@ -160,6 +166,19 @@ static int count_lines(const char *path) {
     n += *p == '\n';
   free(text);
   return n;
+}
+
+/* 1 once the file holds `needle`, 0 if it does not within timeout_ms. */
+static int wait_file_contains(const char *path, const char *needle, long timeout_ms) {
+  long long deadline = now_ms() + timeout_ms;
+  for (;;) {
+    char *text = slurp(path, NULL);
+    int found = strstr(text, needle) != NULL;
+    free(text);
+    if (found) return 1;
+    if (now_ms() >= deadline) return 0;
+    sleep_ms(20);
+  }
 }
 
 /* Starts `cmdline` under /bin/sh in the background ("exec" in front makes
@@ -546,15 +565,18 @@ START_TEST(cli_bad_options_fail) {
   scratch_init(&s);
   const char *err = scratch_file(&s, "err.txt");
   const char *cases[] = {
-      "uvmqtt-pub -t a",                      /* no message */
-      "uvmqtt-pub -t a -m x -q 3",            /* bad QoS */
-      "uvmqtt-pub -t 'a/#' -m x",             /* wildcard in a topic name */
-      "uvmqtt-pub -t a -m x -n",              /* two message sources */
-      "uvmqtt-pub -t a -m x --delivery soon", /* bad policy */
-      "uvmqtt-sub -t a -c",                   /* persistent session without an id */
-      "uvmqtt-sub -t a -V 311 -x 60",         /* v5 option with 3.1.1 */
-      "uvmqtt-sub -t a --reconnect fixed",    /* bad policy */
-      "uvmqtt-sub -L http://host/t",          /* bad URL */
+      "uvmqtt-pub -t a",                       /* no message */
+      "uvmqtt-pub -t a -m x -q 3",             /* bad QoS */
+      "uvmqtt-pub -t 'a/#' -m x",              /* wildcard in a topic name */
+      "uvmqtt-pub -t a -m x -n",               /* two message sources */
+      "uvmqtt-pub -t a -m x --delivery soon",  /* bad policy */
+      "uvmqtt-sub -t a -c",                    /* persistent session without an id */
+      "uvmqtt-sub -t a -V 311 -x 60",          /* v5 option with 3.1.1 */
+      "uvmqtt-sub -t a --reconnect fixed",     /* bad policy */
+      "uvmqtt-sub -L http://host/t",           /* bad URL */
+      "uvmqtt-sub -t a --keyform der",         /* only PEM keys */
+      "uvmqtt-sub -t a --tls-version tlsv1.1", /* too old */
+      "uvmqtt-pub -t a -m x --cert c.crt",     /* a certificate without its key */
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char cmd[1024];
@@ -566,6 +588,11 @@ START_TEST(cli_bad_options_fail) {
   snprintf(cmd, sizeof cmd, "%s --help > %s", tool("uvmqtt-sub"), err);
   ck_assert_int_eq(test_run(cmd, 10), 0);
   assert_file_contains(err, "-W SECS");
+  assert_file_contains(err, "--cafile FILE");
+  snprintf(cmd, sizeof cmd, "%s --help > %s", tool("uvmqtt-pub"), err);
+  ck_assert_int_eq(test_run(cmd, 10), 0);
+  assert_file_contains(err, "--insecure");
+  assert_file_contains(err, "--drain");
   scratch_cleanup(&s);
 }
 END_TEST
@@ -635,29 +662,30 @@ END_TEST
 
 /* ---- Broker restarts ------------------------------------------------------------------------ */
 
-/* How many distinct numbers 1..LINES_RESTART the file holds, one per line;
- * a line that is not such a number fails the test. */
-static int distinct_numbers(const char *path) {
-  static unsigned char seen[LINES_RESTART + 1];
-  memset(seen, 0, sizeof seen);
+/* How many distinct numbers 1..max the file holds, one per line; a line
+ * that is not such a number fails the test. */
+static int distinct_numbers(const char *path, int max) {
+  unsigned char *seen = calloc((size_t)max + 1, 1);
+  ck_assert_ptr_nonnull(seen);
   char *text = slurp(path, NULL);
   int distinct = 0;
   char *save = NULL;
   for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
     char *end;
     long n = strtol(line, &end, 10);
-    ck_assert_msg(*end == '\0' && n >= 1 && n <= LINES_RESTART, "unexpected line '%s'", line);
+    ck_assert_msg(*end == '\0' && n >= 1 && n <= max, "unexpected line '%s'", line);
     if (!seen[n]) distinct++;
     seen[n] = 1;
   }
   free(text);
+  free(seen);
   return distinct;
 }
 
-static int wait_distinct(const char *path, int at_least, long timeout_ms) {
+static int wait_distinct(const char *path, int at_least, int max, long timeout_ms) {
   long long deadline = now_ms() + timeout_ms;
   int n;
-  while ((n = distinct_numbers(path)) < at_least && now_ms() < deadline)
+  while ((n = distinct_numbers(path, max)) < at_least && now_ms() < deadline)
     sleep_ms(20);
   return n;
 }
@@ -715,7 +743,7 @@ START_TEST(cli_restarts_lose_nothing) {
     if (r > 0) ck_assert_int_eq(test_broker_restart(&b), 0);
     /* Let half of this part through, then pull the broker away. */
     int want = r * part + part / 2;
-    ck_assert_int_ge(wait_distinct(out, want, 30000), want);
+    ck_assert_int_ge(wait_distinct(out, want, LINES_RESTART, 30000), want);
     ck_assert_int_eq(test_broker_stop(&b), 0);
     sleep_ms(200);
   }
@@ -725,12 +753,389 @@ START_TEST(cli_restarts_lose_nothing) {
   int pub_status = wait_exit(pub, 60000);
   if (pub_status != 0) show_file("uvmqtt-pub stderr", pub_err);
   ck_assert_int_eq(pub_status, 0);
-  int got = wait_distinct(out, LINES_RESTART, 30000);
+  int got = wait_distinct(out, LINES_RESTART, LINES_RESTART, 30000);
   ck_assert_int_eq(stop_process(sub, 10000), 0);
   if (got != LINES_RESTART) show_file("uvmqtt-sub stderr", sub_err);
   ck_assert_int_eq(got, LINES_RESTART);
-  ck_assert_int_eq(distinct_numbers(out), LINES_RESTART);
+  ck_assert_int_eq(distinct_numbers(out, LINES_RESTART), LINES_RESTART);
   test_broker_cleanup(&b);
+  scratch_cleanup(&s);
+}
+END_TEST
+
+/* ---- TLS ------------------------------------------------------------------------------------ */
+
+/* A CA, a server certificate for localhost and 127.0.0.1, one for another
+ * host name, a client certificate, and a second CA that signed none of
+ * them (as test/check_tls.c makes them, without the expired one). */
+static const char make_certs_sh[] =
+    "set -e\n"
+    "key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out \"$1.key\"; }\n"
+    "ca() {\n"
+    "  key \"$1\"\n"
+    "  openssl req -x509 -new -key \"$1.key\" -subj \"/CN=$2\" -days 30 -sha256 \\\n"
+    "    -addext basicConstraints=critical,CA:TRUE \\\n"
+    "    -addext keyUsage=critical,keyCertSign,cRLSign -out \"$1.crt\"\n"
+    "}\n"
+    "leaf() {\n"
+    "  key \"$1\"\n"
+    "  openssl req -new -key \"$1.key\" -subj \"/CN=$2\" -out \"$1.csr\"\n"
+    "  printf 'subjectAltName=%s\\nextendedKeyUsage=%s\\nbasicConstraints=CA:FALSE\\n' \\\n"
+    "    \"$3\" \"$4\" >\"$1.ext\"\n"
+    "  openssl x509 -req -in \"$1.csr\" -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \\\n"
+    "    -sha256 -extfile \"$1.ext\" -out \"$1.crt\"\n"
+    "}\n"
+    "ca ca 'uvmqtt cli test CA'\n"
+    "ca other 'uvmqtt unrelated CA'\n"
+    "leaf server localhost DNS:localhost,IP:127.0.0.1 serverAuth\n"
+    "leaf wronghost wrong.example DNS:wrong.example serverAuth\n"
+    "leaf client uvmqtt-client DNS:uvmqtt-client clientAuth\n";
+
+/* A file in the scratch directory, in one of a few rotating buffers (a
+ * command line names several at once). */
+static const char *in_scratch(const scratch_t *s, const char *name) {
+  static char bufs[8][192];
+  static unsigned next;
+  char *b = bufs[next++ % 8];
+  char dir[sizeof s->dir];
+  memcpy(dir, s->dir, sizeof dir);
+  snprintf(b, sizeof bufs[0], "%s/%s", dir, name);
+  return b;
+}
+
+static void make_certs(const scratch_t *s) {
+  write_file(in_scratch(s, "make.sh"), make_certs_sh, sizeof make_certs_sh - 1);
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "cd %s && sh make.sh >make.log 2>&1", s->dir);
+  int status = test_run(cmd, 60);
+  if (status != 0) show_file("certificate script", in_scratch(s, "make.log"));
+  ck_assert_msg(status == 0, "making the certificates failed");
+}
+
+static int port_accepts(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return 0;
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sa.sin_port = htons((uint16_t)port);
+  int ok = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+  close(fd);
+  return ok;
+}
+
+/* The TLS listeners of one broker, besides its plaintext port. */
+typedef struct {
+  int tls;   /* the server certificate */
+  int mtls;  /* the same, and a client certificate is required */
+  int wrong; /* a valid certificate for wrong.example */
+} tls_ports_t;
+
+static int fresh_port(const int *taken, int n) {
+  for (int tries = 0; tries < 50; tries++) {
+    int p = test_free_port();
+    int clash = p <= 0;
+    for (int i = 0; i < n && !clash; i++)
+      clash = taken[i] == p;
+    if (!clash) return p;
+  }
+  ck_abort_msg("no free port");
+  return -1;
+}
+
+static size_t tls_listener(char *out, size_t cap, const scratch_t *s, int port,
+                           const char *certname, const char *more) {
+  char crt[64], key[64];
+  snprintf(crt, sizeof crt, "%s.crt", certname);
+  snprintf(key, sizeof key, "%s.key", certname);
+  int n = snprintf(out, cap, "listener %d 127.0.0.1\ncafile %s\n", port, in_scratch(s, "ca.crt"));
+  n += snprintf(out + n, cap - (size_t)n, "certfile %s\n", in_scratch(s, crt));
+  n += snprintf(out + n, cap - (size_t)n, "keyfile %s\n%s", in_scratch(s, key), more);
+  return (size_t)n;
+}
+
+/* Makes the certificates in s and starts a broker with the three TLS
+ * listeners; waits (bounded) until they accept. */
+static void start_tls_broker(test_broker_t *b, const scratch_t *s, tls_ports_t *p) {
+  make_certs(s);
+  int taken[3];
+  for (int i = 0; i < 3; i++)
+    taken[i] = fresh_port(taken, i);
+  p->tls = taken[0];
+  p->mtls = taken[1];
+  p->wrong = taken[2];
+  char extra[2048];
+  size_t n = 0;
+  n += tls_listener(extra + n, sizeof extra - n, s, p->tls, "server", "");
+  n +=
+      tls_listener(extra + n, sizeof extra - n, s, p->mtls, "server", "require_certificate true\n");
+  n += tls_listener(extra + n, sizeof extra - n, s, p->wrong, "wronghost", "");
+  ck_assert_uint_lt(n, sizeof extra);
+  start_broker(b, extra);
+  for (int i = 0; i < 3; i++) {
+    long long deadline = now_ms() + 5000;
+    while (!port_accepts(taken[i]) && now_ms() < deadline)
+      sleep_ms(20);
+    ck_assert_msg(port_accepts(taken[i]), "TLS listener on port %d did not open", taken[i]);
+  }
+}
+
+/* Starts uvmqtt-sub with `args` (output to out, debug to err) and waits,
+ * bounded, until it has subscribed to tls/t. */
+static pid_t spawn_subscribed(const char *args, const char *out, const char *err) {
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "exec %s %s -t tls/t -C 1 -W 30 -d > %s 2> %s", tool("uvmqtt-sub"),
+           args, out, err);
+  pid_t pid = spawn(cmd, -1, -1);
+  if (!wait_file_contains(err, "subscribed to 'tls/t'", 15000)) {
+    show_file("uvmqtt-sub stderr", err);
+    ck_abort_msg("uvmqtt-sub did not subscribe");
+  }
+  return pid;
+}
+
+static void mosquitto_pub_tls(const scratch_t *s, int port, const char *message) {
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "mosquitto_pub --cafile %s -h localhost -p %d -t tls/t -q 1 -m %s",
+           in_scratch(s, "ca.crt"), port, message);
+  ck_assert_int_eq(test_run(cmd, 20), 0);
+}
+
+/* uvmqtt-sub `args` must fail at once (status 1, not a -W timeout) with
+ * one line on stderr that holds `cause` and `name`. */
+static void sub_fails_with(const char *args, const char *err, const char *cause, const char *name) {
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "%s %s -t tls/t -C 1 -W 20 2> %s", tool("uvmqtt-sub"), args, err);
+  long long t0 = now_ms();
+  int status = test_run(cmd, 30);
+  if (status != 1 || count_lines(err) != 1) show_file("uvmqtt-sub stderr", err);
+  ck_assert_int_eq(status, 1);
+  ck_assert_int_lt(now_ms() - t0, 10000);
+  ck_assert_int_eq(count_lines(err), 1);
+  assert_file_contains(err, cause);
+  assert_file_contains(err, name);
+}
+
+/* uvmqtt-sub over TLS with --cafile gets what mosquitto_pub sends over
+ * TLS; an unrelated CA and a certificate for another host name are
+ * refused, each named on one line, even with --reconnect (retrying cannot
+ * fix them); --insecure connects to the wrong host name and warns. */
+START_TEST(cli_tls_sub_receives_with_cafile) {
+  test_broker_t b;
+  tls_ports_t port;
+  scratch_t s;
+  scratch_init(&s);
+  start_tls_broker(&b, &s, &port);
+  const char *out = scratch_file(&s, "out.txt"), *err = scratch_file(&s, "err.txt");
+  char args[512];
+
+  snprintf(args, sizeof args, "--cafile %s -h localhost -p %d", in_scratch(&s, "ca.crt"), port.tls);
+  pid_t sub = spawn_subscribed(args, out, err);
+  mosquitto_pub_tls(&s, port.tls, "hello");
+  int status = wait_exit(sub, 30000);
+  if (status != 0) show_file("uvmqtt-sub stderr", err);
+  ck_assert_int_eq(status, 0);
+  assert_file_eq(out, "hello\n", 6);
+  assert_file_contains(err, "connected to mqtts://localhost:");
+
+  snprintf(args, sizeof args, "--cafile %s -h localhost -p %d", in_scratch(&s, "other.crt"),
+           port.tls);
+  sub_fails_with(args, err, "not issued by a trusted CA", "UVMQTT_ETLSUNKNOWNCA");
+  snprintf(args, sizeof args, "--cafile %s -h localhost -p %d --reconnect fixed:100",
+           in_scratch(&s, "other.crt"), port.tls);
+  sub_fails_with(args, err, "not issued by a trusted CA", "UVMQTT_ETLSUNKNOWNCA");
+  snprintf(args, sizeof args, "--cafile %s -h localhost -p %d", in_scratch(&s, "ca.crt"),
+           port.wrong);
+  sub_fails_with(args, err, "does not match the host name", "UVMQTT_ETLSHOSTNAME");
+
+  snprintf(args, sizeof args, "--cafile %s --insecure -h localhost -p %d",
+           in_scratch(&s, "other.crt"), port.wrong);
+  sub = spawn_subscribed(args, out, err);
+  mosquitto_pub_tls(&s, port.tls, "insecure");
+  status = wait_exit(sub, 30000);
+  if (status != 0) show_file("uvmqtt-sub stderr", err);
+  ck_assert_int_eq(status, 0);
+  assert_file_eq(out, "insecure\n", 9);
+  assert_file_contains(err, "verification of the server certificate and host name is off");
+  test_broker_cleanup(&b);
+  scratch_cleanup(&s);
+}
+END_TEST
+
+/* uvmqtt-pub over TLS: the mqtts:// URL form with TLS 1.3 and ALPN, a
+ * client certificate where the broker requires one (and a refusal without
+ * it), a TLS option that cannot be loaded, and 8883 as the default port.
+ * A persistent session on the plaintext port collects what arrives. */
+START_TEST(cli_tls_pub_url_and_client_cert) {
+  test_broker_t b;
+  tls_ports_t port;
+  scratch_t s;
+  scratch_init(&s);
+  start_tls_broker(&b, &s, &port);
+  const char *out = scratch_file(&s, "out.txt"), *err = scratch_file(&s, "err.txt");
+  const char *ca = in_scratch(&s, "ca.crt");
+  make_session(&b, "mqttv311", "cli-tls", "tls/t", 1);
+  char cmd[1024];
+
+  snprintf(cmd, sizeof cmd,
+           "%s -L mqtts://localhost:%d/tls/t --cafile %s --tls-version tlsv1.3 --tls-alpn mqtt "
+           "--tls-alpn x-mqtt -q 1 -m via-url 2> %s",
+           tool("uvmqtt-pub"), port.tls, ca, err);
+  ck_assert_int_eq(test_run(cmd, 20), 0);
+  snprintf(cmd, sizeof cmd,
+           "%s -h localhost -p %d --cafile %s --cert %s --key %s --keyform pem -t tls/t -q 1 "
+           "-m with-cert 2> %s",
+           tool("uvmqtt-pub"), port.mtls, ca, in_scratch(&s, "client.crt"),
+           in_scratch(&s, "client.key"), err);
+  ck_assert_int_eq(test_run(cmd, 20), 0);
+  snprintf(cmd, sizeof cmd, "%s -h localhost -p %d --cafile %s -t tls/t -q 1 -m refused 2> %s",
+           tool("uvmqtt-pub"), port.mtls, ca, err);
+  ck_assert_int_eq(test_run(cmd, 20), 1);
+  assert_file_contains(err, "UVMQTT_ETLSPEERCERT");
+  snprintf(cmd, sizeof cmd, "%s -h localhost -p %d --cafile %s -t tls/t -m x 2> %s",
+           tool("uvmqtt-pub"), port.tls, in_scratch(&s, "missing.crt"), err);
+  ck_assert_int_eq(test_run(cmd, 20), 1);
+  ck_assert_int_eq(count_lines(err), 1);
+  assert_file_contains(err, "UVMQTT_ETLSCONFIG");
+  /* No -p: TLS goes to 8883 (whatever answers there, if anything). */
+  snprintf(cmd, sizeof cmd, "%s -h 127.0.0.1 --cafile %s -t tls/t -m x -d 2> %s",
+           tool("uvmqtt-pub"), ca, err);
+  test_run(cmd, 20);
+  assert_file_contains(err, "connecting to mqtts://127.0.0.1:8883 ");
+
+  snprintf(cmd, sizeof cmd, "%s -h 127.0.0.1 -p %d -c -i cli-tls -q 1 -t tls/t -C 2 -W 10 > %s",
+           tool("uvmqtt-sub"), b.port, out);
+  ck_assert_int_eq(test_run(cmd, 20), 0);
+  assert_file_eq(out, "via-url\nwith-cert\n", 18);
+  test_broker_cleanup(&b);
+  scratch_cleanup(&s);
+}
+END_TEST
+
+/* ---- Store ------------------------------------------------------------------------------------
+ */
+
+/* 5000 QoS 1 lines go into uvmqtt-pub --store while the broker is down;
+ * once they are all stored the publisher is killed with SIGKILL. The
+ * broker comes back (persistent, so the subscriber's session survives),
+ * and uvmqtt-pub --drain delivers every line from the store and exits 0;
+ * a second --drain finds the store empty. */
+START_TEST(cli_store_drain_after_kill) {
+  test_broker_t b;
+  scratch_t s;
+  scratch_init(&s);
+  start_broker(&b, BROKER_PERSISTENT);
+  const char *in = scratch_file(&s, "in.txt"), *out = scratch_file(&s, "out.txt");
+  const char *sub_err = scratch_file(&s, "sub_err.txt"), *pub_err = scratch_file(&s, "pub_err.txt");
+  const char *drain_err = scratch_file(&s, "drain_err.txt"), *store = scratch_file(&s, "store");
+  size_t len;
+  char *lines = numbered_lines("", 1, LINES_DRAIN, &len);
+  write_file(in, lines, len);
+  free(lines);
+
+  /* The subscriber makes its session, then stays through the restart. */
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd,
+           "exec %s -h 127.0.0.1 -p %d -c -i cli-drain-sub -q 1 -t drain/t "
+           "--reconnect fixed:100 -d > %s 2> %s",
+           tool("uvmqtt-sub"), b.port, out, sub_err);
+  pid_t sub = spawn(cmd, -1, -1);
+  ck_assert_msg(wait_file_contains(sub_err, "subscribed to 'drain/t'", 15000),
+                "uvmqtt-sub did not subscribe");
+  ck_assert_int_eq(test_broker_stop(&b), 0);
+
+  snprintf(cmd, sizeof cmd,
+           "exec %s -h 127.0.0.1 -p %d --store %s -i cli-drain --delivery forever -q 1 -l "
+           "-t drain/t -d < %s 2> %s",
+           tool("uvmqtt-pub"), b.port, store, in, pub_err);
+  pid_t pub = spawn(cmd, -1, -1);
+  /* The store confirms in order: the last line stored means all are. */
+  char last[64];
+  snprintf(last, sizeof last, "line %d stored\n", LINES_DRAIN);
+  int all_stored = wait_file_contains(pub_err, last, 60000);
+  if (!all_stored) show_file("uvmqtt-pub stderr", pub_err);
+  ck_assert_msg(all_stored, "the lines were not all stored");
+  int status;
+  ck_assert_int_eq(waitpid(pub, &status, WNOHANG), 0); /* still trying to deliver */
+  ck_assert_int_eq(kill(pub, SIGKILL), 0);
+  ck_assert_int_eq(waitpid(pub, &status, 0), pub);
+  ck_assert(WIFSIGNALED(status));
+  ck_assert_int_eq(count_lines(out), 0);
+
+  ck_assert_int_eq(test_broker_restart(&b), 0);
+  snprintf(cmd, sizeof cmd, "%s -h 127.0.0.1 -p %d --store %s -i cli-drain --drain -W 60 -d 2> %s",
+           tool("uvmqtt-pub"), b.port, store, drain_err);
+  status = test_run(cmd, 90);
+  if (status != 0) show_file("uvmqtt-pub --drain stderr", drain_err);
+  ck_assert_int_eq(status, 0);
+  char holds[64];
+  snprintf(holds, sizeof holds, "the store holds %d messages", LINES_DRAIN);
+  assert_file_contains(drain_err, holds);
+  /* Each restored message reported its own acknowledgement. */
+  snprintf(holds, sizeof holds, "drained %d messages", LINES_DRAIN);
+  assert_file_contains(drain_err, holds);
+
+  int got = wait_distinct(out, LINES_DRAIN, LINES_DRAIN, 30000);
+  ck_assert_int_eq(stop_process(sub, 10000), 0);
+  if (got != LINES_DRAIN) show_file("uvmqtt-sub stderr", sub_err);
+  ck_assert_int_eq(got, LINES_DRAIN);
+
+  /* Delivered messages are forgotten: nothing is left to drain. */
+  ck_assert_int_eq(test_run(cmd, 30), 0);
+  assert_file_contains(drain_err, "the store holds 0 messages");
+  test_broker_cleanup(&b);
+  scratch_cleanup(&s);
+}
+END_TEST
+
+/* --drain with an empty store exits 0 at once, broker or not; --store
+ * needs a fixed client id, and --drain needs --store. */
+START_TEST(cli_store_drain_empty_and_needs_id) {
+  scratch_t s;
+  scratch_init(&s);
+  const char *err = scratch_file(&s, "err.txt"), *store = scratch_file(&s, "store");
+  int port = test_free_port();
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "%s -h 127.0.0.1 -p %d --store %s -i cli-empty --drain 2> %s",
+           tool("uvmqtt-pub"), port, store, err);
+  long long t0 = now_ms();
+  ck_assert_int_eq(test_run(cmd, 20), 0);
+  ck_assert_int_lt(now_ms() - t0, 2000);
+  ck_assert_int_eq(count_lines(err), 0);
+
+  /* A run that gives up (-W) keeps what it could not deliver in the store,
+   * and a --drain that cannot reach the broker fails, keeping it too. */
+  snprintf(
+      cmd, sizeof cmd,
+      "%s -h 127.0.0.1 -p %d --store %s -i cli-empty -t t -q 1 -m kept --delivery forever -W 1 "
+      "2> %s",
+      tool("uvmqtt-pub"), port, store, err);
+  ck_assert_int_eq(test_run(cmd, 20), 27);
+  assert_file_contains(err, "timed out after 1 s with 1 message not delivered");
+  snprintf(cmd, sizeof cmd, "%s -h 127.0.0.1 -p %d --store %s -i cli-empty --drain -d 2> %s",
+           tool("uvmqtt-pub"), port, store, err);
+  for (int i = 0; i < 2; i++) {
+    ck_assert_int_eq(test_run(cmd, 20), 1);
+    assert_file_contains(err, "the store holds 1 message from an earlier run");
+    assert_file_contains(err, "ECONNREFUSED");
+  }
+
+  const char *cases[][2] = {
+      {"--store %s -t t -m x", "--store needs a fixed client id (-i ID)"},
+      {"--store %s -I cli -t t -m x", "--store needs a fixed client id (-i ID)"},
+      {"--drain -i cli -t t -m x", "--drain needs --store DIR"},
+      {"--store %s -i cli --drain -m x", "--drain publishes nothing new"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char args[512];
+    snprintf(args, sizeof args, cases[i][0], store);
+    snprintf(cmd, sizeof cmd, "%s -h 127.0.0.1 -p %d %s 2> %s", tool("uvmqtt-pub"), port, args,
+             err);
+    ck_assert_msg(test_run(cmd, 10) == 1, "'%s' should fail with status 1", args);
+    ck_assert_int_eq(count_lines(err), 1);
+    assert_file_contains(err, cases[i][1]);
+  }
   scratch_cleanup(&s);
 }
 END_TEST
@@ -764,6 +1169,18 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(failures, cli_delivery_drop_without_broker);
   tcase_add_test(failures, cli_delivery_deadline_expires);
   suite_add_tcase(s, failures);
+
+  TCase *tls = tcase_create("tls");
+  tcase_set_timeout(tls, 120);
+  tcase_add_test(tls, cli_tls_sub_receives_with_cafile);
+  tcase_add_test(tls, cli_tls_pub_url_and_client_cert);
+  suite_add_tcase(s, tls);
+
+  TCase *store = tcase_create("store");
+  tcase_set_timeout(store, 180);
+  tcase_add_test(store, cli_store_drain_after_kill);
+  tcase_add_test(store, cli_store_drain_empty_and_needs_id);
+  suite_add_tcase(s, store);
 
   TCase *restarts = tcase_create("restarts");
   tcase_set_timeout(restarts, 180);

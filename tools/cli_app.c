@@ -10,12 +10,21 @@
 /* How long a graceful stop waits for DISCONNECT to be written. */
 #define STOP_WAIT_MS 2000
 
+/* The client no longer touches the store: flush it and let it go. What was
+ * not delivered stays in it, unfinished, for a later run. */
+static void close_store(cli_app_t *app) {
+  if (app->store == NULL) return;
+  app->store->close(app->store->state, NULL, NULL);
+  app->store = NULL;
+}
+
 static void on_client_closed(uvmqtt_client_t *client) {
   cli_app_t *app = client->data;
   uv_close((uv_handle_t *)&app->sigint, NULL);
   uv_close((uv_handle_t *)&app->sigterm, NULL);
   uv_close((uv_handle_t *)&app->stop_timer, NULL);
   if (app->hooks.closed) app->hooks.closed(app);
+  close_store(app);
 }
 
 static void close_now(cli_app_t *app) {
@@ -107,9 +116,10 @@ static void on_connect(uvmqtt_client_t *client, int status, const uvmqtt_connack
   char why[256];
   describe_failure(app, status, ack ? ack->reason : 0, why, sizeof why);
   if (app->stopping) return;
-  /* A refusal (bad credentials, not authorized...) before the first
-   * connection is a configuration error: retrying would not fix it. */
-  if (!app->ever_connected && (status == UVMQTT_EREFUSED || !cli_retry_initial(app->opts))) {
+  /* A refusal (bad credentials, not authorized...) or a certificate the
+   * client does not trust before the first connection is a configuration
+   * error: retrying would not fix it. */
+  if (!app->ever_connected && (cli_fatal_before_connect(status) || !cli_retry_initial(app->opts))) {
     cli_app_fail(app, "cannot connect to %s: %s", app->opts->uri, why);
     return;
   }
@@ -137,6 +147,64 @@ static void on_disconnect(uvmqtt_client_t *client, const uvmqtt_disconnect_t *in
     cli_app_fail(app, "cannot connect to %s: %s", app->opts->uri, why);
 }
 
+static void on_stored(uvmqtt_client_t *client, int status, void *arg) {
+  cli_app_t *app = client->data;
+  if (app->hooks.stored) app->hooks.stored(app, status, arg);
+}
+
+static void on_restored_done(uvmqtt_client_t *client, int status, uint8_t reason, void *arg) {
+  (void)arg;
+  cli_app_t *app = client->data;
+  if (app->hooks.restored_done) app->hooks.restored_done(app, status, reason);
+}
+
+static int open_store(cli_app_t *app) {
+  cli_opts_t *o = app->opts;
+  if (o->store_dir == NULL) return 0;
+  int err = uvmqtt_file_store_open(app->loop, o->store_dir, o->id, NULL, &app->store);
+  if (err) {
+    char buf[160];
+    cli_error(o, "cannot open the store in %s: %s", o->store_dir, cli_errstr(err, buf, sizeof buf));
+    return err;
+  }
+  o->store = app->store;
+  cli_debug(o, "store %s opened for client id %s", o->store_dir, o->id);
+  return 0;
+}
+
+/* The client could not be created: the store is the only thing open on
+ * the loop, and it closes through the loop. */
+static void close_store_now(cli_app_t *app) {
+  close_store(app);
+  uv_run(app->loop, UV_RUN_DEFAULT);
+}
+
+static int create_client(cli_app_t *app, uvmqtt_message_cb on_message) {
+  cli_opts_t *o = app->opts;
+  uvmqtt_options_t opts;
+  cli_client_options(o, &opts);
+  uvmqtt_callbacks_t cbs;
+  memset(&cbs, 0, sizeof cbs);
+  cbs.on_connect = on_connect;
+  cbs.on_disconnect = on_disconnect;
+  cbs.on_message = on_message;
+  if (o->store) {
+    cbs.on_stored = on_stored;
+    cbs.on_restored_done = on_restored_done;
+  }
+  int err = uvmqtt_client_init(app->loop, &app->client, &opts, &cbs);
+  if (err) {
+    char buf[160];
+    /* The store keeps encoded packets, which restore only in the protocol
+     * version that wrote them. */
+    const char *hint = o->store != NULL && err == UVMQTT_EMALFORMED
+                           ? ": the store was written with another protocol version (-V)?"
+                           : "";
+    cli_error(o, "cannot create the client: %s%s", cli_errstr(err, buf, sizeof buf), hint);
+  }
+  return err;
+}
+
 int cli_app_start(cli_app_t *app, uv_loop_t *loop, cli_opts_t *o, const cli_hooks_t *hooks,
                   uvmqtt_message_cb on_message) {
   void *data = app->data;
@@ -146,19 +214,14 @@ int cli_app_start(cli_app_t *app, uv_loop_t *loop, cli_opts_t *o, const cli_hook
   app->opts = o;
   if (hooks) app->hooks = *hooks;
 
-  uvmqtt_options_t opts;
-  cli_client_options(o, &opts);
-  uvmqtt_callbacks_t cbs;
-  memset(&cbs, 0, sizeof cbs);
-  cbs.on_connect = on_connect;
-  cbs.on_disconnect = on_disconnect;
-  cbs.on_message = on_message;
-  int err = uvmqtt_client_init(loop, &app->client, &opts, &cbs);
-  char buf[160];
+  int err = open_store(app);
+  if (err) return err;
+  err = create_client(app, on_message);
   if (err) {
-    cli_error(o, "cannot create the client: %s", cli_errstr(err, buf, sizeof buf));
+    close_store_now(app);
     return err;
   }
+  char buf[160];
   app->client.data = app;
   uv_signal_init(loop, &app->sigint);
   uv_signal_init(loop, &app->sigterm);
@@ -168,6 +231,9 @@ int cli_app_start(cli_app_t *app, uv_loop_t *loop, cli_opts_t *o, const cli_hook
   app->stop_timer.data = app;
   uv_signal_start(&app->sigint, on_signal, SIGINT);
   uv_signal_start(&app->sigterm, on_signal, SIGTERM);
+  if (o->insecure)
+    cli_error(o, "warning: --insecure: verification of the server certificate and host name is "
+                 "off, anyone on the path can read and change the traffic");
   cli_debug(o, "connecting to %s as %s (MQTT %s)", o->uri, o->id ? o->id : "a generated client id",
             o->version == UVMQTT_V5 ? "5" : "3.1.1");
   err = uvmqtt_connect(&app->client);

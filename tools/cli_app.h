@@ -16,6 +16,11 @@ typedef struct {
   /* The client is closed and every pending callback has run: close the
    * tool's own handles and settle app->exit_code. */
   void (*closed)(cli_app_t *app);
+  /* With --store: the message published with `arg` is durable (status 0),
+   * or the store failed (status < 0). */
+  void (*stored)(cli_app_t *app, int status, void *arg);
+  /* With --store: a message an earlier run left in the store finished. */
+  void (*restored_done)(cli_app_t *app, int status, uint8_t reason);
 } cli_hooks_t;
 
 struct cli_app_s {
@@ -27,6 +32,7 @@ struct cli_app_s {
   uv_signal_t sigint;
   uv_signal_t sigterm;
   uv_timer_t stop_timer;
+  uvmqtt_store_t *store; /* with --store: the file store, closed after the client */
   int exit_code;
   uint8_t ever_connected;
   uint8_t stopping; /* a stop was asked for */
@@ -34,11 +40,13 @@ struct cli_app_s {
   uint8_t closing; /* uvmqtt_close() was called */
 };
 
-/* Creates the client (from `o`), the signal handlers and the stop timer, and
- * starts connecting. `on_message` may be NULL. When the client cannot be
- * created, prints a line and returns the error: nothing was opened on the
- * loop then. Otherwise returns 0, and the run ends with hooks.closed (a
- * failure to start connecting is reported and stops the run). */
+/* Opens the store (with --store), creates the client (from `o`), the
+ * signal handlers and the stop timer, and starts connecting. `on_message`
+ * may be NULL. When the store or the client cannot be created, prints a
+ * line and returns the error: nothing is left open on the loop then.
+ * Otherwise returns 0, and the run ends with hooks.closed (a failure to
+ * start connecting is reported and stops the run); the store is closed
+ * after the client, before the loop ends. */
 int cli_app_start(cli_app_t *app, uv_loop_t *loop, cli_opts_t *o, const cli_hooks_t *hooks,
                   uvmqtt_message_cb on_message);
 

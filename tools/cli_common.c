@@ -51,6 +51,18 @@ enum {
   OPT_JSON,
   OPT_RECONNECT,
   OPT_DELIVERY,
+  OPT_CAFILE,
+  OPT_CAPATH,
+  OPT_CERT,
+  OPT_KEY,
+  OPT_KEYFORM,
+  OPT_TLS_VERSION,
+  OPT_INSECURE,
+  OPT_CIPHERS,
+  OPT_ALPN,
+  OPT_OS_CERTS,
+  OPT_STORE,
+  OPT_DRAIN,
   OPT_HELP
 };
 
@@ -81,7 +93,7 @@ static const option_t options[] = {
     {OPT_NO_CLEAN, 'c', "disable-clean-session", 0, TOOL_BOTH},
     {OPT_VERSION, 'V', "protocol-version", 1, TOOL_BOTH},
     {OPT_COUNT, 'C', "count", 1, TOOL_SUB},
-    {OPT_TIMEOUT, 'W', "timeout", 1, TOOL_SUB},
+    {OPT_TIMEOUT, 'W', "timeout", 1, TOOL_BOTH},
     {OPT_VERBOSE, 'v', "verbose", 0, TOOL_SUB},
     {OPT_NO_EOL, 'N', "no-eol", 0, TOOL_SUB},
     {OPT_DEBUG, 'd', "debug", 0, TOOL_BOTH},
@@ -95,6 +107,18 @@ static const option_t options[] = {
     {OPT_JSON, 0, "json", 0, TOOL_BOTH},
     {OPT_RECONNECT, 0, "reconnect", 1, TOOL_BOTH},
     {OPT_DELIVERY, 0, "delivery", 1, TOOL_PUB},
+    {OPT_CAFILE, 0, "cafile", 1, TOOL_BOTH},
+    {OPT_CAPATH, 0, "capath", 1, TOOL_BOTH},
+    {OPT_CERT, 0, "cert", 1, TOOL_BOTH},
+    {OPT_KEY, 0, "key", 1, TOOL_BOTH},
+    {OPT_KEYFORM, 0, "keyform", 1, TOOL_BOTH},
+    {OPT_TLS_VERSION, 0, "tls-version", 1, TOOL_BOTH},
+    {OPT_INSECURE, 0, "insecure", 0, TOOL_BOTH},
+    {OPT_CIPHERS, 0, "ciphers", 1, TOOL_BOTH},
+    {OPT_ALPN, 0, "tls-alpn", 1, TOOL_BOTH},
+    {OPT_OS_CERTS, 0, "tls-use-os-certs", 0, TOOL_BOTH},
+    {OPT_STORE, 0, "store", 1, TOOL_PUB},
+    {OPT_DRAIN, 0, "drain", 0, TOOL_PUB},
     {OPT_HELP, 0, "help", 0, TOOL_BOTH},
 };
 
@@ -181,22 +205,63 @@ const char *cli_reason_name(uint8_t version, uint8_t code, int connack) {
   }
 }
 
+static void usage_tls(void) {
+  printf("TLS (any of these, or an mqtts:// URL, connects with TLS):\n"
+         " --cafile FILE         trusted CA certificates (PEM)\n"
+         " --capath DIR          directory of trusted CA certificates (c_rehash)\n"
+         " --tls-use-os-certs    trust the system's CA certificates (the default\n"
+         "                       without --cafile and --capath)\n"
+         " --cert FILE           client certificate (PEM), with --key\n"
+         " --key FILE            client private key (PEM), with --cert\n"
+         " --keyform pem         the key's format: only pem\n"
+         " --tls-version V       minimum version: tlsv1.2 (default) or tlsv1.3\n"
+         " --ciphers LIST        OpenSSL cipher list for TLS 1.2\n"
+         " --tls-alpn NAME       ALPN protocol to offer (repeatable)\n"
+         " --insecure            verify neither the server certificate nor its host\n"
+         "                       name: for tests only, anyone on the path can listen\n");
+}
+
+static void usage_pub(void) {
+  printf(" -m, --message MSG     send MSG\n"
+         " -f, --file FILE       send the contents of FILE\n"
+         " -l, --stdin-line      send each line of stdin as a message\n"
+         " -s, --stdin-file      send all of stdin as one message\n"
+         " -n, --null-message    send an empty message\n"
+         " -r, --retain          retain the message\n"
+         " --delivery POLICY     drop | deadline:MS | forever (default forever):\n"
+         "                       what happens to messages while disconnected\n"
+         " --store DIR           keep each message in DIR until it is delivered,\n"
+         "                       across crashes (needs -i, implies -c); with -l,\n"
+         "                       reading goes on while the broker is away as long\n"
+         "                       as the lines are stored\n"
+         " --drain               with --store: publish nothing new, deliver what\n"
+         "                       an earlier run left in the store, then exit\n");
+}
+
+static void usage_sub(void) {
+  printf(" -C COUNT              exit after COUNT messages\n"
+         " -v, --verbose         print \"topic payload\"\n"
+         " -N                    no newline after each payload\n");
+}
+
 static void usage(const cli_opts_t *o) {
-  if (o->tool == CLI_PUB) {
-    printf("Usage: %s {[-h host] [-p port] -t topic | -L mqtt://host:port/topic}\n"
+  int pub = o->tool == CLI_PUB;
+  if (pub) {
+    printf("Usage: %s {[-h host] [-p port] -t topic | -L mqtt[s]://host[:port]/topic}\n"
            "          {-m message | -f file | -l | -s | -n} [options]\n"
+           "       %s [-h host] [-p port] --store DIR -i ID --drain [options]\n"
            "Publishes MQTT messages from the command line, a file or stdin.\n\n",
-           o->prog);
+           o->prog, o->prog);
   } else {
-    printf("Usage: %s {[-h host] [-p port] -t topic... | -L mqtt://host:port/topic}\n"
+    printf("Usage: %s {[-h host] [-p port] -t topic... | -L mqtt[s]://host[:port]/topic}\n"
            "          [-C count] [-W seconds] [-v] [-N] [options]\n"
            "Subscribes to MQTT topics and prints the messages that arrive.\n\n",
            o->prog);
   }
   printf(" -h, --host HOST       broker host (default localhost)\n"
-         " -p, --port PORT       broker port (default 1883)\n"
+         " -p, --port PORT       broker port (default 1883, 8883 with TLS)\n"
          " -t, --topic TOPIC     topic to %s\n"
-         " -L, --url URL         mqtt://[user[:password]@]host[:port]/topic\n"
+         " -L, --url URL         mqtt[s]://[user[:password]@]host[:port]/topic\n"
          " -q, --qos QOS         quality of service, 0, 1 or 2 (default 0)\n"
          " -i, --id ID           client id (default: generated)\n"
          " -I, --id-prefix P     client id: P followed by the process id\n"
@@ -212,29 +277,21 @@ static void usage(const cli_opts_t *o) {
          " --reconnect POLICY    never | fixed:MS | backoff:MIN_MS:MAX_MS\n"
          "                       (default backoff:500:30000 once connected; given\n"
          "                       explicitly it also retries the first connection)\n"
+         " -W SECS               give up after SECS seconds (status 27)\n"
          " -d, --debug           debug messages on stderr\n"
          " --json                print a JSON summary line at exit\n"
          " --help                this help\n",
-         o->tool == CLI_PUB ? "publish to" : "subscribe to (repeatable)",
-         o->tool == CLI_PUB ? "publish" : "subscribe");
-  if (o->tool == CLI_PUB) {
-    printf(" -m, --message MSG     send MSG\n"
-           " -f, --file FILE       send the contents of FILE\n"
-           " -l, --stdin-line      send each line of stdin as a message\n"
-           " -s, --stdin-file      send all of stdin as one message\n"
-           " -n, --null-message    send an empty message\n"
-           " -r, --retain          retain the message\n"
-           " --delivery POLICY     drop | deadline:MS | forever (default forever):\n"
-           "                       what happens to messages while disconnected\n"
-           "Exit status: 0 when every message was delivered, 1 otherwise (the\n"
-           "undelivered messages are named on stderr).\n");
-  } else {
-    printf(" -C COUNT              exit after COUNT messages\n"
-           " -W SECS               exit after SECS seconds (status 27)\n"
-           " -v, --verbose         print \"topic payload\"\n"
-           " -N                    no newline after each payload\n"
-           "Exit status: 0 on success, 27 on -W timeout, 1 on other errors.\n");
-  }
+         pub ? "publish to" : "subscribe to (repeatable)", pub ? "publish" : "subscribe");
+  if (pub)
+    usage_pub();
+  else
+    usage_sub();
+  usage_tls();
+  if (pub)
+    printf("Exit status: 0 when every message was delivered, 27 on -W timeout, 1\n"
+           "otherwise (the undelivered messages are named on stderr).\n");
+  else
+    printf("Exit status: 0 on success, 27 on -W timeout, 1 on other errors.\n");
 }
 
 /* ---- Value parsers ------------------------------------------------------------------- */
@@ -486,21 +543,24 @@ static int add_topic(cli_opts_t *o, const char *t) {
   return 0;
 }
 
-/* mqtt://[username[:password]@]host[:port]/topic, split in place. */
+/* mqtt[s]://[username[:password]@]host[:port]/topic, split in place.
+ * mqtts:// turns TLS on (port 8883 by default). */
 static int parse_url(cli_opts_t *o, const char *url) {
+  size_t skip;
   if (strncmp(url, "mqtts://", 8) == 0) {
-    cli_error(o, "-L: mqtts:// (TLS) is not supported");
-    return -1;
-  }
-  if (strncmp(url, "mqtt://", 7) != 0) {
-    cli_error(o, "-L: the URL must start with mqtt://");
+    o->tls = 1;
+    skip = 8;
+  } else if (strncmp(url, "mqtt://", 7) == 0) {
+    skip = 7;
+  } else {
+    cli_error(o, "-L: the URL must start with mqtt:// or mqtts://");
     return -1;
   }
   if (strlen(url) >= sizeof o->url) {
     cli_error(o, "-L: URL too long");
     return -1;
   }
-  strcpy(o->url, url + 7);
+  strcpy(o->url, url + skip);
   char *authority = o->url;
   char *slash = strchr(authority, '/');
   if (slash == NULL || slash[1] == '\0') {
@@ -588,6 +648,56 @@ static int number_arg(cli_opts_t *o, const char *flag, const char *v, unsigned l
   return 0;
 }
 
+/* --tls-version: the lowest version accepted, as mosquitto_pub's. */
+static int parse_tls_version(const char *s, uint16_t *out) {
+  if (strcmp(s, "tlsv1.2") == 0) {
+    *out = UVMQTT_TLS_1_2;
+    return 0;
+  }
+  if (strcmp(s, "tlsv1.3") == 0) {
+    *out = UVMQTT_TLS_1_3;
+    return 0;
+  }
+  return -1;
+}
+
+/* The TLS options. Each one turns TLS on, as in mosquitto_pub, where a CA
+ * is what asks for TLS: here any of them does, so that --insecure or
+ * --tls-version alone never goes out in plaintext by surprise. */
+static int apply_tls(cli_opts_t *o, int id, const char *flag, const char *v) {
+  uvmqtt_tls_options_t *t = &o->tls_opts;
+  o->tls = 1;
+  switch (id) {
+  case OPT_CAFILE: t->ca_file = v; return 0;
+  case OPT_CAPATH: t->ca_path = v; return 0;
+  case OPT_CERT: t->cert_file = v; return 0;
+  case OPT_KEY: t->key_file = v; return 0;
+  case OPT_KEYFORM:
+    if (strcasecmp(v, "pem") != 0) {
+      cli_error(o, "%s: only pem keys are supported, not '%s'", flag, v);
+      return -1;
+    }
+    return 0;
+  case OPT_TLS_VERSION:
+    if (parse_tls_version(v, &t->min_version) != 0) {
+      cli_error(o, "%s: expected tlsv1.2 or tlsv1.3, not '%s'", flag, v);
+      return -1;
+    }
+    return 0;
+  case OPT_INSECURE: o->insecure = 1; return 0;
+  case OPT_CIPHERS: t->ciphers = v; return 0;
+  case OPT_ALPN:
+    if (t->alpn_count >= CLI_MAX_ALPN || *v == '\0' || strlen(v) > 255) {
+      cli_error(o, "%s: at most %d names of 1 to 255 bytes", flag, CLI_MAX_ALPN);
+      return -1;
+    }
+    o->alpn[t->alpn_count++] = v;
+    return 0;
+  case OPT_OS_CERTS: return 0; /* the system's CAs are the default */
+  default: return -1;
+  }
+}
+
 /* Applies one option; *i indexes the option and is advanced past its
  * arguments. */
 static int apply(cli_opts_t *o, const option_t *opt, int argc, char **argv, int *i) {
@@ -671,7 +781,9 @@ static int apply(cli_opts_t *o, const option_t *opt, int argc, char **argv, int 
     }
     o->delivery_set = 1;
     return 0;
-  default: return -1;
+  case OPT_STORE: o->store_dir = v; return 0;
+  case OPT_DRAIN: o->drain = 1; return 0;
+  default: return apply_tls(o, opt->id, flag, v);
   }
 }
 
@@ -679,13 +791,47 @@ static int has_props(const cli_props_t *p) {
   return p->props.has != 0;
 }
 
+/* --store keeps messages per client id, so the id must be the same in the
+ * next run (not -I, which adds the process id), and the broker must keep
+ * the session, as -c asks, for QoS 2 to stay exactly once across runs. */
+static int finish_store(cli_opts_t *o) {
+  if (o->drain && o->store_dir == NULL) {
+    cli_error(o, "--drain needs --store DIR");
+    return -1;
+  }
+  if (o->store_dir == NULL) return 0;
+  if (o->id == NULL || o->id_prefix != NULL) {
+    cli_error(o, "--store needs a fixed client id (-i ID): the store is kept per client id");
+    return -1;
+  }
+  if (o->drain && o->mode != CLI_MSG_NONE) {
+    cli_error(o, "--drain publishes nothing new: no -m, -f, -l, -s or -n");
+    return -1;
+  }
+  o->clean = 0;
+  return 0;
+}
+
+static int finish_tls(cli_opts_t *o) {
+  uvmqtt_tls_options_t *t = &o->tls_opts;
+  if ((t->cert_file == NULL) != (t->key_file == NULL)) {
+    cli_error(o, "--cert and --key must be given together");
+    return -1;
+  }
+  if (o->port == 0) o->port = o->tls ? CLI_PORT_MQTTS : CLI_PORT_MQTT;
+  t->insecure = o->insecure;
+  if (t->alpn_count > 0) t->alpn = o->alpn;
+  return 0;
+}
+
 /* Cross-option rules, defaults that depend on other options, the URI. */
 static int finish(cli_opts_t *o) {
-  if (o->topic_count == 0) {
+  if (finish_store(o) != 0 || finish_tls(o) != 0) return -1;
+  if (o->topic_count == 0 && !o->drain) {
     cli_error(o, "a topic is needed (-t or -L)");
     return -1;
   }
-  if (o->tool == CLI_PUB && o->mode == CLI_MSG_NONE) {
+  if (o->tool == CLI_PUB && o->mode == CLI_MSG_NONE && !o->drain) {
     cli_error(o, "a message is needed (-m, -f, -l, -s or -n)");
     return -1;
   }
@@ -735,8 +881,8 @@ static int finish(cli_opts_t *o) {
   }
   const char *host = o->host != NULL ? o->host : "localhost";
   int v6 = strchr(host, ':') != NULL;
-  int n = snprintf(o->uri, sizeof o->uri, "mqtt://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "",
-                   o->port);
+  int n = snprintf(o->uri, sizeof o->uri, "%s://%s%s%s:%d", o->tls ? "mqtts" : "mqtt",
+                   v6 ? "[" : "", host, v6 ? "]" : "", o->port);
   if (n < 0 || (size_t)n >= sizeof o->uri) {
     cli_error(o, "host name too long");
     return -1;
@@ -748,7 +894,6 @@ int cli_parse(cli_opts_t *o, cli_tool_t tool, int argc, char **argv) {
   memset(o, 0, sizeof *o);
   o->tool = tool;
   o->prog = tool == CLI_PUB ? "uvmqtt-pub" : "uvmqtt-sub";
-  o->port = 1883;
   o->clean = 1;
   o->keepalive = 60;
   o->version = UVMQTT_V311;
@@ -805,6 +950,21 @@ void cli_client_options(const cli_opts_t *o, uvmqtt_options_t *out) {
   else if (o->reconnect_set)
     out->reconnect = o->reconnect;
   if (o->tool == CLI_PUB) out->delivery = o->delivery;
+  if (o->tls) out->tls = &o->tls_opts;
+  out->store = o->store;
+}
+
+int cli_fatal_before_connect(int status) {
+  switch (status) {
+  case UVMQTT_EREFUSED:
+  case UVMQTT_ETLSUNKNOWNCA:
+  case UVMQTT_ETLSHOSTNAME:
+  case UVMQTT_ETLSEXPIRED:
+  case UVMQTT_ETLSCERT:
+  case UVMQTT_ETLSPEERCERT:
+  case UVMQTT_ETLSCONFIG: return 1;
+  default: return 0;
+  }
 }
 
 int cli_retry_initial(const cli_opts_t *o) {

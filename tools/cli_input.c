@@ -190,7 +190,8 @@ int cli_input_line(cli_input_t *in, const char **line, size_t *len) {
     if (nl != NULL) {
       *line = from;
       *len = (size_t)(nl - from);
-      in->start += *len + 1;
+      in->last_taken = *len + 1;
+      in->start += in->last_taken;
       in->scanned = 0;
       return CLI_INPUT_LINE;
     }
@@ -202,9 +203,16 @@ int cli_input_line(cli_input_t *in, const char **line, size_t *len) {
   if (avail == 0) return CLI_INPUT_END;
   *line = in->buf + in->start;
   *len = avail;
+  in->last_taken = avail;
   in->start = in->end;
   in->scanned = 0;
   return CLI_INPUT_LINE;
+}
+
+void cli_input_unread(cli_input_t *in) {
+  in->start -= in->last_taken;
+  in->last_taken = 0;
+  in->scanned = 0;
 }
 
 const char *cli_input_bytes(const cli_input_t *in, size_t *len) {

@@ -36,8 +36,9 @@ struct cli_input_s {
   uv_file fd;
   size_t max_size; /* the largest line (or whole input) accepted */
   char *buf;
-  size_t start;   /* the first byte not yet taken */
-  size_t scanned; /* bytes from start known to hold no '\n' */
+  size_t start;      /* the first byte not yet taken */
+  size_t scanned;    /* bytes from start known to hold no '\n' */
+  size_t last_taken; /* bytes the last cli_input_line() took, for unread */
   size_t end;
   size_t cap;
   int error; /* a negative libuv error once reading failed */
@@ -67,6 +68,11 @@ void cli_input_pause(cli_input_t *in);
  * the end, a last line without '\n' is returned too. Returns CLI_INPUT_*
  * or UV_E2BIG for a line longer than max_size, or the read error. */
 int cli_input_line(cli_input_t *in, const char **line, size_t *len);
+
+/* Gives back the line the last cli_input_line() returned, so the next
+ * call returns it again: for a line that cannot be handled yet. Only
+ * before reading resumes. */
+void cli_input_unread(cli_input_t *in);
 
 /* The bytes not yet taken (the whole input, once eof is set). */
 const char *cli_input_bytes(const cli_input_t *in, size_t *len);

@@ -139,7 +139,7 @@ int main(int argc, char **argv) {
 
   uv_loop_t loop;
   if (uv_loop_init(&loop) != 0) return CLI_EXIT_ERROR;
-  cli_hooks_t hooks = {on_connected, NULL, on_closed};
+  cli_hooks_t hooks = {.connected = on_connected, .closed = on_closed};
   s.app.data = &s;
   if (cli_app_start(&s.app, &loop, &s.opts, &hooks, on_message) != 0) {
     uv_loop_close(&loop);
