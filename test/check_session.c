@@ -972,6 +972,33 @@ START_TEST(session_store_restore_resends_pubrel) {
 }
 END_TEST
 
+/* Closing is not delivering: what the policies keep stays unfinished in the
+ * store for the next process; only what they give up is marked done. */
+START_TEST(session_store_close_keeps_unfinished) {
+  mem_store_t ms;
+  memset(&ms, 0, sizeof ms);
+  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL};
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 0, 0);
+  f.s.store = &store;
+  f.s.max_inflight = 1;
+  connack(&f, 0, NULL);
+  publish(&f, "sent", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  publish(&f, "queued", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  publish(&f, "drop", 1, UVMQTT_DELIVERY_DROP, 0, 0, 0);
+  ck_assert_int_eq(ms_confirm(&ms), 1);
+  ck_assert_int_eq(drain(&f), 1);
+  teardown(&f);
+  ck_assert_int_eq(f.done, 3); /* every publish completed, with UVMQTT_ECLOSED */
+  ck_assert_int_eq(ms.n, 3);
+  ck_assert_int_eq(ms.rec[0].phase, UVMQTT_STORE_SENT);
+  ck_assert_int_eq(ms.rec[1].phase, UVMQTT_STORE_QUEUED);
+  ck_assert_int_eq(ms.rec[2].phase, UVMQTT_STORE_DONE);
+  for (int i = 0; i < ms.n; i++)
+    ms.done[i](ms.done_arg[i], 0);
+}
+END_TEST
+
 START_TEST(session_store_refusal_reported_later) {
   mem_store_t ms;
   memset(&ms, 0, sizeof ms);
@@ -1039,6 +1066,7 @@ Suite *uvmqtt_test_suite(void) {
   TCase *store = tcase_create("store");
   tcase_add_test(store, session_store_phases_recorded);
   tcase_add_test(store, session_store_restore_resends_pubrel);
+  tcase_add_test(store, session_store_close_keeps_unfinished);
   tcase_add_test(store, session_store_refusal_reported_later);
   suite_add_tcase(s, store);
   return s;
