@@ -23,6 +23,7 @@
 #endif
 
 #include "broker.h"
+#include "certs.h"
 
 #define LINES_INTEROP 1000
 #define LINES_RESTART 2000
@@ -765,32 +766,6 @@ END_TEST
 
 /* ---- TLS ------------------------------------------------------------------------------------ */
 
-/* A CA, a server certificate for localhost and 127.0.0.1, one for another
- * host name, a client certificate, and a second CA that signed none of
- * them (as test/check_tls.c makes them, without the expired one). */
-static const char make_certs_sh[] =
-    "set -e\n"
-    "key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out \"$1.key\"; }\n"
-    "ca() {\n"
-    "  key \"$1\"\n"
-    "  openssl req -x509 -new -key \"$1.key\" -subj \"/CN=$2\" -days 30 -sha256 \\\n"
-    "    -addext basicConstraints=critical,CA:TRUE \\\n"
-    "    -addext keyUsage=critical,keyCertSign,cRLSign -out \"$1.crt\"\n"
-    "}\n"
-    "leaf() {\n"
-    "  key \"$1\"\n"
-    "  openssl req -new -key \"$1.key\" -subj \"/CN=$2\" -out \"$1.csr\"\n"
-    "  printf 'subjectAltName=%s\\nextendedKeyUsage=%s\\nbasicConstraints=CA:FALSE\\n' \\\n"
-    "    \"$3\" \"$4\" >\"$1.ext\"\n"
-    "  openssl x509 -req -in \"$1.csr\" -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \\\n"
-    "    -sha256 -extfile \"$1.ext\" -out \"$1.crt\"\n"
-    "}\n"
-    "ca ca 'uvmqtt cli test CA'\n"
-    "ca other 'uvmqtt unrelated CA'\n"
-    "leaf server localhost DNS:localhost,IP:127.0.0.1 serverAuth\n"
-    "leaf wronghost wrong.example DNS:wrong.example serverAuth\n"
-    "leaf client uvmqtt-client DNS:uvmqtt-client clientAuth\n";
-
 /* A file in the scratch directory, in one of a few rotating buffers (a
  * command line names several at once). */
 static const char *in_scratch(const scratch_t *s, const char *name) {
@@ -804,10 +779,7 @@ static const char *in_scratch(const scratch_t *s, const char *name) {
 }
 
 static void make_certs(const scratch_t *s) {
-  write_file(in_scratch(s, "make.sh"), make_certs_sh, sizeof make_certs_sh - 1);
-  char cmd[512];
-  snprintf(cmd, sizeof cmd, "cd %s && sh make.sh >make.log 2>&1", s->dir);
-  int status = test_run(cmd, 60);
+  int status = test_make_certs(s->dir);
   if (status != 0) show_file("certificate script", in_scratch(s, "make.log"));
   ck_assert_msg(status == 0, "making the certificates failed");
 }

@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include "broker.h"
@@ -1509,24 +1508,10 @@ static void many_on_disconnect(uvmqtt_client_t *client, const uvmqtt_disconnect_
                uvmqtt_err_name(info->status));
 }
 
-/* Both processes hold one descriptor per connection, and the broker
- * inherits this limit. */
-static void raise_fd_limit(rlim_t want) {
-  struct rlimit rl;
-  ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
-  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
-    ck_assert_msg(rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want,
-                  "RLIMIT_NOFILE hard limit %llu is below %llu", (unsigned long long)rl.rlim_max,
-                  (unsigned long long)want);
-    rl.rlim_cur = want;
-    ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
-  }
-}
-
 START_TEST(client_many_idle_clients) {
   ck_assert_int_eq(uvmqtt_replace_allocator(count_malloc, count_realloc, count_calloc, count_free),
                    0);
-  raise_fd_limit(MANY_CLIENTS + 512);
+  ck_assert_msg(test_raise_fd_limit(MANY_CLIENTS + 512) == 0, "RLIMIT_NOFILE hard limit too low");
   broker_start("max_connections -1\n");
   loop_start(MANY_WATCHDOG_MS);
   many.clients = calloc(MANY_CLIENTS, sizeof *many.clients);

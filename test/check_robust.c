@@ -18,7 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 
 #include "broker.h"
 #include "proxy.h"
@@ -183,18 +182,6 @@ static long payload_num(uvmqtt_bytes_t b) {
   char *end;
   long v = strtol(buf, &end, 10);
   return *end == '\0' ? v : -1;
-}
-
-static void raise_fd_limit(rlim_t want) {
-  struct rlimit rl;
-  ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
-  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
-    ck_assert_msg(rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want,
-                  "RLIMIT_NOFILE hard limit %llu is below %llu", (unsigned long long)rl.rlim_max,
-                  (unsigned long long)want);
-    rl.rlim_cur = want;
-    ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
-  }
 }
 
 /* ---- A client with counters and scenario hooks ------------------------------------- */
@@ -1528,7 +1515,7 @@ static void storm_on_disconnect(uvmqtt_client_t *client, const uvmqtt_disconnect
 }
 
 START_TEST(robust_reconnect_storm) {
-  raise_fd_limit(STORM_CLIENTS + 512);
+  ck_assert_msg(test_raise_fd_limit(STORM_CLIENTS + 512) == 0, "RLIMIT_NOFILE hard limit too low");
   broker_start("max_connections -1\n");
   loop_start(STORM_WATCHDOG);
   storm.clients = calloc(STORM_CLIENTS, sizeof *storm.clients);

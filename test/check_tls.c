@@ -22,11 +22,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "broker.h"
+#include "certs.h"
 #include "client_impl.h"
 #include "proxy.h"
 #include "transport_tls.h"
@@ -55,48 +55,9 @@
 #define ROBUST_MESSAGES   120
 #define ROBUST_RESTART_AT 60
 
-#define KEY_PASSWORD "hunter2"
-
 /* ---- Certificates -------------------------------------------------------------------------- */
 
 static char g_dir[64];
-
-static const char make_certs_sh[] =
-    "set -e\n"
-    "key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out \"$1.key\"; }\n"
-    "ca() {\n"
-    "  key \"$1\"\n"
-    "  openssl req -x509 -new -key \"$1.key\" -subj \"/CN=$2\" -days 30 -sha256 \\\n"
-    "    -addext basicConstraints=critical,CA:TRUE \\\n"
-    "    -addext keyUsage=critical,keyCertSign,cRLSign -out \"$1.crt\"\n"
-    "}\n"
-    "leaf() {\n"
-    "  key \"$1\"\n"
-    "  openssl req -new -key \"$1.key\" -subj \"/CN=$2\" -out \"$1.csr\"\n"
-    "  printf 'subjectAltName=%s\\nextendedKeyUsage=%s\\nbasicConstraints=CA:FALSE\\n' \\\n"
-    "    \"$3\" \"$4\" >\"$1.ext\"\n"
-    "  openssl x509 -req -in \"$1.csr\" -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \\\n"
-    "    -sha256 -extfile \"$1.ext\" -out \"$1.crt\"\n"
-    "}\n"
-    "ca ca 'uvmqtt test CA'\n"
-    "ca other 'uvmqtt unrelated CA'\n"
-    "leaf server localhost DNS:localhost,IP:127.0.0.1 serverAuth\n"
-    "leaf wronghost wrong.example DNS:wrong.example serverAuth\n"
-    "leaf client uvmqtt-client DNS:uvmqtt-client clientAuth\n"
-    "openssl pkey -in client.key -aes256 -passout pass:" KEY_PASSWORD " -out client-enc.key\n"
-    /* Valid for January 2020 only: `openssl ca` takes explicit dates. */
-    "key expired\n"
-    "openssl req -new -key expired.key -subj /CN=localhost -out expired.csr\n"
-    "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' "
-    ">expired.ext\n"
-    ": >index.txt\n"
-    "echo 1000 >serial\n"
-    "printf '[ca]\\ndefault_ca = t\\n[t]\\ndatabase = index.txt\\nnew_certs_dir = .\\n"
-    "serial = serial\\ndefault_md = sha256\\npolicy = p\\nunique_subject = no\\n"
-    "[p]\\ncommonName = supplied\\n' >ca.cnf\n"
-    "openssl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -in expired.csr \\\n"
-    "  -out expired.crt -startdate 20200101000000Z -enddate 20200201000000Z \\\n"
-    "  -extfile expired.ext -notext\n";
 
 /* A path in the certificate directory. The options copy their strings, so a
  * few rotating buffers are enough. */
@@ -112,13 +73,7 @@ static const char *cert(const char *name) {
 static void certs_make(void) {
   snprintf(g_dir, sizeof g_dir, "/tmp/uvmqtt-tls-XXXXXX");
   ck_assert_ptr_nonnull(mkdtemp(g_dir));
-  FILE *f = fopen(cert("make.sh"), "w");
-  ck_assert_ptr_nonnull(f);
-  fputs(make_certs_sh, f);
-  ck_assert_int_eq(fclose(f), 0);
-  char cmd[512];
-  snprintf(cmd, sizeof cmd, "cd %s && sh make.sh >make.log 2>&1", g_dir);
-  ck_assert_msg(test_run(cmd, 60) == 0, "making certificates failed: see %s/make.log", g_dir);
+  ck_assert_msg(test_make_certs(g_dir) == 0, "making certificates failed: see %s/make.log", g_dir);
 }
 
 static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
@@ -569,10 +524,10 @@ START_TEST(tls_client_certificate) {
   tls_trusting_ca(&t);
   t.cert_file = cert("client.crt");
   t.key_file = cert(_i == 0 ? "client.key" : "client-enc.key");
-  if (_i == 1) t.key_password = KEY_PASSWORD;
+  if (_i == 1) t.key_password = TEST_KEY_PASSWORD;
   if (_i == 2) {
     t.key_password_cb = password_from_callback;
-    t.key_password_arg = (void *)(uintptr_t)KEY_PASSWORD;
+    t.key_password_arg = (void *)(uintptr_t)TEST_KEY_PASSWORD;
   }
   run_expect(uri("mqtts", "localhost", g_port.mtls), &t, 0);
   broker_finish();
@@ -722,7 +677,7 @@ START_TEST(tls_config_errors) {
   ck_assert_int_eq(init_error(&t, server), UVMQTT_ETLSCONFIG); /* no password */
   t.key_password = "wrong";
   ck_assert_int_eq(init_error(&t, server), UVMQTT_ETLSCONFIG);
-  t.key_password = KEY_PASSWORD;
+  t.key_password = TEST_KEY_PASSWORD;
   ck_assert_int_eq(init_error(&t, server), 0);
   t.key_password = NULL;
   t.key_file = cert("server.key"); /* not the certificate's key */
@@ -1121,25 +1076,14 @@ static void many_on_disconnect(uvmqtt_client_t *client, const uvmqtt_disconnect_
                uvmqtt_err_name(info->status));
 }
 
-static void raise_fd_limit(rlim_t want) {
-  struct rlimit rl;
-  ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
-  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
-    ck_assert_msg(rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want,
-                  "RLIMIT_NOFILE hard limit %llu is below %llu", (unsigned long long)rl.rlim_max,
-                  (unsigned long long)want);
-    rl.rlim_cur = want;
-    ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
-  }
-}
-
 /* A thousand clients, each with its own context (SSL_CTX with the test CA)
  * and an idle TLS connection: the heap of uvmqtt and OpenSSL together, per
  * client and per connection (what connecting added to the initialised
  * clients). */
 START_TEST(tls_many_idle_clients) {
   count_heaps();
-  raise_fd_limit(MANY_CLIENTS * 2 + 512);
+  ck_assert_msg(test_raise_fd_limit(MANY_CLIENTS * 2 + 512) == 0,
+                "RLIMIT_NOFILE hard limit too low");
   broker_start("max_connections -1");
   loop_start(MANY_WATCHDOG_MS);
   many.clients = calloc(MANY_CLIENTS, sizeof *many.clients);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -324,4 +325,13 @@ const char *test_build_root(void) {
 const char *test_source_root(void) {
   const char *s = getenv("UVMQTT_SOURCE_ROOT");
   return s != NULL && s[0] != '\0' ? s : "..";
+}
+
+int test_raise_fd_limit(unsigned long want) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return -1;
+  if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want) return 0;
+  if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want) return -1;
+  rl.rlim_cur = want;
+  return setrlimit(RLIMIT_NOFILE, &rl);
 }

@@ -34,6 +34,11 @@ int test_free_port(void);
  * its exit status, or -1. Output goes to the test's stdout. */
 int test_run(const char *cmdline, int timeout_s);
 
+/* Raises the soft limit on open descriptors to at least `want` (tests with
+ * a thousand connections; the broker started afterwards inherits it).
+ * Returns 0, or -1 when the hard limit is lower. */
+int test_raise_fd_limit(unsigned long want);
+
 /* The build and source roots (from UVMQTT_BUILD_ROOT / UVMQTT_SOURCE_ROOT,
  * which the meson test environment sets). */
 const char *test_build_root(void);
