@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "codec_internal.h"
+#include "utf8.h"
 
 /* The biggest whole packet: a one-byte type, four length bytes and the
  * largest remaining length. */
@@ -80,36 +81,10 @@ static int reason_ok(uint8_t type, uint8_t version, uint8_t rc) {
   return rc == 0;
 }
 
-/* 1 if one of the eight bytes at p is '+' or '#'. Those two differ only in
- * bit 3, so (c | 8) == '+' finds both. */
-static inline int wild8(const uint8_t *p) {
-  uint64_t w;
-  memcpy(&w, p, 8);
-  uint64_t v = (w | 0x0808080808080808ull) ^ 0x2B2B2B2B2B2B2B2Bull;
-  /* Nonzero exactly when some byte of v is zero. */
-  return ((v - 0x0101010101010101ull) & ~v & 0x8080808080808080ull) != 0;
-}
-
-/* 1 if t[0..n) holds a wildcard. Runs on every PUBLISH topic, so it looks at
- * eight bytes at a time; the last eight may overlap the ones before. */
-static int has_wildcard(const uint8_t *t, size_t n) {
-  if (n < 8) {
-    for (size_t i = 0; i < n; i++) {
-      if ((t[i] | 8) == '+') return 1;
-    }
-    return 0;
-  }
-  for (size_t i = 0; i + 8 < n; i += 8) {
-    if (wild8(t + i)) return 1;
-  }
-  return wild8(t + n - 8);
-}
-
 /* A topic name other than empty: valid UTF-8 without wildcards. */
 static int check_topic_name(const uint8_t *t, size_t n) {
-  int err = uvmqtt_utf8_check(t, n);
-  if (err) return err;
-  return has_wildcard(t, n) ? UVMQTT_ETOPICWILD : 0;
+  /* Runs on every PUBLISH: UTF-8 and wildcards in one pass. */
+  return uvmqtt__utf8_scan(t, n, 1);
 }
 
 static int check_filter(uvmqtt_bytes_t f) {
