@@ -520,10 +520,14 @@ ssize_t uvmqtt_decode(uvmqtt_decoder_t *dec, const uint8_t *in, size_t len, uvmq
 /* ---- Encoding --------------------------------------------------------------- */
 
 /* Sizes (p == NULL) or writes a packet body. Both passes run the same code, so
- * the write pass cannot disagree with the size the caller made room for. */
+ * the write pass cannot disagree with the size the caller made room for.
+ * With `checked` set, the string scans (UTF-8, wildcards) are skipped: the
+ * write pass after a sizing pass that ran them, or a packet the caller had
+ * uvmqtt_encode_size() accept already. */
 typedef struct {
   uint8_t *p;
   size_t n;
+  uint8_t checked;
 } wr_t;
 
 static inline void w_u8(wr_t *w, uint8_t v) {
@@ -554,7 +558,7 @@ static int w_bytes(wr_t *w, uvmqtt_bytes_t b) {
 
 static int w_string(wr_t *w, uvmqtt_bytes_t s) {
   if (!bytes_ok(s)) return UVMQTT_EINVAL;
-  int err = uvmqtt_utf8_check(s.data, s.len);
+  int err = w->checked ? 0 : uvmqtt_utf8_check(s.data, s.len);
   if (err) return err;
   return w_bytes(w, s);
 }
@@ -619,7 +623,7 @@ static int put_publish(const uvmqtt_packet_t *pkt, uint8_t version, wr_t *w) {
     if (version != UVMQTT_V5 || !UVMQTT_HAS(&pkt->props, UVMQTT_PROP_TOPIC_ALIAS)) {
       return UVMQTT_EBADTOPIC;
     }
-  } else if ((err = check_topic_name(pub->topic.data, pub->topic.len))) {
+  } else if (!w->checked && (err = check_topic_name(pub->topic.data, pub->topic.len))) {
     return err;
   }
   if (pub->payload.len && pub->payload.data == NULL) return UVMQTT_EINVAL;
@@ -747,7 +751,7 @@ static uint8_t header_byte(const uvmqtt_packet_t *pkt) {
   return (uint8_t)(pkt->type << 4 | flags);
 }
 
-enum { ENC_SIZE, ENC_ALL, ENC_HEADER };
+enum { ENC_SIZE, ENC_ALL, ENC_HEADER, ENC_CHECKED };
 
 /* Validates and sizes `pkt`, then (unless `mode` is ENC_SIZE) writes all of
  * it or everything but the PUBLISH payload. */
@@ -759,7 +763,7 @@ static ssize_t encode(const uvmqtt_packet_t *pkt, uint8_t version, uint8_t *buf,
   } else if (!version_ok(version)) {
     return UVMQTT_EINVAL;
   }
-  wr_t w = {NULL, 0};
+  wr_t w = {NULL, 0, mode == ENC_CHECKED};
   int err = put_body(pkt, version, &w);
   if (err) return err;
   size_t payload = pkt->type == UVMQTT_PUBLISH ? pkt->u.publish.payload.len : 0;
@@ -774,8 +778,9 @@ static ssize_t encode(const uvmqtt_packet_t *pkt, uint8_t version, uint8_t *buf,
   uvmqtt__varint_write(buf + 1, (uint32_t)remaining);
   w.p = buf + head;
   w.n = 0;
+  w.checked = 1;
   put_body(pkt, version, &w);
-  if (mode == ENC_ALL && payload) memcpy(buf + head + w.n, pkt->u.publish.payload.data, payload);
+  if (mode != ENC_HEADER && payload) memcpy(buf + head + w.n, pkt->u.publish.payload.data, payload);
   return (ssize_t)need;
 }
 
@@ -785,6 +790,11 @@ ssize_t uvmqtt_encode_size(const uvmqtt_packet_t *pkt, uint8_t version) {
 
 ssize_t uvmqtt_encode(const uvmqtt_packet_t *pkt, uint8_t version, uint8_t *buf, size_t cap) {
   return encode(pkt, version, buf, cap, ENC_ALL);
+}
+
+ssize_t uvmqtt__encode_checked(const uvmqtt_packet_t *pkt, uint8_t version, uint8_t *buf,
+                               size_t cap) {
+  return encode(pkt, version, buf, cap, ENC_CHECKED);
 }
 
 ssize_t uvmqtt_encode_publish_header(const uvmqtt_packet_t *pkt, uint8_t version, uint8_t *buf,

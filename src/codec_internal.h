@@ -68,6 +68,11 @@ static inline void uvmqtt__put32(uint8_t *p, uint32_t v) {
  * where memset() of this size may become a slow string instruction. */
 extern const uvmqtt_props_t uvmqtt__no_props;
 
+/* uvmqtt_encode() for a packet uvmqtt_encode_size() accepted: the same bytes,
+ * without scanning its strings again. */
+ssize_t uvmqtt__encode_checked(const uvmqtt_packet_t *pkt, uint8_t version, uint8_t *buf,
+                               size_t cap);
+
 /* 1 if no property would be encoded for `props`. */
 int uvmqtt__props_empty(const uvmqtt_props_t *props);
 

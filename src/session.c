@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "codec_internal.h"
 
 #define DEFAULT_MAX_QUEUED       65536u
 #define DEFAULT_MAX_QUEUED_BYTES (16u * 1024u * 1024u)
@@ -534,7 +535,7 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
 
   uvmqtt__msg_t *m = uvmqtt__malloc(sizeof *m + (size_t)size);
   if (m == NULL) return UVMQTT_ENOMEM;
-  ssize_t n = uvmqtt_encode(&pkt, s->version, m->data, (size_t)size);
+  ssize_t n = uvmqtt__encode_checked(&pkt, s->version, m->data, (size_t)size);
   if (n < 0) {
     uvmqtt__free(m);
     return (int)n;
