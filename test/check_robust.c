@@ -971,7 +971,7 @@ END_TEST
 
 #define BO_MIN_MS   100
 #define BO_MAX_MS   1600
-#define BO_DOWN_MS  5000
+#define BO_DOWN_MS  10000 /* the broker down 10 s */
 #define BO_SLACK_MS 250 /* timer lateness on a busy machine */
 #define BO_MAX_RECS 64
 
