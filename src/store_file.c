@@ -145,6 +145,7 @@ struct fstore_s {
   uint32_t compactions;
   op_t busy;
   int error;
+  uint32_t syncs; /* fdatasync calls finished */
   uint8_t timer_armed;
   uint8_t sync_due;
   uint8_t closing;
@@ -337,8 +338,10 @@ static void waiters_run(fstore_t *s, uint64_t durable, int status) {
   }
 }
 
+/* What `done` waits for: the sync, or with INTERVAL and NEVER the write
+ * (INTERVAL then syncs within interval_ms). */
 static uint64_t durable_total(const fstore_t *s) {
-  return s->sync == UVMQTT_FILE_SYNC_NEVER ? s->written_total : s->synced_total;
+  return s->sync == UVMQTT_FILE_SYNC_ALWAYS ? s->synced_total : s->written_total;
 }
 
 /* ---- The file operation pipeline --------------------------------------------- */
@@ -434,9 +437,8 @@ static void on_write(uv_fs_t *req) {
   s->file_size += s->wlen;
   s->written_total += s->wlen;
   s->busy = OP_NONE;
-  if (s->sync == UVMQTT_FILE_SYNC_NEVER)
-    waiters_run(s, durable_total(s), 0);
-  else if (s->sync == UVMQTT_FILE_SYNC_INTERVAL && !s->timer_armed && !s->sync_due) {
+  if (s->sync != UVMQTT_FILE_SYNC_ALWAYS) waiters_run(s, durable_total(s), 0);
+  if (s->sync == UVMQTT_FILE_SYNC_INTERVAL && !s->timer_armed && !s->sync_due) {
     s->timer_armed = 1;
     uv_timer_start(&s->timer, on_timer, s->interval_ms, 0);
   }
@@ -453,6 +455,7 @@ static void on_sync(uv_fs_t *req) {
   }
   s->busy = OP_NONE;
   s->synced_total = s->sync_target;
+  s->syncs++;
   waiters_run(s, durable_total(s), 0);
   if (s->sync == UVMQTT_FILE_SYNC_INTERVAL && s->synced_total < s->written_total &&
       !s->timer_armed && !s->sync_due) {
@@ -839,6 +842,9 @@ void uvmqtt__file_store_stats(const uvmqtt_store_t *store, uvmqtt__file_store_st
   out->live_bytes = s->live_bytes;
   out->records = s->n - s->ndone;
   out->compactions = s->compactions;
+  out->syncs = s->syncs;
+  out->synced_bytes = s->synced_total;
+  out->written_bytes = s->written_total;
   out->compacting = s->busy == OP_COMPACT;
   out->torn_dropped = s->torn_dropped;
   out->error = s->error;

@@ -378,6 +378,17 @@ START_TEST(store_sync_policies) {
     ck_assert_int_eq(g_done_order[i], i);
     ck_assert_int_eq(g_done_status[i], 0);
   }
+  /* The loop ran until the store had nothing left to do: ALWAYS and
+   * INTERVAL synced everything written, NEVER nothing. */
+  uvmqtt__file_store_stats_t stats;
+  uvmqtt__file_store_stats(st, &stats);
+  ck_assert_uint_gt(stats.written_bytes, 0);
+  if (policies[_i] == UVMQTT_FILE_SYNC_NEVER) {
+    ck_assert_uint_eq(stats.syncs, 0);
+  } else {
+    ck_assert_uint_ge(stats.syncs, 1);
+    ck_assert_uint_eq(stats.synced_bytes, stats.written_bytes);
+  }
   for (uint64_t seq = 200; seq < 300; seq++)
     append_seq(st, seq, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0);
   ck_assert_int_eq(st->update(st->state, 5, UVMQTT_STORE_DONE, 0, NULL, NULL), 0);

@@ -95,10 +95,11 @@ typedef enum {
    * means "on disk". Records arriving during a write/sync share the next one
    * (group commit), so the cost is one sync per batch, not per message. */
   UVMQTT_FILE_SYNC_ALWAYS = 0,
-  /* fsync at most every `interval_ms`; `done` runs after the sync that
-   * covers it. Fewer syncs under load; each done waits up to interval_ms,
-   * so a writer that waits for its dones before going on gets at most one
-   * window of messages per interval. Also "on disk" when done runs. */
+  /* `done` runs once the write reached the kernel, and an fsync follows
+   * within `interval_ms` of every write (batched: one per interval at most
+   * under load). Survives a crash of the process at once, and a power cut
+   * except for the records of the last interval_ms. Nearly the speed of
+   * NEVER, with a bound on what a power cut can take. */
   UVMQTT_FILE_SYNC_INTERVAL,
   /* Never fsync; `done` runs once the write reached the kernel. Survives a
    * crash of the process, not of the machine (a power cut may lose the
