@@ -1,6 +1,7 @@
 /* The public client API: init, options, publish, subscribe, disconnect,
  * close. The connection lifecycle lives in client_conn.c. */
 #include <stdio.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -44,13 +45,26 @@ static uint8_t *dup_bytes(const void *p, size_t n, int *err) {
 
 /* A client id for brokers that need one (3.1.1 with a persistent session):
  * unique enough across processes and clients. */
-static char *make_client_id(const void *salt, int *err) {
+/* A client id for a client that gave none on 3.1.1: "uvmqtt-" and 16 hex
+ * digits, 23 characters, the most a 3.1.1 broker must accept. Ids must
+ * differ, or the broker disconnects the older holder: a process-wide
+ * counter goes through splitmix64 (a bijection, so two counters never give
+ * one id), offset by a start that differs per process. */
+static char *make_client_id(int *err) {
+  static atomic_uint_fast64_t counter;
+  static atomic_uint_fast64_t base;
+  uint64_t b = atomic_load(&base);
+  if (b == 0) {
+    uint64_t fresh = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ 1u;
+    uint64_t expected = 0;
+    b = atomic_compare_exchange_strong(&base, &expected, fresh) ? fresh : expected;
+  }
+  uint64_t x = b + atomic_fetch_add(&counter, 1) * 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  x ^= x >> 31;
   char id[32];
-  uint64_t x = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)salt;
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdULL;
-  x ^= x >> 33;
-  snprintf(id, sizeof id, "uvmqtt-%012llx", (unsigned long long)(x & 0xffffffffffffULL));
+  snprintf(id, sizeof id, "uvmqtt-%016llx", (unsigned long long)x);
   return dup_str(id, err);
 }
 
@@ -126,7 +140,7 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
     c->client_id =
         (opts->client_id && opts->client_id[0])
             ? dup_str(opts->client_id, &copy_err)
-            : (opts->version == UVMQTT_V5 ? dup_str("", &copy_err) : make_client_id(c, &copy_err));
+            : (opts->version == UVMQTT_V5 ? dup_str("", &copy_err) : make_client_id(&copy_err));
     c->username = dup_str(opts->username, &copy_err);
     if (opts->password) {
       c->password = dup_bytes(opts->password, opts->password_len, &copy_err);

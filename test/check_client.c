@@ -1225,6 +1225,44 @@ START_TEST(client_init_rejects_bad_options) {
 }
 END_TEST
 
+/* Clients without a client id on 3.1.1 get one made up; two alike would
+ * make the broker disconnect one of them. */
+#define ID_CLIENTS 2000
+
+static int cmp_str(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+START_TEST(client_generated_ids_unique) {
+  uv_loop_t loop;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  uvmqtt_client_t *clients = calloc(ID_CLIENTS, sizeof *clients);
+  char **ids = calloc(ID_CLIENTS, sizeof *ids);
+  ck_assert_ptr_nonnull(clients);
+  ck_assert_ptr_nonnull(ids);
+  uvmqtt_options_t o;
+  uvmqtt_options_init(&o);
+  o.uri = "mqtt://127.0.0.1:1";
+  for (int i = 0; i < ID_CLIENTS; i++) {
+    ck_assert_int_eq(uvmqtt_client_init(&loop, &clients[i], &o, NULL), 0);
+    const char *id = ((uvmqtt__client_t *)clients[i].impl)->client_id;
+    ck_assert_uint_eq(strlen(id), 23); /* the most a 3.1.1 broker must take */
+    ids[i] = strdup(id);
+  }
+  qsort(ids, ID_CLIENTS, sizeof *ids, cmp_str);
+  for (int i = 1; i < ID_CLIENTS; i++)
+    ck_assert_msg(strcmp(ids[i - 1], ids[i]) != 0, "client id %s made twice", ids[i]);
+  for (int i = 0; i < ID_CLIENTS; i++) {
+    uvmqtt_close(&clients[i], NULL);
+    free(ids[i]);
+  }
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  free(ids);
+  free(clients);
+}
+END_TEST
+
 /* ---- Synchronous publish errors
  * ---------------------------------------------------------------------- */
 
@@ -1570,6 +1608,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_loop_test(tc, client_disconnect_while_connecting, 0, 2);
   tcase_add_loop_test(tc, client_refused_connack, 0, 2);
   tcase_add_test(tc, client_init_rejects_bad_options);
+  tcase_add_test(tc, client_generated_ids_unique);
   tcase_add_loop_test(tc, client_persistent_session, 0, 2);
 
   tc = tcase(s, "publish", TCASE_TIMEOUT_S);
