@@ -41,19 +41,8 @@ static uv_timer_t g_watchdog;
 static test_broker_t g_broker;
 static char g_uri[64];
 
-static void watchdog_cb(uv_timer_t *timer) {
-  (void)timer;
-  test_broker_cleanup(&g_broker);
-  ck_abort_msg("the scenario did not finish in time");
-}
-
-/* The watchdog is unreferenced: uv_run() returns once the scenario closed
- * its handles, and the watchdog only fires when something is stuck. */
 static void loop_start(uint64_t timeout_ms) {
-  ck_assert_int_eq(uv_loop_init(&g_loop), 0);
-  ck_assert_int_eq(uv_timer_init(&g_loop, &g_watchdog), 0);
-  ck_assert_int_eq(uv_timer_start(&g_watchdog, watchdog_cb, timeout_ms, 0), 0);
-  uv_unref((uv_handle_t *)&g_watchdog);
+  test_loop_start(&g_loop, &g_watchdog, timeout_ms, &g_broker);
 }
 
 static void loop_run(void) {
@@ -61,9 +50,7 @@ static void loop_run(void) {
 }
 
 static void loop_finish(void) {
-  uv_close((uv_handle_t *)&g_watchdog, NULL);
-  uv_run(&g_loop, UV_RUN_DEFAULT);
-  ck_assert_int_eq(uv_loop_close(&g_loop), 0);
+  test_loop_finish(&g_loop, &g_watchdog);
 }
 
 static void broker_start(const char *extra) {

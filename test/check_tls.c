@@ -103,17 +103,8 @@ static struct {
   int expired; /* the server's names, expired */
 } g_port;
 
-static void watchdog_cb(uv_timer_t *timer) {
-  (void)timer;
-  test_broker_cleanup(&g_broker);
-  ck_abort_msg("the scenario did not finish in time");
-}
-
 static void loop_start(uint64_t timeout_ms) {
-  ck_assert_int_eq(uv_loop_init(&g_loop), 0);
-  ck_assert_int_eq(uv_timer_init(&g_loop, &g_watchdog), 0);
-  ck_assert_int_eq(uv_timer_start(&g_watchdog, watchdog_cb, timeout_ms, 0), 0);
-  uv_unref((uv_handle_t *)&g_watchdog);
+  test_loop_start(&g_loop, &g_watchdog, timeout_ms, &g_broker);
 }
 
 static void loop_run(void) {
@@ -121,9 +112,7 @@ static void loop_run(void) {
 }
 
 static void loop_finish(void) {
-  uv_close((uv_handle_t *)&g_watchdog, NULL);
-  uv_run(&g_loop, UV_RUN_DEFAULT);
-  ck_assert_int_eq(uv_loop_close(&g_loop), 0);
+  test_loop_finish(&g_loop, &g_watchdog);
 }
 
 static int port_accepts(int port) {

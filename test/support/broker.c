@@ -1,6 +1,8 @@
 /* Starts and stops a real Mosquitto for integration tests. */
 #include "broker.h"
 
+#include <check.h>
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -334,4 +336,25 @@ int test_raise_fd_limit(unsigned long want) {
   if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want) return -1;
   rl.rlim_cur = want;
   return setrlimit(RLIMIT_NOFILE, &rl);
+}
+
+static void watchdog_fired(uv_timer_t *timer) {
+  test_broker_t *broker = timer->data;
+  if (broker != NULL) test_broker_cleanup(broker);
+  ck_abort_msg("the scenario did not finish in time");
+}
+
+void test_loop_start(uv_loop_t *loop, uv_timer_t *watchdog, uint64_t timeout_ms,
+                     test_broker_t *broker) {
+  ck_assert_int_eq(uv_loop_init(loop), 0);
+  ck_assert_int_eq(uv_timer_init(loop, watchdog), 0);
+  watchdog->data = broker;
+  ck_assert_int_eq(uv_timer_start(watchdog, watchdog_fired, timeout_ms, 0), 0);
+  uv_unref((uv_handle_t *)watchdog);
+}
+
+void test_loop_finish(uv_loop_t *loop, uv_timer_t *watchdog) {
+  uv_close((uv_handle_t *)watchdog, NULL);
+  uv_run(loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(loop), 0);
 }

@@ -3,7 +3,9 @@
 #ifndef TEST_BROKER_H
 #define TEST_BROKER_H
 
+#include <stdint.h>
 #include <sys/types.h>
+#include <uv.h>
 
 typedef struct {
   pid_t pid;
@@ -33,6 +35,16 @@ int test_free_port(void);
 /* Runs a shell command line with a bound on its duration (seconds); returns
  * its exit status, or -1. Output goes to the test's stdout. */
 int test_run(const char *cmdline, int timeout_s);
+
+/* Prepares `loop` with `watchdog`, an unreferenced timer (uv_run() returns
+ * once the scenario closed its handles) that fails the test, after cleaning
+ * up `broker` when not NULL, if the scenario still runs after timeout_ms. */
+void test_loop_start(uv_loop_t *loop, uv_timer_t *watchdog, uint64_t timeout_ms,
+                     test_broker_t *broker);
+
+/* Closes the watchdog, runs `loop` until every handle is closed and asserts
+ * that uv_loop_close() succeeds. */
+void test_loop_finish(uv_loop_t *loop, uv_timer_t *watchdog);
 
 /* Raises the soft limit on open descriptors to at least `want` (tests with
  * a thousand connections; the broker started afterwards inherits it).
