@@ -606,7 +606,7 @@ void uvmqtt__session_pump(uvmqtt__session_t *s, uint64_t now) {
       list_push(&s->out.msgs, m);
     } else {
       /* A stored message goes out once the store knows its packet id. */
-      if (s->store == NULL || m->wait != NULL || !store_update_then_send(s, m, UVMQTT_STORE_SENT)) {
+      if (!store_update_then_send(s, m, UVMQTT_STORE_SENT)) {
         if (out_publish(s, m, now) != 0) break; /* out of memory: retry later */
         m->state = UVMQTT__MSG_WAIT_ACK;
       } else {
