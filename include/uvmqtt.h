@@ -18,7 +18,9 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "uvmqtt/alloc.h"
 #include "uvmqtt/codec.h"
+#include "uvmqtt/delivery.h"
 #include "uvmqtt/errors.h"
 #include "uvmqtt/store.h"
 
@@ -35,18 +37,6 @@ extern "C" {
 /* "0.1.0". */
 const char *uvmqtt_version_string(void);
 unsigned uvmqtt_version(void);
-
-/* ---- Allocator ---------------------------------------------------------- */
-
-typedef void *(*uvmqtt_malloc_func)(size_t size);
-typedef void *(*uvmqtt_realloc_func)(void *ptr, size_t size);
-typedef void *(*uvmqtt_calloc_func)(size_t count, size_t size);
-typedef void (*uvmqtt_free_func)(void *ptr);
-
-/* Replaces the allocator every uvmqtt allocation uses. Call before any other
- * uvmqtt function. Returns 0 or UVMQTT_EINVAL (a NULL function). */
-int uvmqtt_replace_allocator(uvmqtt_malloc_func m, uvmqtt_realloc_func r, uvmqtt_calloc_func c,
-                             uvmqtt_free_func f);
 
 /* ---- Types --------------------------------------------------------------- */
 
@@ -105,51 +95,6 @@ int64_t uvmqtt_reconnect_fixed(void *state, const uvmqtt_reconnect_info_t *info)
 int64_t uvmqtt_reconnect_backoff(void *state, const uvmqtt_reconnect_info_t *info);
 /* Backoff as above, but give up once down for max_total_ms (required). */
 int64_t uvmqtt_reconnect_deadline(void *state, const uvmqtt_reconnect_info_t *info);
-
-/* ---- Delivery policy ------------------------------------------------------ */
-
-typedef enum {
-  UVMQTT_DELIVERY_DEFAULT = 0, /* use the client's default */
-  /* Not connected: uvmqtt_publish() returns UVMQTT_ENOTCONN at once (no
-   * callback). Connected: sent once; if the connection drops before the ack, it
-   * completes with the connection's error. Never queued, never retried. */
-  UVMQTT_DELIVERY_DROP,
-  /* Queued while offline, resent after reconnects, until acknowledged or
-   * until `deadline_ms` after the publish call. At the deadline a message
-   * that was never handed to the socket completes with UVMQTT_EEXPIRED and is
-   * never sent afterwards. One that was handed to the socket (it may have
-   * reached the broker) is not expired: it completes when acknowledged, or
-   * with the connection's error if the connection drops after the deadline. */
-  UVMQTT_DELIVERY_DEADLINE,
-  /* Kept until acknowledged across any number of reconnects. */
-  UVMQTT_DELIVERY_UNTIL_DELIVERED,
-  /* The client's `decide` callback says, at each connection loss, whether the
-   * message is kept (return 1) or dropped (return 0: it completes with the
-   * connection's error). */
-  UVMQTT_DELIVERY_CUSTOM
-} uvmqtt_delivery_kind_t;
-
-typedef struct {
-  uint8_t kind; /* uvmqtt_delivery_kind_t */
-  uint32_t deadline_ms;
-} uvmqtt_delivery_t;
-
-/* What a custom delivery policy sees about one message. */
-typedef struct {
-  uvmqtt_bytes_t topic;
-  uint32_t payload_len;
-  uint8_t qos;
-  uint8_t sent;    /* handed to the socket at least once */
-  uint64_t age_ms; /* since the publish call */
-  void *arg;       /* the publish's arg */
-} uvmqtt_pending_info_t;
-
-typedef int (*uvmqtt_delivery_decide_fn)(void *state, const uvmqtt_pending_info_t *msg, int status);
-
-typedef enum {
-  UVMQTT_OVERFLOW_REJECT_NEW = 0, /* the new publish fails with UVMQTT_EQUEUEFULL */
-  UVMQTT_OVERFLOW_DROP_OLDEST     /* the oldest unsent message completes with UVMQTT_EDROPPED */
-} uvmqtt_overflow_t;
 
 /* ---- TLS ---------------------------------------------------------------------- */
 
@@ -243,6 +188,15 @@ typedef struct {
    * as Maximum Packet Size unless connect_props sets one. 0: 16 MiB. */
   uint32_t max_packet_size;
 
+  /* 1: leave Maximum Packet Size out of the v5 CONNECT, for a minimal
+   * CONNECT; max_packet_size still bounds what the client accepts. */
+  uint8_t no_max_packet_size;
+
+  /* How long uvmqtt_disconnect() waits, first for the handshakes in flight
+   * to end, then for the broker to close the connection after DISCONNECT.
+   * 0: 2000 ms. */
+  uint32_t disconnect_timeout_ms;
+
   /* Offline queue and outgoing buffer bounds (the backpressure limit):
    * messages not yet acknowledged and bytes not yet written. 0: defaults
    * (65536 messages, 16 MiB). */
@@ -323,6 +277,13 @@ typedef struct {
    * uvmqtt_publish_cb; `arg` is NULL). Not called for messages still held
    * when the client is closed: they stay in the store. */
   void (*on_restored_done)(uvmqtt_client_t *client, int status, uint8_t reason, void *arg);
+  /* After a reconnect that found no session the client subscribes again to
+   * every filter it holds (with the properties of its uvmqtt_subscribe()
+   * call); this reports each filter's outcome: status 0 with the broker's
+   * reason code (granted QoS, or >= 0x80 refused), or an error (the
+   * SUBSCRIBE could not be sent, e.g. UVMQTT_EPKTTOOBIG). The client keeps
+   * the filter either way and tries again after the next session loss. */
+  void (*on_resubscribe)(uvmqtt_client_t *client, int status, const char *filter, uint8_t reason);
 } uvmqtt_callbacks_t;
 
 /* A publish finished. status 0: QoS 0 written to the socket, QoS 1 PUBACK,
@@ -389,9 +350,15 @@ int uvmqtt_subscribe(uvmqtt_client_t *client, const uvmqtt_topic_sub_t *subs, si
 int uvmqtt_unsubscribe(uvmqtt_client_t *client, const char *const *filters, size_t count,
                        uvmqtt_subscribe_cb cb, void *arg);
 
-/* Sends DISCONNECT (with `reason`, v5) after what is already queued for the
- * socket, closes the connection and stops reconnecting. Messages still
- * unacknowledged stay queued: uvmqtt_connect() again resumes them.
+/* Stops gracefully and stops reconnecting. No new PUBLISH or SUBSCRIBE goes
+ * out; the handshakes in flight (QoS 1/2 in both directions) may end within
+ * disconnect_timeout_ms; then DISCONNECT (with `reason`, v5) goes out after
+ * what is already queued for the socket, and nothing after it. The client
+ * then half-closes the connection and waits (bounded by the same timeout)
+ * for the broker to close, so the broker reads everything we sent; then
+ * on_disconnect reports status 0. Messages still unacknowledged stay
+ * queued: uvmqtt_connect() again resumes them. During a connection attempt
+ * or a retry wait it just stops (on_disconnect follows for an attempt).
  * Errors: UVMQTT_ENOTCONN, UVMQTT_ECLOSED. */
 int uvmqtt_disconnect(uvmqtt_client_t *client, uint8_t reason);
 

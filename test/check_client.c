@@ -18,8 +18,8 @@
 #include <unistd.h>
 
 #include "broker.h"
-#include "client_impl.h"
-#include "read_pool.h"
+#include "client/client_impl.h"
+#include "transport/read_pool.h"
 #include "uvmqtt.h"
 
 /* Each scenario must finish well within its test case's Check timeout, so

@@ -8,6 +8,13 @@
  * Each test works in a fresh temporary directory, counts callbacks, asserts
  * after uv_run, and checks uv_loop_close() == 0. A watchdog bounds each loop. */
 #include <check.h>
+
+/* Every passing ck_assert records its place through _mark_point(). Check
+ * 0.15 mis-reads that trail once the thousands of asserts in this suite's
+ * loops meet a long source path (a build directory outside the tree) and
+ * fails the whole suite with "Bad message type". A failed assert still
+ * reports its own place; only the trail of passed places is dropped. */
+#define _mark_point(file, line) ((void)0)
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -22,7 +29,7 @@
 #include <unistd.h>
 
 #include "broker.h"
-#include "store_file.h"
+#include "store/file.h"
 #include "uvmqtt.h"
 #include "uvmqtt/store.h"
 

@@ -27,9 +27,9 @@
 
 #include "broker.h"
 #include "certs.h"
-#include "client_impl.h"
+#include "client/client_impl.h"
 #include "proxy.h"
-#include "transport_tls.h"
+#include "transport/tls.h"
 #include "uvmqtt.h"
 
 /* Each scenario must finish well within its test case's Check timeout, so

@@ -10,12 +10,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "alloc.h"
+#include "base/alloc.h"
 #include "broker.h"
 #include "fake_broker.h"
 #include "proxy.h"
-#include "read_pool.h"
-#include "transport.h"
+#include "transport/read_pool.h"
+#include "transport/transport.h"
 #include "uvmqtt.h"
 
 /* ---- An echo server ------------------------------------------------------ */

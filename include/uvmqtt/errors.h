@@ -70,6 +70,8 @@ extern "C" {
   XX(ETLSPEERCERT, -30066, 0, "TLS: the broker rejected the client certificate or wants one")      \
   XX(ETLSCONFIG, -30067, 0, "TLS: cannot load the CA, certificate or key, or bad TLS option")      \
   XX(ETLSPROTO, -30068, 0, "TLS: protocol error or fatal alert from the peer")                     \
+  XX(ESESSIONLOST, -30069, 0,                                                                      \
+     "the broker lost the session before the QoS 2 exchange ended: delivery unknown")              \
   XX(ESTORELOCKED, -30080, 0, "message store in use by another process or store")                  \
   XX(ESTORECORRUPT, -30081, 0, "message store file is corrupt (damaged record or bad header)")
 

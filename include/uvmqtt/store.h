@@ -11,11 +11,14 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <uv.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The file store runs its I/O on a libuv loop; declared here so that this
+ * header, which the session layer uses, does not pull in <uv.h>. */
+struct uv_loop_s;
 
 /* Where a stored message stands. */
 typedef enum {
@@ -129,7 +132,7 @@ typedef struct {
  * client id's log), UVMQTT_ESTORECORRUPT (bad header, or a damaged record in
  * the middle of the log), UVMQTT_ENOMEM, or a libuv error from the file
  * system (UV_EACCES, UV_ENOTDIR, UV_ENOSPC...). */
-int uvmqtt_file_store_open(uv_loop_t *loop, const char *dir, const char *client_id,
+int uvmqtt_file_store_open(struct uv_loop_s *loop, const char *dir, const char *client_id,
                            const uvmqtt_file_store_opts_t *opts, uvmqtt_store_t **out);
 
 /* Writes the path of the log `uvmqtt_file_store_open(dir, client_id)` uses

@@ -15,7 +15,7 @@
  * an idle connection therefore holds no TLS buffer at all; decrypted bytes go
  * to one 16 KiB buffer shared by the thread's connections, like the read
  * pool. */
-#include "transport_tls.h"
+#include "transport/tls.h"
 
 #include <limits.h>
 #include <openssl/err.h>
@@ -23,7 +23,7 @@
 #include <openssl/x509v3.h>
 #include <string.h>
 
-#include "alloc.h"
+#include "base/alloc.h"
 #include "uvmqtt/errors.h"
 
 /* The largest plaintext one TLS record carries. */
@@ -510,6 +510,16 @@ static size_t tls_write_queue_size(const uvmqtt__transport_t *t) {
   return t->pending_bytes;
 }
 
+/* close_notify first, then the TCP half-close behind it. */
+static int tls_shutdown(uvmqtt__transport_t *t) {
+  conn_t *s = conn_of(t);
+  if (t->state != UVMQTT__T_OPEN || !s->established || stopped(s)) return UVMQTT_ENOTCONN;
+  ERR_clear_error();
+  (void)SSL_shutdown(s->ssl);
+  ERR_clear_error();
+  return s->tcp->shutdown(t);
+}
+
 static void tls_close(uvmqtt__transport_t *t) {
   conn_t *s = conn_of(t);
   if (t->state == UVMQTT__T_CLOSING || t->state == UVMQTT__T_CLOSED) return;
@@ -526,6 +536,7 @@ static void tls_close(uvmqtt__transport_t *t) {
 static const uvmqtt__transport_vtbl_t tls_vtbl = {
     .connect = tls_connect,
     .write = tls_write,
+    .shutdown = tls_shutdown,
     .write_queue_size = tls_write_queue_size,
     .close = tls_close,
 };

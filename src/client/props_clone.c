@@ -1,8 +1,8 @@
-#include "props_clone.h"
+#include "client/props_clone.h"
 
 #include <string.h>
 
-#include "alloc.h"
+#include "base/alloc.h"
 
 /* Each string-valued field, so size and copy walk the same list. */
 #define PROPS_STRINGS(XX)                                                                          \

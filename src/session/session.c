@@ -1,10 +1,17 @@
-/* The sans-I/O MQTT session; see session.h for the model. */
-#include "session.h"
+/* The sans-I/O MQTT session; see session.h for the model.
+ *
+ * Every outgoing byte passes one gate (gate(), gate_publish()): the phase
+ * decides which packet types may go out at all, and the limits of the
+ * current connection's CONNACK (Receive Maximum, Maximum Packet Size,
+ * Maximum QoS, Retain Available, Topic Alias Maximum) decide for each
+ * PUBLISH whether it goes now, later, or never (it then completes with a
+ * named error instead of looping through reconnects). */
+#include "session/session.h"
 
 #include <string.h>
 
-#include "alloc.h"
-#include "codec_internal.h"
+#include "base/alloc.h"
+#include "codec/codec_internal.h"
 
 #define DEFAULT_MAX_QUEUED       65536u
 #define DEFAULT_MAX_QUEUED_BYTES (16u * 1024u * 1024u)
@@ -55,13 +62,82 @@ static void list_unlink(uvmqtt__msg_list_t *l, uvmqtt__msg_t *prev, uvmqtt__msg_
   m->next = NULL;
 }
 
-/* Appends every message of `from` to the front of `to`, keeping order. */
-static void list_prepend_all(uvmqtt__msg_list_t *to, uvmqtt__msg_list_t *from) {
-  if (from->head == NULL) return;
-  from->tail->next = to->head;
-  to->head = from->head;
-  if (to->tail == NULL) to->tail = from->tail;
-  from->head = from->tail = NULL;
+/* Inserts m by publish order. Lists are nearly always appended to in order,
+ * so the walk is short where it matters. */
+static void list_insert_by_seq(uvmqtt__msg_list_t *l, uvmqtt__msg_t *m) {
+  if (l->tail == NULL || l->tail->seq < m->seq) {
+    list_push(l, m);
+    return;
+  }
+  uvmqtt__msg_t *prev = NULL, *at = l->head;
+  while (at && at->seq < m->seq) {
+    prev = at;
+    at = at->next;
+  }
+  m->next = at;
+  if (prev)
+    prev->next = m;
+  else
+    l->head = m;
+}
+
+/* Moves every message of `from` into `to`, keeping publish order. */
+static void list_merge_by_seq(uvmqtt__msg_list_t *to, uvmqtt__msg_list_t *from) {
+  uvmqtt__msg_t *m;
+  while ((m = list_pop(from)) != NULL)
+    list_insert_by_seq(to, m);
+}
+
+/* ---- Packet ids ------------------------------------------------------------ */
+
+/* Exact tracking: one bit per id, allocated while any id is in use, so an
+ * idle client holds none and an id is never issued twice whatever the order
+ * of acks, restores and reconnects. */
+#define ID_WORDS (65536u / 64u)
+
+int uvmqtt__session_id_in_use(const uvmqtt__session_t *s, uint16_t id) {
+  return s->ids != NULL && (s->ids[id >> 6] >> (id & 63) & 1u);
+}
+
+static int id_take(uvmqtt__session_t *s, uint16_t id) {
+  if (s->ids == NULL) {
+    s->ids = uvmqtt__calloc(ID_WORDS, sizeof *s->ids);
+    if (s->ids == NULL) return UVMQTT_ENOMEM;
+  }
+  s->ids[id >> 6] |= (uint64_t)1 << (id & 63);
+  s->ids_used++;
+  return 0;
+}
+
+static void id_release(uvmqtt__session_t *s, uint16_t id) {
+  if (id == 0 || !uvmqtt__session_id_in_use(s, id)) return;
+  s->ids[id >> 6] &= ~((uint64_t)1 << (id & 63));
+  if (--s->ids_used == 0) {
+    uvmqtt__free(s->ids);
+    s->ids = NULL;
+  }
+}
+
+/* The next free id after the last one issued. Returns the id, 0 when all
+ * 65535 are in use, or UVMQTT_ENOMEM. */
+static int next_packet_id(uvmqtt__session_t *s) {
+  if (s->ids_used >= 65535u) return 0;
+  for (uint32_t tries = 0; tries < 65536u; tries++) {
+    uint16_t id = s->next_id++;
+    if (s->next_id == 0) s->next_id = 1;
+    if (id == 0 || uvmqtt__session_id_in_use(s, id)) continue;
+    int err = id_take(s, id);
+    return err ? err : id;
+  }
+  return 0;
+}
+
+static void msg_set_id(uvmqtt__msg_t *m, uint16_t id) {
+  m->id = id;
+  if (m->id_off) {
+    m->data[m->id_off] = (uint8_t)(id >> 8);
+    m->data[m->id_off + 1] = (uint8_t)id;
+  }
 }
 
 /* ---- Store hooks ---------------------------------------------------------- */
@@ -151,12 +227,9 @@ static int store_update_then_send(uvmqtt__session_t *s, uvmqtt__msg_t *m, uint8_
   return 1;
 }
 
-static int out_append(uvmqtt__session_t *s, const uint8_t *bytes, size_t len, uint64_t now);
-static int out_ack(uvmqtt__session_t *s, uint8_t type, uint16_t id, uint8_t reason, uint64_t now);
-static int out_publish(uvmqtt__session_t *s, uvmqtt__msg_t *m, uint64_t now);
+static void phase_stored(uvmqtt__session_t *s, uvmqtt__msg_t *m);
 
-/* The store has the phase change: the packet it held back goes out now if
- * the connection is up, else with the resend after the next CONNACK. A
+/* The store has the phase change: the packet it held back may go out. A
  * store error changes nothing: the packet goes all the same. */
 static void on_phase_stored(void *arg, int status) {
   (void)status;
@@ -167,16 +240,7 @@ static void on_phase_stored(void *arg, int status) {
   uvmqtt__free(w);
   if (s == NULL || m == NULL) return;
   m->wait = NULL;
-  if (m->state == UVMQTT__MSG_STORING) m->state = UVMQTT__MSG_WAIT_ACK;
-  if (s->state != UVMQTT__S_ONLINE) return;
-  /* The session has no clock: the latest time it was given stands in. At
-   * worst keepalive sends one PINGREQ early. */
-  uint64_t now = s->last_send > s->last_recv ? s->last_send : s->last_recv;
-  int err = m->state == UVMQTT__MSG_WAIT_COMP ? out_ack(s, UVMQTT_PUBREL, m->id, 0, now)
-                                              : out_publish(s, m, now);
-  /* Out of memory: the resend after the next reconnect sends it. */
-  (void)err;
-  if (s->ev->wake) s->ev->wake(s->owner);
+  phase_stored(s, m);
 }
 
 /* The message is gone: a confirmation still due finds nothing to send. */
@@ -209,7 +273,51 @@ static void store_detach(uvmqtt__session_t *s) {
   }
 }
 
-/* ---- Output --------------------------------------------------------------- */
+/* ---- The gate and the output ------------------------------------------------ */
+
+/* May a packet of `type` and `len` bytes go out now? 0: yes; 1: not in this
+ * phase; UVMQTT_EPKTTOOBIG: never on this connection. */
+static int gate(const uvmqtt__session_t *s, uint8_t type, size_t len) {
+  switch (s->state) {
+  case UVMQTT__S_CONNECTING:
+    if (type != UVMQTT_CONNECT && type != UVMQTT_AUTH) return 1;
+    break;
+  case UVMQTT__S_ONLINE: break;
+  case UVMQTT__S_DRAINING:
+    if (type == UVMQTT_PUBLISH || type == UVMQTT_SUBSCRIBE || type == UVMQTT_UNSUBSCRIBE) return 1;
+    break;
+  default: return 1; /* OFFLINE, TERMINATING */
+  }
+  /* [MQTT-3.1.2-24]: nothing larger than the broker's Maximum Packet Size. */
+  if (s->broker_max_packet && len > s->broker_max_packet) return UVMQTT_EPKTTOOBIG;
+  return 0;
+}
+
+/* Past its deadline a message is stale: it never goes out again. */
+static int past_deadline(const uvmqtt__msg_t *m, uint64_t now) {
+  return m->policy == UVMQTT_DELIVERY_DEADLINE && m->deadline != 0 && now >= m->deadline;
+}
+
+/* The gate for a PUBLISH: the phase and size, then this connection's
+ * CONNACK limits, then (when `slot`) a free unit of the Receive Maximum.
+ * 0: send it now; 1: not now; < 0: never on this connection, complete it
+ * with this error. */
+static int gate_publish(const uvmqtt__session_t *s, const uvmqtt__msg_t *m, int slot,
+                        uint64_t now) {
+  int g = gate(s, UVMQTT_PUBLISH, m->len);
+  if (g) return g;
+  if (past_deadline(m, now)) return UVMQTT_EEXPIRED;
+  if (m->qos > s->broker_max_qos) return UVMQTT_EQOSNOTSUP;
+  if (m->retain && !s->broker_retain) return UVMQTT_ERETAINNOTSUP;
+  /* [MQTT-3.3.2-9]: an alias within this connection's Topic Alias Maximum;
+   * one without a topic only on the connection that set it up. */
+  if (m->alias && (m->alias > s->broker_alias_max || (m->topic_len == 0 && m->conn != s->conn)))
+    return UVMQTT_ETOPICALIAS;
+  if (slot && m->qos > 0 &&
+      (s->inflight >= s->broker_receive_max || s->inflight >= s->max_inflight))
+    return 1;
+  return 0;
+}
 
 static int out_reserve(uvmqtt__output_t *o, size_t extra) {
   if (o->cap - o->len >= extra) return 0;
@@ -223,6 +331,7 @@ static int out_reserve(uvmqtt__output_t *o, size_t extra) {
   return 0;
 }
 
+/* Appends bytes the caller has passed through the gate. */
 static int out_append(uvmqtt__session_t *s, const uint8_t *bytes, size_t len, uint64_t now) {
   int err = out_reserve(&s->out, len);
   if (err) return err;
@@ -232,9 +341,13 @@ static int out_append(uvmqtt__session_t *s, const uint8_t *bytes, size_t len, ui
   return 0;
 }
 
+/* Encodes a packet through the gate. Returns 0 (written), 1 (the gate is
+ * closed: nothing written) or a negative error. */
 static int out_packet(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt, uint64_t now) {
   ssize_t size = uvmqtt_encode_size(pkt, s->version);
   if (size < 0) return (int)size;
+  int g = gate(s, pkt->type, (size_t)size);
+  if (g) return g;
   int err = out_reserve(&s->out, (size_t)size);
   if (err) return err;
   ssize_t n = uvmqtt_encode(pkt, s->version, s->out.buf + s->out.len, s->out.cap - s->out.len);
@@ -244,23 +357,28 @@ static int out_packet(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt, uint64_t
   return 0;
 }
 
-/* A two-byte-id ack (PUBACK, PUBREC, PUBREL, PUBCOMP) in its shortest form. */
+/* A two-byte-id ack (PUBACK, PUBREC, PUBREL, PUBCOMP) in its shortest form,
+ * through the gate: 0, 1 (gate closed) or a negative error. */
 static int out_ack(uvmqtt__session_t *s, uint8_t type, uint16_t id, uint8_t reason, uint64_t now) {
-  uint8_t b[4] = {(uint8_t)((type << 4) | (type == UVMQTT_PUBREL ? 2 : 0)), 2, (uint8_t)(id >> 8),
-                  (uint8_t)id};
+  uint8_t b[5] = {(uint8_t)((type << 4) | (type == UVMQTT_PUBREL ? 2 : 0)), 2, (uint8_t)(id >> 8),
+                  (uint8_t)id, reason};
+  size_t len = 4;
   if (reason != 0 && s->version == UVMQTT_V5) {
-    uint8_t r[5] = {b[0], 3, b[2], b[3], reason};
-    return out_append(s, r, sizeof r, now);
+    b[1] = 3;
+    len = 5;
   }
-  return out_append(s, b, sizeof b, now);
+  int g = gate(s, type, len);
+  return g ? g : out_append(s, b, len, now);
 }
 
-/* Writes the PUBLISH of m. Its stored bytes are always what the next send
- * must be: once they went out under this packet id, a resend is a DUP. */
+/* Writes the PUBLISH of m (already through gate_publish). Its stored bytes
+ * are always what the next send must be: once they went out under this
+ * packet id, a resend is a DUP. */
 static int out_publish(uvmqtt__session_t *s, uvmqtt__msg_t *m, uint64_t now) {
   int err = out_append(s, m->data, m->len, now);
   if (err) return err;
   m->sent = 1;
+  m->conn = s->conn;
   if (m->qos > 0) m->data[0] |= 0x08;
   return 0;
 }
@@ -287,6 +405,7 @@ void uvmqtt__session_init(uvmqtt__session_t *s, void *owner, const uvmqtt__sessi
 static void msg_finish(uvmqtt__session_t *s, uvmqtt__msg_t *m, int status, uint8_t reason) {
   store_wait_forget(m);
   store_update(s, m, UVMQTT_STORE_DONE);
+  id_release(s, m->id);
   s->queued--;
   s->queued_bytes -= m->len;
   if (s->ev->publish_done) s->ev->publish_done(s->owner, m, status, reason);
@@ -301,24 +420,37 @@ static void aliases_free(uvmqtt__session_t *s) {
   s->aliases = NULL;
 }
 
-void uvmqtt__session_free(uvmqtt__session_t *s, int status) {
+static void request_finish(uvmqtt__session_t *s, uvmqtt__req_t *r, int status,
+                           const uvmqtt_packet_t *ack, int *stop) {
+  id_release(s, r->id);
+  int st = s->ev->request_done ? s->ev->request_done(s->owner, r, status, ack) : 0;
+  if (stop) *stop = st;
+  uvmqtt__free(r);
+}
+
+static void finish_list(uvmqtt__session_t *s, uvmqtt__msg_list_t *l, int status) {
   uvmqtt__msg_t *m;
+  while ((m = list_pop(l)) != NULL)
+    msg_finish(s, m, status, 0);
+}
+
+void uvmqtt__session_free(uvmqtt__session_t *s, int status) {
   uvmqtt__session_lost(s, status, s->last_recv);
   /* What the delivery policies kept is still owed to the broker: the store
    * keeps it for the next process. DONE would mean delivered or given up. */
   s->store = NULL;
-  while ((m = list_pop(&s->window)) != NULL) {
-    if (m->qos > 0) s->inflight--;
-    msg_finish(s, m, status, 0);
-  }
-  while ((m = list_pop(&s->queue)) != NULL)
-    msg_finish(s, m, status, 0);
+  s->inflight = 0;
+  finish_list(s, &s->window, status);
+  finish_list(s, &s->resend, status);
+  finish_list(s, &s->queue, status);
   while (s->reqs) {
     uvmqtt__req_t *r = s->reqs;
     s->reqs = r->next;
-    if (s->ev->request_done) s->ev->request_done(s->owner, r, status, NULL);
-    uvmqtt__free(r);
+    request_finish(s, r, status, NULL, NULL);
   }
+  uvmqtt__free(s->ids);
+  s->ids = NULL;
+  s->ids_used = 0;
   uvmqtt__free(s->rx_qos2);
   s->rx_qos2 = NULL;
   s->rx_qos2_count = s->rx_qos2_cap = 0;
@@ -329,39 +461,6 @@ void uvmqtt__session_free(uvmqtt__session_t *s, int status) {
   store_detach(s);
 }
 
-/* ---- Packet ids ------------------------------------------------------------------- */
-
-static int id_in_use(const uvmqtt__session_t *s, uint16_t id) {
-  for (const uvmqtt__msg_t *m = s->window.head; m; m = m->next)
-    if (m->qos > 0 && m->id == id) return 1;
-  for (const uvmqtt__req_t *r = s->reqs; r; r = r->next)
-    if (r->id == id) return 1;
-  return 0;
-}
-
-/* The oldest serial among ids in use, to skip the scan when no wrap-around
- * can have happened since. */
-static uint64_t oldest_serial(const uvmqtt__session_t *s) {
-  uint64_t oldest = s->ids_issued;
-  /* The window is in send order, so its head holds its oldest id. */
-  if (s->window.head && s->window.head->serial < oldest) oldest = s->window.head->serial;
-  if (s->reqs && s->reqs->serial < oldest) oldest = s->reqs->serial;
-  return oldest;
-}
-
-static uint16_t next_packet_id(uvmqtt__session_t *s, uint64_t *serial) {
-  int scan = s->ids_issued - oldest_serial(s) >= 65535u;
-  for (uint32_t tries = 0; tries < 65536u; tries++) {
-    uint16_t id = s->next_id++;
-    if (s->next_id == 0) s->next_id = 1;
-    if (id == 0) continue;
-    if (scan && id_in_use(s, id)) continue;
-    *serial = s->ids_issued++;
-    return id;
-  }
-  return 0;
-}
-
 /* ---- Connect ---------------------------------------------------------------------- */
 
 int uvmqtt__session_connect(uvmqtt__session_t *s, const uvmqtt_packet_t *connect, uint64_t now) {
@@ -369,19 +468,19 @@ int uvmqtt__session_connect(uvmqtt__session_t *s, const uvmqtt_packet_t *connect
     return UVMQTT_EINVAL;
   uvmqtt_decoder_reset(&s->dec);
   s->out.len = 0;
+  s->out.has_ping = 0;
+  s->conn++;
   s->our_keepalive_s = connect->u.connect.keep_alive;
   s->keepalive_s = s->our_keepalive_s;
   s->clean_start = connect->u.connect.clean_start;
   s->our_receive_max = 65535;
+  /* Topic aliases belong to one network connection [MQTT-3.3.2-7]. */
+  aliases_free(s);
+  s->our_alias_max = 0;
   if (s->version == UVMQTT_V5) {
     const uvmqtt_props_t *p = &connect->props;
     if (UVMQTT_HAS(p, UVMQTT_PROP_RECEIVE_MAXIMUM)) s->our_receive_max = p->receive_maximum;
-    uint16_t alias_max =
-        UVMQTT_HAS(p, UVMQTT_PROP_TOPIC_ALIAS_MAXIMUM) ? p->topic_alias_maximum : 0;
-    if (alias_max != s->our_alias_max) {
-      aliases_free(s);
-      s->our_alias_max = alias_max;
-    }
+    if (UVMQTT_HAS(p, UVMQTT_PROP_TOPIC_ALIAS_MAXIMUM)) s->our_alias_max = p->topic_alias_maximum;
   }
   /* Never unbounded: the decoder buffers a split packet at its declared
    * size, so a limit is what keeps five bytes from costing 256 MiB. */
@@ -390,67 +489,92 @@ int uvmqtt__session_connect(uvmqtt__session_t *s, const uvmqtt_packet_t *connect
           ? connect->props.maximum_packet_size
           : s->our_max_packet;
   s->state = UVMQTT__S_CONNECTING;
-  s->ping_outstanding = 0;
+  s->ping = 0;
   s->last_recv = now;
+  s->last_written = now;
   /* Broker limits are per connection: back to the defaults until CONNACK. */
   s->broker_max_qos = 2;
   s->broker_retain = 1;
   s->broker_receive_max = DEFAULT_WINDOW;
   s->broker_max_packet = 0;
+  s->broker_alias_max = 0;
   return out_packet(s, connect, now);
 }
 
-/* Messages go back to the queue after a reconnect without session: the
- * broker forgot them, so they are published again as new (at least once). */
-static void requeue_window_as_new(uvmqtt__session_t *s) {
-  uvmqtt__msg_list_t again = {NULL, NULL};
+/* The broker kept no session, so it knows none of our packet ids: every
+ * message with one goes back to the queue as new (at least once). A QoS 2
+ * message past PUBREC is the exception: the broker may have delivered it
+ * (or not), so it is never reported delivered without its PUBCOMP; an
+ * until-delivered one is published again, the others complete with
+ * UVMQTT_ESESSIONLOST (a custom policy decides). */
+static int keep_at_session_loss(uvmqtt__session_t *s, uvmqtt__msg_t *m, uint64_t now);
+
+static void requeue_as_new(uvmqtt__session_t *s, uint64_t now) {
+  uvmqtt__msg_list_t again = {NULL, NULL}, lost = {NULL, NULL};
   uvmqtt__msg_t *m;
   while ((m = list_pop(&s->window)) != NULL) {
-    if (m->qos > 0) s->inflight--;
-    if (m->state == UVMQTT__MSG_WAIT_COMP) {
-      /* The broker had taken ownership (PUBREC): sending it again would
-       * duplicate an exactly-once message. */
-      msg_finish(s, m, 0, 0);
-      continue;
-    }
+    s->inflight--;
+    list_push(
+        m->state == UVMQTT__MSG_WAIT_COMP && !keep_at_session_loss(s, m, now) ? &lost : &again, m);
+  }
+  list_merge_by_seq(&again, &s->resend);
+  while ((m = list_pop(&again)) != NULL) {
+    id_release(s, m->id);
+    msg_set_id(m, 0);
     m->state = UVMQTT__MSG_QUEUED;
     m->data[0] &= (uint8_t)~0x08; /* not a duplicate for a broker without the session */
     store_wait_forget(m);
     store_update(s, m, UVMQTT_STORE_QUEUED);
-    list_push(&again, m);
+    list_insert_by_seq(&s->queue, m);
   }
-  list_prepend_all(&s->queue, &again);
+  finish_list(s, &lost, UVMQTT_ESESSIONLOST);
 }
 
-/* After a reconnect with the session present: resend the window in order
- * (PUBLISH with DUP, or PUBREL), then the queue follows via pump. */
-static int resend_window(uvmqtt__session_t *s, uint64_t now) {
+/* With the session present: PUBREL again for what is past PUBREC (the
+ * resend list follows through pump, in order, as slots allow). */
+static int resend_pubrels(uvmqtt__session_t *s, uint64_t now) {
   for (uvmqtt__msg_t *m = s->window.head; m; m = m->next) {
-    /* Held back for the store: on_phase_stored() sends it, and every later
-     * message of the window waits too (the store confirms in order). */
-    if (m->wait) break;
-    int err = m->state == UVMQTT__MSG_WAIT_COMP ? out_ack(s, UVMQTT_PUBREL, m->id, 0, now)
-                                                : out_publish(s, m, now);
-    if (err) return err;
+    if (m->state != UVMQTT__MSG_WAIT_COMP || m->wait) continue;
+    int err = out_ack(s, UVMQTT_PUBREL, m->id, 0, now);
+    if (err < 0) return err;
   }
   return 0;
 }
 
+/* Requests waiting for their ack go again; one the new connection's Maximum
+ * Packet Size forbids fails instead of looping. */
 static int resend_requests(uvmqtt__session_t *s, uint64_t now) {
-  for (uvmqtt__req_t *r = s->reqs; r; r = r->next) {
-    int err = out_append(s, r->data, r->len, now);
-    if (err) return err;
+  for (uvmqtt__req_t **pp = &s->reqs; *pp;) {
+    uvmqtt__req_t *r = *pp;
+    int g = gate(s, r->type, r->len);
+    if (g < 0) {
+      *pp = r->next;
+      int stop = 0;
+      request_finish(s, r, g, NULL, &stop);
+      if (stop) return 1;
+      continue;
+    }
+    if (g == 0) {
+      int err = out_append(s, r->data, r->len, now);
+      if (err) return err;
+    }
+    pp = &r->next;
   }
   return 0;
 }
+
+static void recompute_expiry(uvmqtt__session_t *s);
 
 static int on_connack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t now) {
   if (s->state != UVMQTT__S_CONNECTING) return UVMQTT_EUNEXPECTED;
   if (p->reason != 0) {
-    s->state = UVMQTT__S_OFFLINE;
+    s->state = UVMQTT__S_TERMINATING;
     if (s->ev->connack && s->ev->connack(s->owner, p)) return 1;
     return UVMQTT_EREFUSED;
   }
+  /* A session we asked the broker to discard cannot be present
+   * [MQTT-3.2.2-4]; 3.1.1 brokers are held to the same rule. */
+  if (p->session_present && s->clean_start) return UVMQTT_EPROTOCOL;
   if (s->version == UVMQTT_V5) {
     const uvmqtt_props_t *pr = &p->props;
     if (UVMQTT_HAS(pr, UVMQTT_PROP_RECEIVE_MAXIMUM)) s->broker_receive_max = pr->receive_maximum;
@@ -458,17 +582,19 @@ static int on_connack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t n
     if (UVMQTT_HAS(pr, UVMQTT_PROP_RETAIN_AVAILABLE)) s->broker_retain = pr->retain_available;
     if (UVMQTT_HAS(pr, UVMQTT_PROP_MAXIMUM_PACKET_SIZE))
       s->broker_max_packet = pr->maximum_packet_size;
+    if (UVMQTT_HAS(pr, UVMQTT_PROP_TOPIC_ALIAS_MAXIMUM))
+      s->broker_alias_max = pr->topic_alias_maximum;
     if (UVMQTT_HAS(pr, UVMQTT_PROP_SERVER_KEEP_ALIVE)) s->keepalive_s = pr->server_keep_alive;
   }
   s->state = UVMQTT__S_ONLINE;
-  int err;
-  if (p->session_present && !s->clean_start) {
-    err = resend_window(s, now);
+  int err = 0;
+  if (p->session_present) {
+    err = resend_pubrels(s, now);
   } else {
     /* No session on the broker: our incoming QoS 2 state is void too. */
     s->rx_qos2_count = 0;
-    requeue_window_as_new(s);
-    err = 0;
+    requeue_as_new(s, now);
+    recompute_expiry(s);
   }
   if (err == 0) err = resend_requests(s, now);
   if (err) return err;
@@ -503,33 +629,47 @@ static int make_room(uvmqtt__session_t *s, size_t len) {
   return 0;
 }
 
+static int connected(const uvmqtt__session_t *s) {
+  return s->state == UVMQTT__S_ONLINE || s->state == UVMQTT__S_DRAINING;
+}
+
 int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void *payload,
-                            size_t len, const uvmqtt_publish_opts_t *opts, uint8_t policy,
-                            uint32_t deadline_ms, uvmqtt_publish_cb cb, void *arg, uint64_t now) {
-  static const uvmqtt_publish_opts_t zero_opts;
-  if (opts == NULL) opts = &zero_opts;
-  if (topic == NULL || (payload == NULL && len > 0)) return UVMQTT_EINVAL;
-  if (opts->qos > 2) return UVMQTT_EBADQOS;
+                            size_t len, const uvmqtt__publish_t *p, uint64_t now) {
+  if (topic == NULL || p == NULL || (payload == NULL && len > 0)) return UVMQTT_EINVAL;
+  if (p->qos > 2) return UVMQTT_EBADQOS;
   if (len > UVMQTT_MAX_REMAINING_LENGTH) return UVMQTT_EPKTTOOBIG;
-  if (opts->qos > s->broker_max_qos) return UVMQTT_EQOSNOTSUP;
-  if (opts->retain && !s->broker_retain) return UVMQTT_ERETAINNOTSUP;
+  const uvmqtt_props_t *props = s->version == UVMQTT_V5 ? p->props : NULL;
+  uint16_t alias = props && UVMQTT_HAS(props, UVMQTT_PROP_TOPIC_ALIAS) ? props->topic_alias : 0;
+  /* [MQTT-3.3.4-6]: only the broker sets Subscription Identifiers. */
+  if (props && UVMQTT_HAS(props, UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER)) return UVMQTT_EBADPROP;
+  size_t topic_len = strlen(topic);
+  if (topic_len > 65535) return UVMQTT_EBADTOPIC;
+  /* An alias without a topic needs the mapping of the connection it is
+   * published on. */
+  if (topic_len == 0 && (alias == 0 || !connected(s))) return UVMQTT_EBADTOPIC;
+  if (connected(s)) {
+    /* The limits of the connection in force; offline, the gate checks each
+     * message against the next connection's. */
+    if (p->qos > s->broker_max_qos) return UVMQTT_EQOSNOTSUP;
+    if (p->retain && !s->broker_retain) return UVMQTT_ERETAINNOTSUP;
+    if (alias > s->broker_alias_max) return UVMQTT_ETOPICALIAS;
+  }
 
   uvmqtt_packet_t pkt;
   memset(&pkt, 0, sizeof pkt);
   pkt.type = UVMQTT_PUBLISH;
-  pkt.packet_id = opts->qos ? 1 : 0; /* patched when sent */
-  size_t topic_len = strlen(topic);
-  if (topic_len > 65535) return UVMQTT_EBADTOPIC;
+  pkt.packet_id = p->qos ? 1 : 0; /* patched when it gets an id */
   pkt.u.publish.topic.data = (const uint8_t *)topic;
   pkt.u.publish.topic.len = (uint32_t)topic_len;
   pkt.u.publish.payload.data = payload;
   pkt.u.publish.payload.len = (uint32_t)len;
-  pkt.u.publish.qos = opts->qos;
-  pkt.u.publish.retain = opts->retain;
-  if (opts->props && s->version == UVMQTT_V5) pkt.props = *opts->props;
+  pkt.u.publish.qos = p->qos;
+  pkt.u.publish.retain = p->retain;
+  if (props) pkt.props = *props;
   ssize_t size = uvmqtt_encode_size(&pkt, s->version);
   if (size < 0) return (int)size;
-  if (s->broker_max_packet && (size_t)size > s->broker_max_packet) return UVMQTT_EPKTTOOBIG;
+  if (connected(s) && s->broker_max_packet && (size_t)size > s->broker_max_packet)
+    return UVMQTT_EPKTTOOBIG;
   int err = make_room(s, (size_t)size);
   if (err) return err;
 
@@ -545,24 +685,22 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
   while (m->data[fixed] & 0x80)
     fixed++;
   fixed++;
-  m->next = NULL;
+  memset(m, 0, sizeof *m);
   m->seq = s->next_seq++;
   m->created = now;
-  m->deadline = (policy == UVMQTT_DELIVERY_DEADLINE) ? now + deadline_ms : 0;
-  m->serial = 0;
-  m->cb = cb;
-  m->arg = arg;
+  m->deadline = (p->policy == UVMQTT_DELIVERY_DEADLINE) ? now + p->deadline_ms : 0;
+  m->cb = p->cb;
+  m->arg = p->arg;
   m->len = (uint32_t)size;
   m->topic_off = fixed + 2;
   m->topic_len = (uint16_t)topic_len;
-  m->id_off = opts->qos ? fixed + 2 + (uint32_t)topic_len : 0;
-  m->id = 0;
-  m->qos = opts->qos;
-  m->policy = policy;
+  m->id_off = p->qos ? fixed + 2 + (uint32_t)topic_len : 0;
+  m->conn = s->conn;
+  m->alias = alias;
+  m->qos = p->qos;
+  m->retain = p->retain;
+  m->policy = p->policy;
   m->state = UVMQTT__MSG_QUEUED;
-  m->sent = 0;
-  m->restored = 0;
-  m->wait = NULL;
   if (s->store) {
     err = store_append(s, m);
     if (err) {
@@ -579,86 +717,182 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
   return 0;
 }
 
+/* A message the gate refused for good leaves its list and completes. */
+static void refuse(uvmqtt__session_t *s, uvmqtt__msg_list_t *l, uvmqtt__msg_t *m, int err) {
+  list_unlink(l, NULL, m);
+  msg_finish(s, m, err, 0);
+}
+
 void uvmqtt__session_pump(uvmqtt__session_t *s, uint64_t now) {
   int expiry_changed = 0;
-  while (s->state == UVMQTT__S_ONLINE && s->queue.head && s->out.len < UVMQTT__OUT_HIGH_WATER) {
-    uvmqtt__msg_t *m = s->queue.head;
-    if (m->qos > 0 && (s->inflight >= s->broker_receive_max || s->inflight >= s->max_inflight))
-      break;
-    if (s->broker_max_packet && m->len > s->broker_max_packet) {
-      list_pop(&s->queue);
-      expiry_changed |= m->deadline != 0;
-      msg_finish(s, m, UVMQTT_EPKTTOOBIG, 0);
+  /* Resends first, in their first-send order [MQTT-4.6.0-1]. */
+  while (s->resend.head && s->out.len < UVMQTT__OUT_HIGH_WATER) {
+    uvmqtt__msg_t *m = s->resend.head;
+    int g = gate_publish(s, m, 1, now);
+    if (g == 1) break;
+    if (g < 0) {
+      refuse(s, &s->resend, m, g);
       continue;
     }
-    if (m->qos > 0) {
-      uint16_t id = next_packet_id(s, &m->serial);
-      if (id == 0) break; /* every id in use: wait for acks */
-      m->id = id;
-      m->data[0] &= (uint8_t)~0x08; /* a new id: the first send under it */
-      m->data[m->id_off] = (uint8_t)(id >> 8);
-      m->data[m->id_off + 1] = (uint8_t)id;
+    if (out_reserve(&s->out, m->len) != 0) break; /* out of memory: retry later */
+    list_pop(&s->resend);
+    (void)out_publish(s, m, now);
+    m->state = UVMQTT__MSG_WAIT_ACK;
+    s->inflight++;
+    list_push(&s->window, m);
+  }
+  while (s->resend.head == NULL && s->queue.head && s->out.len < UVMQTT__OUT_HIGH_WATER) {
+    uvmqtt__msg_t *m = s->queue.head;
+    int g = gate_publish(s, m, 1, now);
+    if (g == 1) break;
+    expiry_changed |= m->deadline != 0;
+    if (g < 0) {
+      refuse(s, &s->queue, m, g);
+      continue;
     }
+    if (out_reserve(&s->out, m->len) != 0) break; /* out of memory: retry later */
     if (m->qos == 0) {
-      if (out_publish(s, m, now) != 0) break; /* out of memory: retry later */
       list_pop(&s->queue);
+      (void)out_publish(s, m, now);
       m->state = UVMQTT__MSG_WRITING;
       list_push(&s->out.msgs, m);
-    } else {
-      /* A stored message goes out once the store knows its packet id. */
-      if (!store_update_then_send(s, m, UVMQTT_STORE_SENT)) {
-        if (out_publish(s, m, now) != 0) break; /* out of memory: retry later */
-        m->state = UVMQTT__MSG_WAIT_ACK;
-      } else {
-        m->state = UVMQTT__MSG_STORING;
-      }
-      list_pop(&s->queue);
-      s->inflight++;
-      list_push(&s->window, m);
+      continue;
     }
-    expiry_changed |= m->deadline != 0;
+    int id = next_packet_id(s);
+    if (id <= 0) break; /* every id in use (or no memory): wait for acks */
+    list_pop(&s->queue);
+    msg_set_id(m, (uint16_t)id);
+    m->data[0] &= (uint8_t)~0x08; /* a new id: the first send under it */
+    s->inflight++;
+    list_push(&s->window, m);
+    /* A stored message goes out once the store knows its packet id. */
+    if (store_update_then_send(s, m, UVMQTT_STORE_SENT)) {
+      m->state = UVMQTT__MSG_STORING;
+    } else {
+      (void)out_publish(s, m, now);
+      m->state = UVMQTT__MSG_WAIT_ACK;
+    }
   }
   if (expiry_changed) recompute_expiry(s);
 }
 
-int uvmqtt__session_request(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt,
-                            uvmqtt_subscribe_cb cb, void *arg, uint64_t now) {
-  if (pkt->type != UVMQTT_SUBSCRIBE && pkt->type != UVMQTT_UNSUBSCRIBE) return UVMQTT_EINVAL;
+static void check_drained(uvmqtt__session_t *s, uint64_t now);
+
+/* The store confirmed the phase that lets m's next packet go. */
+static void phase_stored(uvmqtt__session_t *s, uvmqtt__msg_t *m) {
+  /* The session has no clock: the latest time it was given stands in. At
+   * worst keepalive sends one PINGREQ early. */
+  uint64_t now = s->last_send > s->last_recv ? s->last_send : s->last_recv;
+  if (m->state == UVMQTT__MSG_WAIT_COMP) {
+    if (out_ack(s, UVMQTT_PUBREL, m->id, 0, now) != 0) return; /* resent after the next CONNACK */
+  } else if (m->state == UVMQTT__MSG_STORING) {
+    int g = gate_publish(s, m, 0, now);
+    uvmqtt__msg_t *prev = NULL;
+    for (uvmqtt__msg_t *at = s->window.head; at != m; at = at->next)
+      prev = at;
+    if (g < 0) {
+      list_unlink(&s->window, prev, m);
+      s->inflight--;
+      msg_finish(s, m, g, 0);
+    } else if (g == 1 || out_reserve(&s->out, m->len) != 0) {
+      /* Not on this connection: it waits with the resends, its id known to
+       * the store (and maybe to the broker). */
+      list_unlink(&s->window, prev, m);
+      s->inflight--;
+      m->state = UVMQTT__MSG_READY;
+      list_insert_by_seq(&s->resend, m);
+      uvmqtt__session_pump(s, now);
+    } else {
+      (void)out_publish(s, m, now);
+      m->state = UVMQTT__MSG_WAIT_ACK;
+    }
+  } else {
+    return;
+  }
+  check_drained(s, now);
+  if (s->ev->wake) s->ev->wake(s->owner);
+}
+
+int uvmqtt__session_request(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt, uvmqtt__cb_fn cb,
+                            void *arg, uint64_t now) {
+  if (pkt == NULL || (pkt->type != UVMQTT_SUBSCRIBE && pkt->type != UVMQTT_UNSUBSCRIBE))
+    return UVMQTT_EINVAL;
   uvmqtt_packet_t copy = *pkt;
   copy.packet_id = 1; /* placeholder for sizing and validation */
   ssize_t size = uvmqtt_encode_size(&copy, s->version);
   if (size < 0) return (int)size;
-  if (s->broker_max_packet && (size_t)size > s->broker_max_packet) return UVMQTT_EPKTTOOBIG;
+  int g = gate(s, pkt->type, (size_t)size);
+  if (g < 0) return g;
+  /* Room in the output first: once queued, a request must go out. */
+  if (g == 0 && out_reserve(&s->out, (size_t)size) != 0) return UVMQTT_ENOMEM;
   uvmqtt__req_t *r = uvmqtt__malloc(sizeof *r + (size_t)size);
   if (r == NULL) return UVMQTT_ENOMEM;
-  r->next = NULL;
+  memset(r, 0, sizeof *r);
+  int id = next_packet_id(s);
+  if (id <= 0) {
+    uvmqtt__free(r);
+    return id == 0 ? UVMQTT_EQUEUEFULL : id;
+  }
   r->cb = cb;
   r->arg = arg;
   r->type = pkt->type;
   r->len = (uint32_t)size;
-  r->id = next_packet_id(s, &r->serial);
-  if (r->id == 0) {
-    uvmqtt__free(r);
-    return UVMQTT_EQUEUEFULL;
-  }
+  r->id = (uint16_t)id;
   copy.packet_id = r->id;
-  s->last_req_id = r->id;
   ssize_t n = uvmqtt_encode(&copy, s->version, r->data, (size_t)size);
   if (n < 0) {
+    id_release(s, r->id);
     uvmqtt__free(r);
     return (int)n;
   }
+  s->last_req_id = r->id;
   uvmqtt__req_t **tail = &s->reqs;
   while (*tail)
     tail = &(*tail)->next;
   *tail = r;
   /* Offline or before CONNACK: sent by resend_requests() on connect. */
-  if (s->state == UVMQTT__S_ONLINE) return out_append(s, r->data, r->len, now);
+  if (g == 0) (void)out_append(s, r->data, r->len, now); /* room reserved above */
   return 0;
 }
 
-int uvmqtt__session_send_packet(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt, uint64_t now) {
-  return out_packet(s, pkt, now);
+/* ---- Graceful stop ------------------------------------------------------------------- */
+
+/* Nothing in flight in either direction: no PUBLISH sent on this connection
+ * waiting for its ack, no incoming QoS 2 waiting for PUBREL. */
+static int quiescent(const uvmqtt__session_t *s) {
+  if (s->rx_qos2_count) return 0;
+  for (const uvmqtt__msg_t *m = s->window.head; m; m = m->next)
+    if (m->state == UVMQTT__MSG_WAIT_ACK || m->state == UVMQTT__MSG_WAIT_COMP) return 0;
+  return 1;
+}
+
+int uvmqtt__session_stop_now(uvmqtt__session_t *s, uint64_t now) {
+  int err = 0;
+  if (connected(s)) {
+    uvmqtt_packet_t d;
+    memset(&d, 0, sizeof d);
+    d.type = UVMQTT_DISCONNECT;
+    d.reason = s->version == UVMQTT_V5 ? s->stop_reason : 0;
+    err = out_packet(s, &d, now);
+  }
+  if (s->state != UVMQTT__S_OFFLINE) s->state = UVMQTT__S_TERMINATING;
+  return err < 0 ? err : 0;
+}
+
+int uvmqtt__session_stop(uvmqtt__session_t *s, uint8_t reason, uint64_t now) {
+  if (s->state == UVMQTT__S_DRAINING) return 1;
+  if (s->state != UVMQTT__S_ONLINE) return UVMQTT_ENOTCONN;
+  s->stop_reason = reason;
+  s->state = UVMQTT__S_DRAINING;
+  if (!quiescent(s)) return 1;
+  int err = uvmqtt__session_stop_now(s, now);
+  return err;
+}
+
+static void check_drained(uvmqtt__session_t *s, uint64_t now) {
+  if (s->state != UVMQTT__S_DRAINING || !quiescent(s)) return;
+  (void)uvmqtt__session_stop_now(s, now);
+  if (s->ev->wake) s->ev->wake(s->owner);
 }
 
 /* ---- Incoming ------------------------------------------------------------------------ */
@@ -666,7 +900,7 @@ int uvmqtt__session_send_packet(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt
 static uvmqtt__msg_t *window_find(uvmqtt__session_t *s, uint16_t id, uvmqtt__msg_t **prev_out) {
   uvmqtt__msg_t *prev = NULL;
   for (uvmqtt__msg_t *m = s->window.head; m; prev = m, m = m->next) {
-    if (m->qos > 0 && m->id == id) {
+    if (m->id == id) {
       *prev_out = prev;
       return m;
     }
@@ -680,14 +914,16 @@ static int window_complete(uvmqtt__session_t *s, uvmqtt__msg_t *prev, uvmqtt__ms
   s->inflight--;
   msg_finish(s, m, 0, reason);
   uvmqtt__session_pump(s, now);
+  check_drained(s, now);
   return 0;
 }
 
 static int on_ack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t now) {
   uvmqtt__msg_t *prev, *m = window_find(s, p->packet_id, &prev);
-  /* An ack for a PUBLISH not sent yet is as unexpected as one for an id
-   * never used. */
+  /* An ack for a PUBLISH not sent on this connection is as unexpected as
+   * one for an id never used. */
   if (m && m->state == UVMQTT__MSG_STORING) m = NULL;
+  int err;
   switch (p->type) {
   case UVMQTT_PUBACK:
     /* An ack for nothing we sent (or of the wrong kind) is ignored. */
@@ -695,16 +931,22 @@ static int on_ack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t now) 
     return 0;
   case UVMQTT_PUBREC:
     if (m && m->qos == 2 && m->state == UVMQTT__MSG_WAIT_ACK) {
+      /* A refusal ends the exchange: no PUBREL [MQTT-4.3.3-4]. */
       if (p->reason >= 0x80) return window_complete(s, prev, m, p->reason, now);
       m->state = UVMQTT__MSG_WAIT_COMP;
       /* The PUBREL waits until the store knows of the PUBREC. */
       if (store_update_then_send(s, m, UVMQTT_STORE_PUBREC)) return 0;
-      return out_ack(s, UVMQTT_PUBREL, p->packet_id, 0, now);
+      err = out_ack(s, UVMQTT_PUBREL, p->packet_id, 0, now);
+      return err < 0 ? err : 0;
     }
-    if (m && m->state == UVMQTT__MSG_WAIT_COMP)
-      return m->wait ? 0 : out_ack(s, UVMQTT_PUBREL, p->packet_id, 0, now);
+    if (m && m->state == UVMQTT__MSG_WAIT_COMP && !m->wait) {
+      err = out_ack(s, UVMQTT_PUBREL, p->packet_id, 0, now);
+      return err < 0 ? err : 0;
+    }
+    if (m || p->reason >= 0x80) return 0;
     /* Unknown id: release it so the broker can forget it. */
-    return out_ack(s, UVMQTT_PUBREL, p->packet_id, 0x92, now);
+    err = out_ack(s, UVMQTT_PUBREL, p->packet_id, 0x92, now);
+    return err < 0 ? err : 0;
   case UVMQTT_PUBCOMP:
     if (m && m->qos == 2 && m->state == UVMQTT__MSG_WAIT_COMP)
       return window_complete(s, prev, m, p->reason, now);
@@ -760,29 +1002,38 @@ static int resolve_alias(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uvmqtt_
 }
 
 static int on_publish(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t now) {
+  if (s->state == UVMQTT__S_DRAINING) return 0; /* the broker sends it again next time */
   if (s->state != UVMQTT__S_ONLINE) return UVMQTT_EUNEXPECTED;
   uvmqtt_bytes_t topic;
   int err = resolve_alias(s, p, &topic);
   if (err) return err;
   uint8_t qos = p->u.publish.qos;
   if (qos == 2) {
-    if (rx_qos2_find(s, p->packet_id) >= 0) /* a duplicate: acknowledge only */
-      return out_ack(s, UVMQTT_PUBREC, p->packet_id, 0, now);
+    if (rx_qos2_find(s, p->packet_id) >= 0) { /* a duplicate: acknowledge only */
+      err = out_ack(s, UVMQTT_PUBREC, p->packet_id, 0, now);
+      return err < 0 ? err : 0;
+    }
     if (s->rx_qos2_count >= s->our_receive_max) return UVMQTT_ERECVMAX;
     err = rx_qos2_add(s, p->packet_id);
     if (err) return err;
   }
   if (s->ev->message && s->ev->message(s->owner, p, topic)) return 1;
-  if (qos == 1) return out_ack(s, UVMQTT_PUBACK, p->packet_id, 0, now);
-  if (qos == 2) return out_ack(s, UVMQTT_PUBREC, p->packet_id, 0, now);
-  return 0;
+  if (qos == 0) return 0;
+  err = out_ack(s, qos == 1 ? UVMQTT_PUBACK : UVMQTT_PUBREC, p->packet_id, 0, now);
+  return err < 0 ? err : 0;
 }
 
 static int on_pubrel(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t now) {
   int i = rx_qos2_find(s, p->packet_id);
-  if (i < 0) return out_ack(s, UVMQTT_PUBCOMP, p->packet_id, 0x92, now);
-  s->rx_qos2[i] = s->rx_qos2[--s->rx_qos2_count];
-  return out_ack(s, UVMQTT_PUBCOMP, p->packet_id, 0, now);
+  int err;
+  if (i < 0) {
+    err = out_ack(s, UVMQTT_PUBCOMP, p->packet_id, 0x92, now);
+  } else {
+    s->rx_qos2[i] = s->rx_qos2[--s->rx_qos2_count];
+    err = out_ack(s, UVMQTT_PUBCOMP, p->packet_id, 0, now);
+  }
+  check_drained(s, now);
+  return err < 0 ? err : 0;
 }
 
 static int on_suback(uvmqtt__session_t *s, const uvmqtt_packet_t *p) {
@@ -791,16 +1042,15 @@ static int on_suback(uvmqtt__session_t *s, const uvmqtt_packet_t *p) {
     uvmqtt__req_t *r = *pp;
     if (r->id != p->packet_id || r->type != want) continue;
     *pp = r->next;
-    int stop = s->ev->request_done ? s->ev->request_done(s->owner, r, 0, p) : 0;
-    uvmqtt__free(r);
+    int stop = 0;
+    request_finish(s, r, 0, p, &stop);
     return stop ? 1 : 0;
   }
   return 0; /* an ack for nothing pending is ignored */
 }
 
 static int handle_packet(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t now) {
-  s->last_recv = now;
-  s->ping_outstanding = 0; /* any packet proves the broker alive */
+  if (s->ping == 2) s->ping = 0; /* any packet proves the broker alive */
   if (s->state == UVMQTT__S_CONNECTING && p->type != UVMQTT_CONNACK &&
       !(p->type == UVMQTT_AUTH || p->type == UVMQTT_DISCONNECT))
     return UVMQTT_EUNEXPECTED;
@@ -825,6 +1075,8 @@ static int handle_packet(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_
 }
 
 int uvmqtt__session_recv(uvmqtt__session_t *s, const uint8_t *data, size_t len, uint64_t now) {
+  if (s->state == UVMQTT__S_TERMINATING || s->state == UVMQTT__S_OFFLINE) return 0;
+  if (len) s->last_recv = now; /* any byte is a sign of life, also half a packet */
   size_t off = 0;
   while (off < len) {
     uvmqtt_packet_t pkt;
@@ -834,23 +1086,40 @@ int uvmqtt__session_recv(uvmqtt__session_t *s, const uint8_t *data, size_t len, 
     if (err == 0 && got) err = handle_packet(s, &pkt, now);
     if (err == 1) return 0; /* the owner is closing: stop quietly */
     if (err) {
-      /* A v5 client tells the broker why before closing (best effort). */
-      if (s->version == UVMQTT_V5 && s->state == UVMQTT__S_ONLINE && err != UVMQTT_EDISCONNECTED &&
+      /* A v5 client tells the broker why before closing (best effort);
+       * nothing goes out after that. */
+      if (s->version == UVMQTT_V5 && connected(s) && err != UVMQTT_EDISCONNECTED &&
           err != UVMQTT_EREFUSED) {
-        uvmqtt_packet_t d;
-        memset(&d, 0, sizeof d);
-        d.type = UVMQTT_DISCONNECT;
-        d.reason = (uint8_t)uvmqtt_err_reason(err);
-        (void)out_packet(s, &d, now);
+        s->stop_reason = (uint8_t)uvmqtt_err_reason(err);
+        (void)uvmqtt__session_stop_now(s, now);
       }
+      if (s->state != UVMQTT__S_OFFLINE) s->state = UVMQTT__S_TERMINATING;
       return err;
     }
+    if (s->state == UVMQTT__S_TERMINATING) return 0; /* a drain ended: the rest is not ours */
     off += (size_t)n;
   }
   return 0;
 }
 
 /* ---- Connection loss and time ----------------------------------------------------------- */
+
+static int ask_custom(uvmqtt__session_t *s, uvmqtt__msg_t *m, int status, uint64_t now) {
+  if (s->decide == NULL) return 1;
+  uvmqtt_pending_info_t info;
+  info.topic.data = m->data + m->topic_off;
+  info.topic.len = m->topic_len;
+  /* The payload's place is not kept per message; decoding our own packet
+   * finds it without allocating, and only at a loss. */
+  uvmqtt_packet_t p;
+  info.payload_len =
+      uvmqtt_decode_packet(m->data, m->len, s->version, &p) == 0 ? p.u.publish.payload.len : m->len;
+  info.qos = m->qos;
+  info.sent = m->sent;
+  info.age_ms = now - m->created;
+  info.arg = m->arg;
+  return s->decide(s->decide_state, &info, status) != 0;
+}
 
 /* Applies the delivery policy of m at a connection loss: 1 keeps it. */
 static int keep_at_loss(uvmqtt__session_t *s, uvmqtt__msg_t *m, int status, uint64_t now) {
@@ -859,24 +1128,16 @@ static int keep_at_loss(uvmqtt__session_t *s, uvmqtt__msg_t *m, int status, uint
   /* Past its deadline a message is stale: one that was sent is not resent
    * after the reconnect, one that never was expires. */
   case UVMQTT_DELIVERY_DEADLINE: return m->deadline == 0 || now < m->deadline;
-  case UVMQTT_DELIVERY_CUSTOM: {
-    if (s->decide == NULL) return 1;
-    uvmqtt_pending_info_t info;
-    info.topic.data = m->data + m->topic_off;
-    info.topic.len = m->topic_len;
-    /* The payload's place is not kept per message; decoding our own packet
-     * finds it without allocating, and only at a loss. */
-    uvmqtt_packet_t p;
-    info.payload_len = uvmqtt_decode_packet(m->data, m->len, s->version, &p) == 0
-                           ? p.u.publish.payload.len
-                           : m->len;
-    info.qos = m->qos;
-    info.sent = m->sent;
-    info.age_ms = now - m->created;
-    info.arg = m->arg;
-    return s->decide(s->decide_state, &info, status) != 0;
-  }
+  case UVMQTT_DELIVERY_CUSTOM: return ask_custom(s, m, status, now);
   default: return 1;
+  }
+}
+
+static int keep_at_session_loss(uvmqtt__session_t *s, uvmqtt__msg_t *m, uint64_t now) {
+  switch (m->policy) {
+  case UVMQTT_DELIVERY_UNTIL_DELIVERED: return 1;
+  case UVMQTT_DELIVERY_CUSTOM: return ask_custom(s, m, UVMQTT_ESESSIONLOST, now);
+  default: return 0;
   }
 }
 
@@ -906,10 +1167,31 @@ void uvmqtt__session_lost(uvmqtt__session_t *s, int status, uint64_t now) {
   while ((m = list_pop(&s->out.msgs)) != NULL)
     msg_finish(s, m, status, 0);
   s->out.len = 0;
+  s->out.has_ping = 0;
   s->state = UVMQTT__S_OFFLINE;
-  s->ping_outstanding = 0;
+  s->ping = 0;
   uvmqtt_decoder_reset(&s->dec);
+  /* PUBLISHes sent on this connection wait to be resent on the next; what
+   * is past PUBREC keeps its slot (its PUBREL goes again), and so does what
+   * waits for the store. */
+  uvmqtt__msg_list_t sent = {NULL, NULL};
+  uvmqtt__msg_t *prev = NULL;
+  m = s->window.head;
+  while (m) {
+    uvmqtt__msg_t *next = m->next;
+    if (m->state == UVMQTT__MSG_WAIT_ACK) {
+      list_unlink(&s->window, prev, m);
+      s->inflight--;
+      m->state = UVMQTT__MSG_READY;
+      list_push(&sent, m);
+    } else {
+      prev = m;
+    }
+    m = next;
+  }
+  list_merge_by_seq(&s->resend, &sent);
   apply_loss_policy(s, &s->window, 1, status, now);
+  apply_loss_policy(s, &s->resend, 0, status, now);
   apply_loss_policy(s, &s->queue, 0, status, now);
   recompute_expiry(s);
 }
@@ -934,36 +1216,40 @@ int uvmqtt__session_tick(uvmqtt__session_t *s, uint64_t now) {
     while ((m = list_pop(&expired)) != NULL)
       msg_finish(s, m, UVMQTT_EEXPIRED, 0);
   }
-  if (s->state == UVMQTT__S_OFFLINE || s->keepalive_s == 0) return 0;
-  uint64_t ka = (uint64_t)s->keepalive_s * 1000u;
-  if (s->ping_outstanding) {
-    if (now >= s->ping_sent + ka / 2) return UVMQTT_EKEEPALIVE;
-    return 0;
-  }
-  if (s->state == UVMQTT__S_ONLINE) {
-    uint64_t quiet = s->last_send < s->last_recv ? s->last_send : s->last_recv;
-    if (now >= quiet + ka) {
-      static const uint8_t pingreq[2] = {UVMQTT_PINGREQ << 4, 0};
-      if (out_append(s, pingreq, sizeof pingreq, now) == 0) {
-        s->ping_outstanding = 1;
-        s->ping_sent = now;
-      }
-    }
+  uint64_t due = uvmqtt__session_next_deadline(s);
+  if (!connected(s) || s->keepalive_s == 0 || due == 0 || now < due) return 0;
+  if (s->ping) return UVMQTT_EKEEPALIVE;
+  static const uint8_t pingreq[2] = {UVMQTT_PINGREQ << 4, 0};
+  if (gate(s, UVMQTT_PINGREQ, sizeof pingreq) == 0 &&
+      out_append(s, pingreq, sizeof pingreq, now) == 0) {
+    s->ping = 1;
+    s->ping_sent = now;
+    s->out.has_ping = 1;
   }
   return 0;
 }
 
+static uint64_t max3(uint64_t a, uint64_t b, uint64_t c) {
+  uint64_t m = a > b ? a : b;
+  return m > c ? m : c;
+}
+
+/* Keepalive: a PINGREQ goes out after keep_alive of quiet. It is timed from
+ * when its write completed, not when it was queued (behind a slow uplink it
+ * may wait long in the socket), and any byte from the broker counts as an
+ * answer. A PINGREQ that cannot even be written is given a whole keep_alive
+ * without any write progress or byte received. */
 uint64_t uvmqtt__session_next_deadline(const uvmqtt__session_t *s) {
   uint64_t next = s->next_expiry;
-  if (s->state == UVMQTT__S_ONLINE && s->keepalive_s) {
+  if (connected(s) && s->keepalive_s) {
     uint64_t ka = (uint64_t)s->keepalive_s * 1000u;
     uint64_t t;
-    if (s->ping_outstanding) {
-      t = s->ping_sent + ka / 2;
-    } else {
-      uint64_t quiet = s->last_send < s->last_recv ? s->last_send : s->last_recv;
-      t = quiet + ka;
-    }
+    if (s->ping == 2)
+      t = (s->ping_sent > s->last_recv ? s->ping_sent : s->last_recv) + ka / 2;
+    else if (s->ping == 1)
+      t = max3(s->ping_sent, s->last_written, s->last_recv) + ka;
+    else
+      t = (s->last_send < s->last_recv ? s->last_send : s->last_recv) + ka;
     if (next == 0 || t < next) next = t;
   }
   return next;
@@ -1015,19 +1301,28 @@ static void restore_one(void *arg, const uvmqtt_store_record_t *rec) {
   if (s->next_seq <= rec->seq) s->next_seq = rec->seq + 1;
   s->queued++;
   s->queued_bytes += m->len;
-  if (m->qos > 0 && rec->phase != UVMQTT_STORE_QUEUED && rec->packet_id != 0) {
-    m->id = rec->packet_id;
+  m->retain = m->data[0] & 1;
+  m->alias = UVMQTT_HAS(&p.props, UVMQTT_PROP_TOPIC_ALIAS) ? p.props.topic_alias : 0;
+  /* A message that may have gone out under its id keeps it; so does one
+   * past PUBREC, whose PUBREL goes next. A record that claims an id in use
+   * already is corrupt, and is queued as new rather than trusted. */
+  if (m->qos > 0 && rec->phase != UVMQTT_STORE_QUEUED && rec->packet_id != 0 &&
+      !uvmqtt__session_id_in_use(s, rec->packet_id) && id_take(s, rec->packet_id) == 0) {
+    msg_set_id(m, rec->packet_id);
     m->data[0] |= 0x08; /* it may have gone out under this id */
-    m->data[m->id_off] = (uint8_t)(m->id >> 8);
-    m->data[m->id_off + 1] = (uint8_t)m->id;
     m->sent = 1;
-    m->serial = s->ids_issued++;
-    m->state = rec->phase == UVMQTT_STORE_PUBREC ? UVMQTT__MSG_WAIT_COMP : UVMQTT__MSG_WAIT_ACK;
-    s->inflight++;
-    list_push(&s->window, m);
-    /* New ids start after the restored ones, so they cannot collide. */
+    if (rec->phase == UVMQTT_STORE_PUBREC) {
+      m->state = UVMQTT__MSG_WAIT_COMP;
+      s->inflight++;
+      list_push(&s->window, m);
+    } else {
+      m->state = UVMQTT__MSG_READY;
+      list_push(&s->resend, m);
+    }
+    /* New ids start after the restored ones. */
     if (m->id >= s->next_id) s->next_id = (uint16_t)(m->id + 1); /* 0 is skipped */
   } else {
+    m->data[0] &= (uint8_t)~0x08;
     m->state = UVMQTT__MSG_QUEUED;
     list_push(&s->queue, m);
   }
@@ -1051,13 +1346,21 @@ int uvmqtt__session_take_output(uvmqtt__session_t *s, uvmqtt__output_t *out) {
   return 1;
 }
 
-void uvmqtt__session_written(uvmqtt__session_t *s, uvmqtt__output_t *out, int status) {
+void uvmqtt__session_written(uvmqtt__session_t *s, uvmqtt__output_t *out, int status,
+                             uint64_t now) {
   uvmqtt__msg_t *m;
   while ((m = list_pop(&out->msgs)) != NULL)
     msg_finish(s, m, status, 0);
+  if (status == 0) {
+    s->last_written = now;
+    if (out->has_ping && s->ping == 1) {
+      s->ping = 2;
+      s->ping_sent = now;
+    }
+  }
   /* While busy, keep the buffer for the next output rather than allocating
    * again; an idle connection keeps none. */
-  int busy = s->queue.head != NULL || s->window.head != NULL;
+  int busy = s->queue.head != NULL || s->window.head != NULL || s->resend.head != NULL;
   if (busy && s->out.buf == NULL && out->cap <= UVMQTT__OUT_HIGH_WATER * 2) {
     s->out.buf = out->buf;
     s->out.cap = out->cap;

@@ -1,5 +1,8 @@
 /* The MQTT session: protocol state with no sockets and no clock.
  *
+ * It is built into uvmqtt_core with the codec, without libuv or OpenSSL on
+ * its include path: nothing here may use them.
+ *
  * Bytes and the time (ms, any monotonic origin) go in; bytes to write and
  * events come out. It owns packet id allocation, the outgoing message queue
  * and in-flight window (QoS 1 and 2 in both directions), keepalive deadlines,
@@ -18,32 +21,40 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "uvmqtt.h"
+#include "uvmqtt/codec.h"
+#include "uvmqtt/delivery.h"
 #include "uvmqtt/store.h"
+
+/* The owner's completion callback for a publish or a request. The session
+ * keeps it and hands it back in publish_done/request_done without calling
+ * it; the owner converts it back to its own type. */
+typedef void (*uvmqtt__cb_fn)(void);
 
 typedef struct uvmqtt__msg_s uvmqtt__msg_t;
 typedef struct uvmqtt__req_s uvmqtt__req_t;
 typedef struct uvmqtt__store_wait_s uvmqtt__store_wait_t;
 
 /* An outgoing PUBLISH, encoded once at publish time (packet id patched in
- * when it is sent). One allocation. */
+ * when it gets one). One allocation. */
 struct uvmqtt__msg_s {
   uvmqtt__msg_t *next;
   uint64_t seq;      /* publish order, the store's key */
   uint64_t created;  /* ms */
   uint64_t deadline; /* ms; 0: none */
-  uint64_t serial;   /* id issue order, for the cheap id collision check */
-  uvmqtt_publish_cb cb;
+  uvmqtt__cb_fn cb;
   void *arg;
   uint32_t len;       /* encoded packet length */
   uint32_t topic_off; /* topic bytes within data */
   uint16_t topic_len;
   uint32_t id_off; /* where the packet id goes (0 for QoS 0) */
+  uint32_t conn;   /* the connection it was last sent on (uvmqtt__session_t.conn) */
   uint16_t id;
+  uint16_t alias; /* the application's Topic Alias, 0: none */
   uint8_t qos;
-  uint8_t policy; /* uvmqtt_delivery_kind_t, never DEFAULT */
-  uint8_t state;  /* uvmqtt__msg_state_t */
-  uint8_t sent;   /* handed to the socket at least once */
+  uint8_t retain;
+  uint8_t policy;   /* uvmqtt_delivery_kind_t, never DEFAULT */
+  uint8_t state;    /* uvmqtt__msg_state_t */
+  uint8_t sent;     /* handed to the socket at least once */
   uint8_t restored; /* published by an earlier process, found in the store */
   /* A phase change the store has not confirmed yet; the packet it allows
    * (PUBLISH, PUBREL) waits for it. */
@@ -51,21 +62,27 @@ struct uvmqtt__msg_s {
   uint8_t data[]; /* the encoded PUBLISH */
 };
 
+/* Where a message stands. Lists: QUEUED in `queue`; READY in `resend`;
+ * STORING, WAIT_ACK and WAIT_COMP in `window` (each holds one unit of the
+ * broker's Receive Maximum); WRITING in the output. */
 typedef enum {
-  UVMQTT__MSG_QUEUED = 0, /* waiting for a connection, a window slot or room */
-  UVMQTT__MSG_STORING,    /* QoS 1/2 with a packet id, in the window: the PUBLISH waits
-                           * until the store has the id, so that a restarted process
-                           * resends it under the id the broker may know */
-  UVMQTT__MSG_WAIT_ACK,   /* QoS 1 sent: waiting for PUBACK; QoS 2: for PUBREC */
-  UVMQTT__MSG_WAIT_COMP,  /* QoS 2 PUBREL sent: waiting for PUBCOMP */
+  UVMQTT__MSG_QUEUED = 0, /* no packet id yet: waiting for a connection, a slot or room */
+  UVMQTT__MSG_STORING,    /* has an id; the PUBLISH waits until the store has the id,
+                           * so that a restarted process resends it under the id the
+                           * broker may know */
+  UVMQTT__MSG_READY,      /* has an id the broker may know; not yet sent on this
+                           * connection (resent with DUP once a slot is free) */
+  UVMQTT__MSG_WAIT_ACK,   /* PUBLISH sent on this connection: QoS 1 waits for PUBACK,
+                           * QoS 2 for PUBREC */
+  UVMQTT__MSG_WAIT_COMP,  /* QoS 2 PUBREC received: PUBREL sent (or waiting for the
+                           * store), waiting for PUBCOMP */
   UVMQTT__MSG_WRITING     /* QoS 0 in the output: waiting for the write */
 } uvmqtt__msg_state_t;
 
 /* A SUBSCRIBE or UNSUBSCRIBE waiting for its ack; re-sent after reconnects. */
 struct uvmqtt__req_s {
   uvmqtt__req_t *next;
-  uint64_t serial;
-  uvmqtt_subscribe_cb cb;
+  uvmqtt__cb_fn cb;
   void *arg;
   uint32_t len;
   uint16_t id;
@@ -90,7 +107,7 @@ typedef struct {
    * published with `arg`. */
   void (*stored)(void *owner, void *arg, int status);
   /* Output appeared outside any call into the session (a store confirmed a
-   * phase change): the owner should write it. */
+   * phase change, a drain finished): the owner should write it. */
   void (*wake)(void *owner);
 } uvmqtt__session_events_t;
 
@@ -105,10 +122,16 @@ struct uvmqtt__store_wait_s {
   int status; /* for appends the store refused at once */
 };
 
+/* The session's phase: what the gate lets out. */
 typedef enum {
-  UVMQTT__S_OFFLINE = 0,
-  UVMQTT__S_CONNECTING, /* CONNECT written, waiting for CONNACK */
-  UVMQTT__S_ONLINE
+  UVMQTT__S_OFFLINE = 0, /* nothing goes out */
+  UVMQTT__S_CONNECTING,  /* CONNECT written, waiting for CONNACK: nothing else goes out */
+  UVMQTT__S_ONLINE,      /* everything, within the CONNACK's limits */
+  UVMQTT__S_DRAINING,    /* a graceful stop waits for the handshakes in flight: acks,
+                          * PUBREL and PINGREQ go out, no new PUBLISH or request;
+                          * incoming PUBLISH is left for the broker to resend */
+  UVMQTT__S_TERMINATING  /* DISCONNECT (or nothing, after an error) was the last
+                          * packet: nothing more goes out, input is ignored */
 } uvmqtt__session_state_t;
 
 /* A FIFO of messages. */
@@ -122,6 +145,7 @@ typedef struct {
   size_t len;
   size_t cap;
   uvmqtt__msg_list_t msgs; /* QoS 0 messages whose bytes are in buf */
+  uint8_t has_ping;        /* a PINGREQ is in buf: timed from when buf is written */
 } uvmqtt__output_t;
 
 typedef struct uvmqtt__session_s {
@@ -129,40 +153,46 @@ typedef struct uvmqtt__session_s {
   const uvmqtt__session_events_t *ev;
   uint8_t version;
   uint8_t state;
-  uint8_t ping_outstanding;
+  uint8_t ping; /* 0: none; 1: PINGREQ queued, not yet written; 2: written at ping_sent */
   uint8_t clean_start;
   uint8_t broker_max_qos;
   uint8_t broker_retain;
+  uint8_t stop_reason; /* the DISCONNECT reason a drain ends with */
+  uint8_t overflow;
   uint16_t keepalive_s; /* in force: ours or the broker's Server Keep Alive */
   uint16_t our_keepalive_s;
   uint16_t broker_receive_max;
-  uint16_t max_inflight;    /* our own cap on the window */
-  uint16_t our_receive_max; /* what we announced (v5), bounds incoming QoS 2 */
-  uint16_t our_alias_max;   /* incoming topic aliases we accept (v5) */
+  uint16_t broker_alias_max; /* outgoing Topic Alias Maximum of this connection */
+  uint16_t max_inflight;     /* our own cap on the window */
+  uint16_t our_receive_max;  /* what we announced (v5), bounds incoming QoS 2 */
+  uint16_t our_alias_max;    /* incoming topic aliases we accept (v5) */
   uint16_t next_id;
   uint16_t last_req_id;       /* the id uvmqtt__session_request() gave last */
+  uint32_t conn;              /* connections made, for what is scoped to one */
   uint32_t broker_max_packet; /* 0: none */
   uint32_t our_max_packet;    /* incoming limit when CONNECT does not announce one */
-  uint32_t inflight;          /* QoS 1/2 in the window */
+  uint32_t inflight;          /* messages in the window */
   uint32_t queued;            /* messages held, sent or not */
   size_t queued_bytes;
   uint32_t max_queued;
   size_t max_queued_bytes;
-  uint8_t overflow;
-  uint64_t ids_issued;
+  uint32_t ids_used; /* packet ids in use: the bits set in `ids` */
+  uint64_t *ids;     /* 65536 bits, allocated while any id is in use */
   uint64_t last_send;
   uint64_t last_recv;
+  uint64_t last_written; /* when an output write last completed */
   uint64_t ping_sent;
   uint64_t next_expiry; /* earliest deadline among unsent messages; 0: none */
   uvmqtt_decoder_t dec;
   uvmqtt__output_t out;
-  uvmqtt__msg_list_t queue;  /* not yet sent, in publish order */
-  uvmqtt__msg_list_t window; /* sent, waiting for acks, in send order */
+  uvmqtt__msg_list_t queue;  /* QUEUED, in publish order */
+  uvmqtt__msg_list_t resend; /* READY, in first-send order */
+  uvmqtt__msg_list_t window; /* STORING, WAIT_ACK, WAIT_COMP */
   uvmqtt__req_t *reqs;       /* subscribe/unsubscribe, in issue order */
   uint16_t *rx_qos2;         /* incoming QoS 2 ids waiting for PUBREL */
   uint32_t rx_qos2_count;
   uint32_t rx_qos2_cap;
-  uvmqtt_bytes_t *aliases; /* incoming topic aliases, index alias-1, owned copies */
+  uvmqtt_bytes_t *aliases; /* incoming topic aliases of this connection, index alias-1 */
   uvmqtt_delivery_decide_fn decide;
   void *decide_state;
   const uvmqtt_store_t *store; /* NULL: messages live in memory only */
@@ -172,13 +202,24 @@ typedef struct uvmqtt__session_s {
   uvmqtt__store_wait_t *store_failed; /* refused appends to report */
 } uvmqtt__session_t;
 
+/* What uvmqtt__session_publish() takes besides topic and payload. */
+typedef struct {
+  uint8_t qos;
+  uint8_t retain;
+  uint8_t policy; /* uvmqtt_delivery_kind_t, never DEFAULT */
+  uint32_t deadline_ms;
+  const uvmqtt_props_t *props; /* v5 only; ignored on 3.1.1 */
+  uvmqtt__cb_fn cb;
+  void *arg;
+} uvmqtt__publish_t;
+
 /* Prepares an offline session. Never allocates. */
 void uvmqtt__session_init(uvmqtt__session_t *s, void *owner, const uvmqtt__session_events_t *ev,
                           uint8_t version);
 
-/* Rebuilds the queue and the in-flight window from the session's store
- * (messages a previous process left unfinished). Call before the first
- * connect. Returns 0 or the store's error. */
+/* Rebuilds the queue and the resend list from the session's store (messages
+ * a previous process left unfinished). Call before the first connect.
+ * Returns 0 or the store's error. */
 int uvmqtt__session_restore(uvmqtt__session_t *s, uint64_t now);
 
 /* Reports appends the store refused at once (the messages stay queued in
@@ -190,37 +231,49 @@ int uvmqtt__session_report_store_failures(uvmqtt__session_t *s);
  * the loss this implies stay unfinished in the store, for the next process. */
 void uvmqtt__session_free(uvmqtt__session_t *s, int status);
 
-/* A transport came up: resets the decoder and output, encodes CONNECT from
- * `connect` (whose protocol_level must be the session's version; its
- * keep_alive and v5 receive maximum / topic alias maximum are remembered).
- * Returns 0 or a negative error. */
+/* A transport came up: resets the decoder, the output and everything scoped
+ * to one connection (incoming topic aliases, the broker's limits), encodes
+ * CONNECT from `connect` (whose protocol_level must be the session's
+ * version; its keep_alive and v5 receive maximum / topic alias maximum /
+ * maximum packet size are remembered). Returns 0 or a negative error. */
 int uvmqtt__session_connect(uvmqtt__session_t *s, const uvmqtt_packet_t *connect, uint64_t now);
 
-/* Feeds received bytes. Returns 0, or a negative error after which the
- * owner must close the connection (for v5 a DISCONNECT with the matching
- * reason code has been put in the output first, when possible). */
+/* Feeds received bytes (any received byte counts as a sign of life).
+ * Returns 0, or a negative error after which the owner must close the
+ * connection: the session is TERMINATING then, with a v5 DISCONNECT naming
+ * the reason in the output when one may be sent. Ignored while TERMINATING. */
 int uvmqtt__session_recv(uvmqtt__session_t *s, const uint8_t *data, size_t len, uint64_t now);
 
 /* The connection is gone: the output is dropped (its QoS 0 messages
- * complete with `status`), QoS 1/2 in flight stay for resending, and the
+ * complete with `status`), messages sent on it wait to be resent, and the
  * delivery policy of every message decides whether it is kept (drop: no;
  * custom: ask). */
 void uvmqtt__session_lost(uvmqtt__session_t *s, int status, uint64_t now);
 
-/* Checks a publish against the broker's limits and the queue bounds,
- * encodes it and queues it (sending it when online). Returns 0 or a
- * negative error (nothing queued, callback not called). */
+/* Checks a publish against the arguments, the current connection's limits
+ * (when online) and the queue bounds, encodes it and queues it (sending it
+ * when the gate allows). Returns 0 or a negative error (nothing queued,
+ * callback not called). */
 int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void *payload,
-                            size_t len, const uvmqtt_publish_opts_t *opts, uint8_t policy,
-                            uint32_t deadline_ms, uvmqtt_publish_cb cb, void *arg, uint64_t now);
+                            size_t len, const uvmqtt__publish_t *p, uint64_t now);
 
 /* Encodes and queues a SUBSCRIBE or UNSUBSCRIBE `pkt` (its packet id is
- * assigned here). Returns 0 or a negative error. */
-int uvmqtt__session_request(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt,
-                            uvmqtt_subscribe_cb cb, void *arg, uint64_t now);
+ * assigned here; the request is sent when the gate allows). Returns 0 or a
+ * negative error (then nothing is queued and `cb` never runs). */
+int uvmqtt__session_request(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt, uvmqtt__cb_fn cb,
+                            void *arg, uint64_t now);
 
-/* Encodes any other packet straight into the output (DISCONNECT, AUTH). */
-int uvmqtt__session_send_packet(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt, uint64_t now);
+/* A graceful stop: while online, no new PUBLISH or request goes out; once
+ * no handshake is in flight in either direction (at once, or as the acks
+ * come), DISCONNECT with `reason` (v5) is queued and the session is
+ * TERMINATING, and `wake` runs if that happened later. Returns 1 while it
+ * waits (DRAINING: the owner bounds the wait with uvmqtt__session_stop_now),
+ * 0 once TERMINATING, or a negative error (not online: nothing sent). */
+int uvmqtt__session_stop(uvmqtt__session_t *s, uint8_t reason, uint64_t now);
+
+/* Ends a drain now: queues DISCONNECT and turns TERMINATING. Returns 0 or a
+ * negative error (out of memory: TERMINATING all the same, without it). */
+int uvmqtt__session_stop_now(uvmqtt__session_t *s, uint64_t now);
 
 /* Time passed: sends PINGREQ when due, expires unsent messages whose
  * deadline passed. Returns 0, or UVMQTT_EKEEPALIVE when the broker stayed
@@ -234,22 +287,33 @@ uint64_t uvmqtt__session_next_deadline(const uvmqtt__session_t *s);
  * handed to the socket) until the owner takes the output. */
 #define UVMQTT__OUT_HIGH_WATER (64u * 1024u)
 
-/* Moves queued messages into the output while online and the window and the
- * high-water mark allow. The entry points above call it; the owner calls it
- * after taking the output. */
+/* Moves resends and queued messages into the output while the gate allows
+ * and the high-water mark is not reached. The entry points above call it;
+ * the owner calls it after taking the output. */
 void uvmqtt__session_pump(uvmqtt__session_t *s, uint64_t now);
 
 /* Takes the pending output (buffer ownership passes to the caller; free it
  * with uvmqtt__free). Returns 0 when there is nothing to write. */
 int uvmqtt__session_take_output(uvmqtt__session_t *s, uvmqtt__output_t *out);
 
-/* The write of an output taken earlier finished: its QoS 0 messages
- * complete with `status`. Frees the buffer. */
-void uvmqtt__session_written(uvmqtt__session_t *s, uvmqtt__output_t *out, int status);
+/* The write of an output taken earlier finished at `now`: its QoS 0
+ * messages complete with `status`, a PINGREQ in it starts its timeout.
+ * Frees the buffer. */
+void uvmqtt__session_written(uvmqtt__session_t *s, uvmqtt__output_t *out, int status, uint64_t now);
 
 /* Bytes waiting in the output. */
 static inline size_t uvmqtt__session_pending(const uvmqtt__session_t *s) {
   return s->out.len;
 }
+
+/* 1 once nothing more may go out on this connection (after DISCONNECT or an
+ * error). */
+static inline int uvmqtt__session_terminating(const uvmqtt__session_t *s) {
+  return s->state == UVMQTT__S_TERMINATING;
+}
+
+/* Packet id bookkeeping, exposed for the tests' invariants: 1 when `id` is
+ * in use by a message or a request. */
+int uvmqtt__session_id_in_use(const uvmqtt__session_t *s, uint16_t id);
 
 #endif

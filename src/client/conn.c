@@ -2,10 +2,10 @@
  * loss, reconnect scheduling and the one timer that drives all of it. */
 #include <string.h>
 
-#include "alloc.h"
-#include "client_impl.h"
-#include "transport_tls.h"
-#include "uri.h"
+#include "base/alloc.h"
+#include "client/client_impl.h"
+#include "transport/tls.h"
+#include "client/uri.h"
 
 /* Stop taking output while this much is already queued in the socket. */
 #define WRITE_HIGH_WATER (1024u * 1024u)
@@ -26,6 +26,9 @@ void uvmqtt__client_arm(uvmqtt__client_t *c) {
       (next == 0 || c->connect_deadline < next))
     next = c->connect_deadline;
   if (c->state == UVMQTT__C_WAIT_RETRY && (next == 0 || c->retry_at < next)) next = c->retry_at;
+  if (c->state == UVMQTT__C_DISCONNECTING && c->transport_active &&
+      (next == 0 || c->stop_deadline < next))
+    next = c->stop_deadline;
   if (c->flush_scheduled) next = now;
   if (next == 0) {
     if (c->timer_due) uv_timer_stop(&c->timer);
@@ -58,6 +61,15 @@ static void close_transport(uvmqtt__client_t *c) {
   if (c->transport_active && c->tr.state != UVMQTT__T_CLOSING) uvmqtt__transport_close(&c->tr);
 }
 
+/* DISCONNECT is out: shut our side down and wait (bounded) for the broker
+ * to close its own, reading and discarding, so that it reads every byte we
+ * sent instead of receiving a reset. */
+static void half_close(uvmqtt__client_t *c) {
+  c->shut = 1;
+  c->stop_deadline = uvmqtt__now(c) + c->disconnect_timeout_ms;
+  if (uvmqtt__transport_shutdown(&c->tr) != 0) close_transport(c);
+}
+
 /* Writes the session's output until it is empty or the socket is full. */
 static void flush(uvmqtt__client_t *c) {
   uint64_t now = uvmqtt__now(c);
@@ -74,12 +86,12 @@ static void flush(uvmqtt__client_t *c) {
     uv_buf_t buf = uv_buf_init((char *)w->out.buf, (unsigned)w->out.len);
     int rc = uvmqtt__transport_write(&c->tr, &buf, 1, w);
     if (rc == 1) {
-      uvmqtt__session_written(&c->sess, &w->out, 0);
+      uvmqtt__session_written(&c->sess, &w->out, 0, now);
       uvmqtt__session_pump(&c->sess, now);
       continue;
     }
     if (rc < 0) {
-      uvmqtt__session_written(&c->sess, &w->out, rc);
+      uvmqtt__session_written(&c->sess, &w->out, rc, now);
       uvmqtt__client_lost(c, rc);
       return;
     }
@@ -97,9 +109,9 @@ static void flush(uvmqtt__client_t *c) {
     uvmqtt__free(c->spare_write);
     c->spare_write = NULL;
   }
-  if (c->state == UVMQTT__C_DISCONNECTING && c->writes == NULL &&
-      uvmqtt__session_pending(&c->sess) == 0)
-    close_transport(c);
+  if (c->state == UVMQTT__C_DISCONNECTING && !c->shut && c->writes == NULL &&
+      uvmqtt__session_terminating(&c->sess) && uvmqtt__session_pending(&c->sess) == 0)
+    half_close(c);
 }
 
 /* ---- Attempts and loss ------------------------------------------------------------------ */
@@ -135,7 +147,7 @@ static void build_connect(uvmqtt__client_t *c, uvmqtt_packet_t *p) {
   }
   if (c->version == UVMQTT_V5) {
     if (c->connect_props) p->props = *c->connect_props;
-    if (!UVMQTT_HAS(&p->props, UVMQTT_PROP_MAXIMUM_PACKET_SIZE)) {
+    if (!c->no_max_packet_size && !UVMQTT_HAS(&p->props, UVMQTT_PROP_MAXIMUM_PACKET_SIZE)) {
       p->props.has |= 1ull << UVMQTT_PROP_MAXIMUM_PACKET_SIZE;
       p->props.maximum_packet_size = c->sess.our_max_packet;
     }
@@ -148,6 +160,8 @@ void uvmqtt__client_start_attempt(uvmqtt__client_t *c) {
   c->stats.attempts++;
   if (c->down_since == 0) c->down_since = uvmqtt__now(c);
   c->last_reason = 0;
+  c->fail_status = 0;
+  c->shut = 0;
   c->state = UVMQTT__C_CONNECTING;
   if (c->cbs.pre_connect) c->cbs.pre_connect(c->handle, c->attempt);
   if (c->closing || c->state != UVMQTT__C_CONNECTING) return; /* the hook closed or stopped us */
@@ -196,6 +210,16 @@ static void after_loss(uvmqtt__client_t *c) {
     ack.server = c->uris[c->uri_index % c->uri_count];
     c->cbs.on_connect(c->handle, c->last_status, &ack);
     if (c->closing) return;
+    if (c->state == UVMQTT__C_STOPPED) {
+      /* uvmqtt_disconnect() from on_connect: no retry. */
+      uvmqtt_disconnect_t d;
+      memset(&d, 0, sizeof d);
+      d.status = c->last_status;
+      d.reason = c->last_reason;
+      d.attempt = c->failures;
+      if (c->cbs.on_disconnect) c->cbs.on_disconnect(c->handle, &d);
+      return;
+    }
   }
   /* The next attempt goes to the next server of the list. */
   c->uri_index = (c->uri_index + 1) % c->uri_count;
@@ -223,6 +247,8 @@ void uvmqtt__client_lost(uvmqtt__client_t *c, int status) {
       c->state == UVMQTT__C_WAIT_RETRY)
     return;
   int graceful = c->state == UVMQTT__C_DISCONNECTING;
+  /* A failed write of the DISCONNECT naming an error is not the cause. */
+  if (c->fail_status) status = c->fail_status;
   c->last_status = status;
   c->stats.connected = 0;
   c->state = graceful ? UVMQTT__C_DISCONNECTING : UVMQTT__C_DROPPING;
@@ -258,8 +284,13 @@ static void tr_on_read(uvmqtt__transport_t *t, ssize_t nread, const uint8_t *dat
   int err =
       nread < 0 ? (int)nread : uvmqtt__session_recv(&c->sess, data, (size_t)nread, uvmqtt__now(c));
   if (c->closing) return;
-  if (err) {
-    /* A v5 DISCONNECT telling the broker why may be waiting: try it first. */
+  if (err && c->state == UVMQTT__C_DISCONNECTING && c->shut) {
+    /* The broker closed after our DISCONNECT: the graceful end. */
+    close_transport(c);
+  } else if (err) {
+    /* A v5 DISCONNECT telling the broker why may be waiting: try it first,
+     * without letting its failed write stand in for the cause. */
+    c->fail_status = err;
     flush(c);
     uvmqtt__client_lost(c, err);
   } else if (uvmqtt__session_pending(&c->sess)) {
@@ -272,7 +303,7 @@ static void tr_on_write(uvmqtt__transport_t *t, int status, void *arg) {
   uvmqtt__client_t *c = from_transport(t);
   uvmqtt__write_t *w = arg;
   if (c->writes == w) c->writes = w->next;
-  uvmqtt__session_written(&c->sess, &w->out, status);
+  uvmqtt__session_written(&c->sess, &w->out, status, uvmqtt__now(c));
   if (c->spare_write == NULL)
     c->spare_write = w;
   else
@@ -333,6 +364,14 @@ static void on_timer(uv_timer_t *timer) {
     uvmqtt__client_lost(c, UVMQTT_ECONNTIMEDOUT);
   } else if (c->state == UVMQTT__C_WAIT_RETRY && now >= c->retry_at) {
     uvmqtt__client_start_attempt(c);
+  } else if (c->state == UVMQTT__C_DISCONNECTING && c->transport_active &&
+             now >= c->stop_deadline) {
+    if (c->shut || uvmqtt__session_terminating(&c->sess)) {
+      close_transport(c); /* the broker did not close in time (or the socket is stuck) */
+    } else {
+      (void)uvmqtt__session_stop_now(&c->sess, now); /* the drain ran out of time */
+      c->stop_deadline = now + c->disconnect_timeout_ms;
+    }
   }
   if (c->closing) return;
   (void)uvmqtt__session_report_store_failures(&c->sess);
@@ -409,7 +448,7 @@ static int ev_message(void *owner, const uvmqtt_packet_t *p, uvmqtt_bytes_t topi
 static int ev_publish_done(void *owner, uvmqtt__msg_t *m, int status, uint8_t reason) {
   uvmqtt__client_t *c = owner;
   if (m->cb)
-    m->cb(c->handle, status, reason, m->arg);
+    ((uvmqtt_publish_cb)m->cb)(c->handle, status, reason, m->arg);
   else if (m->restored && c->cbs.on_restored_done && !c->closing)
     c->cbs.on_restored_done(c->handle, status, reason, NULL);
   return c->closing;
@@ -421,7 +460,7 @@ static int ev_request_done(void *owner, uvmqtt__req_t *r, int status, const uvmq
   if (r->cb) {
     const uint8_t *codes = ack ? ack->u.suback.codes : NULL;
     size_t count = ack ? ack->u.suback.count : 0;
-    r->cb(c->handle, status, codes, count, r->arg);
+    ((uvmqtt_subscribe_cb)r->cb)(c->handle, status, codes, count, r->arg);
   }
   return c->closing;
 }

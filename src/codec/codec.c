@@ -3,8 +3,8 @@
  * props.c. */
 #include <string.h>
 
-#include "codec_internal.h"
-#include "utf8.h"
+#include "codec/codec_internal.h"
+#include "codec/utf8.h"
 
 /* The biggest whole packet: a one-byte type, four length bytes and the
  * largest remaining length. */

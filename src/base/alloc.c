@@ -1,9 +1,10 @@
-#include "alloc.h"
+#include "base/alloc.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "uvmqtt.h"
+#include "uvmqtt/alloc.h"
+#include "uvmqtt/errors.h"
 
 static uvmqtt_malloc_func g_malloc = malloc;
 static uvmqtt_realloc_func g_realloc = realloc;

@@ -2,7 +2,7 @@
  * 1.5.4): well-formed, shortest form, no surrogates, at most U+10FFFF, and no
  * U+0000. Most topics and property strings are ASCII, so the scan checks
  * eight bytes at a time until it meets a byte that needs a closer look. */
-#include "utf8.h"
+#include "codec/utf8.h"
 
 #include <string.h>
 

@@ -2,8 +2,8 @@
  * re-subscription after a reconnect that found no session. */
 #include <string.h>
 
-#include "alloc.h"
-#include "client_impl.h"
+#include "base/alloc.h"
+#include "client/client_impl.h"
 
 static uvmqtt__sub_t *find(uvmqtt__client_t *c, const uint8_t *filter, size_t len,
                            uvmqtt__sub_t ***link_out) {

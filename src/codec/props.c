@@ -4,7 +4,7 @@
 #include <stddef.h>
 #include <string.h>
 
-#include "codec_internal.h"
+#include "codec/codec_internal.h"
 
 enum { T_NONE, T_BYTE, T_U16, T_U32, T_VARINT, T_STR, T_BIN, T_PAIR };
 

@@ -11,7 +11,7 @@
 #ifndef UVMQTT_TRANSPORT_TLS_H
 #define UVMQTT_TRANSPORT_TLS_H
 
-#include "transport.h"
+#include "transport/transport.h"
 #include "uvmqtt.h"
 
 typedef struct uvmqtt__tls_ctx_s uvmqtt__tls_ctx_t;

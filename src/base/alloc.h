@@ -1,7 +1,7 @@
 /* The one allocator every uvmqtt allocation goes through, so tests can swap
  * it (and fail the i-th allocation) with uvmqtt_replace_allocator(). */
-#ifndef UVMQTT_ALLOC_H
-#define UVMQTT_ALLOC_H
+#ifndef UVMQTT_BASE_ALLOC_H
+#define UVMQTT_BASE_ALLOC_H
 
 #include <stddef.h>
 

@@ -5,11 +5,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "alloc.h"
-#include "client_impl.h"
-#include "props_clone.h"
-#include "transport_tls.h"
-#include "uri.h"
+#include "base/alloc.h"
+#include "client/client_impl.h"
+#include "client/props_clone.h"
+#include "transport/tls.h"
+#include "client/uri.h"
 
 void uvmqtt_options_init(uvmqtt_options_t *opts) {
   if (opts == NULL) return;
@@ -175,6 +175,8 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
   c->will_retain = opts->will_retain;
   c->connect_timeout_ms = opts->connect_timeout_ms ? opts->connect_timeout_ms : 10000;
   c->no_reconnect = opts->no_reconnect;
+  c->no_max_packet_size = opts->no_max_packet_size;
+  c->disconnect_timeout_ms = opts->disconnect_timeout_ms ? opts->disconnect_timeout_ms : 2000;
   c->reconnect = opts->reconnect;
   if (c->reconnect.fn == NULL && !c->no_reconnect) {
     c->default_backoff.min_ms = 500;
@@ -243,9 +245,18 @@ int uvmqtt_publish(uvmqtt_client_t *client, const char *topic, const void *paylo
   if (d.kind > UVMQTT_DELIVERY_CUSTOM) return UVMQTT_EINVAL;
   if (d.kind == UVMQTT_DELIVERY_CUSTOM && c->sess.decide == NULL) return UVMQTT_EINVAL;
   if (d.kind == UVMQTT_DELIVERY_DROP && c->state != UVMQTT__C_CONNECTED) return UVMQTT_ENOTCONN;
-  uint64_t now = uvmqtt__now(c);
-  err = uvmqtt__session_publish(&c->sess, topic, payload, len, opts, d.kind, d.deadline_ms, cb, arg,
-                                now);
+  uvmqtt__publish_t p;
+  memset(&p, 0, sizeof p);
+  if (opts) {
+    p.qos = opts->qos;
+    p.retain = opts->retain;
+    p.props = opts->props;
+  }
+  p.policy = d.kind;
+  p.deadline_ms = d.deadline_ms;
+  p.cb = (uvmqtt__cb_fn)cb;
+  p.arg = arg;
+  err = uvmqtt__session_publish(&c->sess, topic, payload, len, &p, uvmqtt__now(c));
   if (err) return err;
   if (uvmqtt__session_pending(&c->sess))
     uvmqtt__client_schedule_flush(c);
@@ -273,7 +284,7 @@ int uvmqtt_subscribe(uvmqtt_client_t *client, const uvmqtt_topic_sub_t *subs, si
   p.u.subscribe.subs = subs;
   p.u.subscribe.count = (uint32_t)count;
   if (props && c->version == UVMQTT_V5) p.props = *props;
-  err = uvmqtt__session_request(&c->sess, &p, cb, arg, uvmqtt__now(c));
+  err = uvmqtt__session_request(&c->sess, &p, (uvmqtt__cb_fn)cb, arg, uvmqtt__now(c));
   if (err) return err;
   err = uvmqtt__subs_add(c, subs, count, on_message, arg, c->sess.last_req_id);
   if (uvmqtt__session_pending(&c->sess)) uvmqtt__client_schedule_flush(c);
@@ -304,7 +315,7 @@ int uvmqtt_unsubscribe(uvmqtt_client_t *client, const char *const *filters, size
     p.type = UVMQTT_UNSUBSCRIBE;
     p.u.subscribe.subs = list;
     p.u.subscribe.count = (uint32_t)count;
-    err = uvmqtt__session_request(&c->sess, &p, cb, arg, uvmqtt__now(c));
+    err = uvmqtt__session_request(&c->sess, &p, (uvmqtt__cb_fn)cb, arg, uvmqtt__now(c));
   }
   if (list != stack) uvmqtt__free(list);
   if (err) return err;
@@ -318,19 +329,15 @@ int uvmqtt_disconnect(uvmqtt_client_t *client, uint8_t reason) {
   uvmqtt__client_t *c = impl_of(client, &err);
   if (c == NULL) return err;
   switch (c->state) {
-  case UVMQTT__C_CONNECTED: {
-    uvmqtt_packet_t p;
-    memset(&p, 0, sizeof p);
-    p.type = UVMQTT_DISCONNECT;
-    p.reason = c->version == UVMQTT_V5 ? reason : 0;
-    err = uvmqtt__session_send_packet(&c->sess, &p, uvmqtt__now(c));
+  case UVMQTT__C_CONNECTED:
     c->state = UVMQTT__C_DISCONNECTING;
-    if (err)
+    c->stop_deadline = uvmqtt__now(c) + c->disconnect_timeout_ms;
+    err = uvmqtt__session_stop(&c->sess, c->version == UVMQTT_V5 ? reason : 0, uvmqtt__now(c));
+    if (err < 0)
       uvmqtt__client_lost(c, err);
     else
       uvmqtt__client_schedule_flush(c);
     return 0;
-  }
   case UVMQTT__C_CONNECTING:
   case UVMQTT__C_WAIT_CONNACK:
     /* No session yet: just drop the attempt. */

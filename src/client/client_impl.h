@@ -3,8 +3,8 @@
 #ifndef UVMQTT_CLIENT_IMPL_H
 #define UVMQTT_CLIENT_IMPL_H
 
-#include "session.h"
-#include "transport.h"
+#include "session/session.h"
+#include "transport/transport.h"
 #include "uvmqtt.h"
 
 typedef enum {
@@ -12,7 +12,8 @@ typedef enum {
   UVMQTT__C_CONNECTING,   /* transport resolving/connecting */
   UVMQTT__C_WAIT_CONNACK, /* CONNECT written */
   UVMQTT__C_CONNECTED,
-  UVMQTT__C_DISCONNECTING, /* DISCONNECT queued; the transport closes once it is written */
+  UVMQTT__C_DISCONNECTING, /* a graceful stop: draining, then DISCONNECT, half-close, wait
+                            * for the broker's close (stop_deadline bounds each wait) */
   UVMQTT__C_DROPPING,      /* the transport is closing after a loss or failure */
   UVMQTT__C_WAIT_RETRY     /* the reconnect timer runs */
 } uvmqtt__client_state_t;
@@ -62,6 +63,8 @@ struct uvmqtt__client_s {
   uint8_t will_retain;
   uint8_t has_password;
   uint8_t no_reconnect;
+  uint8_t no_max_packet_size;
+  uint32_t disconnect_timeout_ms;
   uvmqtt_reconnect_policy_t reconnect;
   uvmqtt_backoff_t default_backoff;
   uvmqtt_delivery_t delivery;
@@ -73,12 +76,15 @@ struct uvmqtt__client_s {
   uint8_t flush_scheduled;
   uint8_t ever_connected;
   uint8_t last_reason;
+  uint8_t shut; /* the transport is half-closed after DISCONNECT */
   int last_status;
+  int fail_status;   /* the error ending this connection, before a write error can mask it */
   uint32_t attempt;  /* attempts made since the last good connection */
   uint32_t failures; /* losses and failed attempts since then: what the policy is told */
   uint64_t timer_due;
   uint64_t connect_deadline;
   uint64_t retry_at;
+  uint64_t stop_deadline; /* DISCONNECTING: end of the drain, then of the wait for EOF */
   uint64_t connected_at;
   uint64_t down_since;
   uvmqtt__write_t *writes; /* pending writes, in order */

@@ -1,8 +1,8 @@
-#include "read_pool.h"
+#include "transport/read_pool.h"
 
 #include <assert.h>
 
-#include "alloc.h"
+#include "base/alloc.h"
 
 /* Thread-local: every loop of a thread runs its callbacks one at a time, so
  * they may share the buffer; loops on other threads get their own. */

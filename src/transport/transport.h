@@ -45,6 +45,13 @@ typedef struct {
    * transport): UVMQTT_ENOTCONN when not open, UVMQTT_ENOMEM, or a libuv
    * error such as UV_EPIPE. */
   int (*write)(uvmqtt__transport_t *t, const uv_buf_t *bufs, unsigned nbufs, void *arg);
+  /* Half-closes: once the writes accepted so far are out (and, for TLS, a
+   * close_notify after them), the write side shuts down (FIN) while reads
+   * go on, so the peer reads everything and closes its side. Closing the
+   * socket with unread input would send RST instead and the peer could drop
+   * what it had not processed yet. Returns 0 or a negative error
+   * (UVMQTT_ENOTCONN when not open). */
+  int (*shutdown)(uvmqtt__transport_t *t);
   /* Bytes accepted by write() whose on_write has not come yet. */
   size_t (*write_queue_size)(const uvmqtt__transport_t *t);
   /* Stop everything; on_close follows (always asynchronously). Safe to call
@@ -94,5 +101,6 @@ int uvmqtt__transport_tcp_connect_addrs(uvmqtt__transport_t *t, struct addrinfo 
 #define uvmqtt__transport_connect(t, host, port) ((t)->vt->connect((t), (host), (port)))
 #define uvmqtt__transport_write(t, b, n, a)      ((t)->vt->write((t), (b), (n), (a)))
 #define uvmqtt__transport_close(t)               ((t)->vt->close(t))
+#define uvmqtt__transport_shutdown(t)            ((t)->vt->shutdown(t))
 
 #endif

@@ -3,7 +3,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "utf8.h"
+#include "codec/utf8.h"
 #include "uvmqtt/codec.h"
 
 /* Both kinds of string travel with a two-byte length prefix. */

@@ -1,13 +1,13 @@
 /* The TCP transport: resolve a name, try each address until one connects,
  * then a plain libuv stream. Requests live on the heap only while in use, so
  * an open idle connection holds nothing but its uv_tcp_t. */
-#include "transport.h"
+#include "transport/transport.h"
 
 #include <stdio.h>
 #include <string.h>
 
-#include "alloc.h"
-#include "read_pool.h"
+#include "base/alloc.h"
+#include "transport/read_pool.h"
 #include "uvmqtt/errors.h"
 
 /* One uv_write that uv_try_write could not finish: the request, the user's
@@ -262,6 +262,21 @@ static int tcp_write(uvmqtt__transport_t *t, const uv_buf_t *bufs, unsigned nbuf
   return 0;
 }
 
+static void shutdown_cb(uv_shutdown_t *req, int status) {
+  /* Nothing to report: reads end with EOF or the owner's close. */
+  (void)status;
+  uvmqtt__free(req);
+}
+
+static int tcp_shutdown(uvmqtt__transport_t *t) {
+  if (t->state != UVMQTT__T_OPEN) return UVMQTT_ENOTCONN;
+  uv_shutdown_t *req = uvmqtt__malloc(sizeof *req);
+  if (req == NULL) return UVMQTT_ENOMEM;
+  int err = uv_shutdown(req, (uv_stream_t *)&t->tcp, shutdown_cb);
+  if (err) uvmqtt__free(req);
+  return err;
+}
+
 static size_t tcp_write_queue_size(const uvmqtt__transport_t *t) {
   return t->pending_bytes;
 }
@@ -292,6 +307,7 @@ static void tcp_close(uvmqtt__transport_t *t) {
 static const uvmqtt__transport_vtbl_t tcp_vtbl = {
     .connect = tcp_connect,
     .write = tcp_write,
+    .shutdown = tcp_shutdown,
     .write_queue_size = tcp_write_queue_size,
     .close = tcp_close,
 };

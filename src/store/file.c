@@ -16,7 +16,9 @@
  * runs on the thread pool, and `kick` picks the next one when it ends. Byte
  * counters that only grow (queued, written, synced) tell which `done`
  * callbacks a write or sync covers, whatever compaction does to offsets. */
-#include "store_file.h"
+#include "store/file.h"
+
+#include <uv.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -26,7 +28,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "alloc.h"
+#include "base/alloc.h"
 #include "uvmqtt/errors.h"
 
 #define MAGIC        "UVMQSTO1"

@@ -1,4 +1,4 @@
-#include "uri.h"
+#include "client/uri.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,0 +1,5 @@
+/* The codec and session layers are sans-I/O: they take bytes and time and
+ * give bytes and events. This header stands first on their include path so
+ * that including <openssl/ssl.h> there fails the build instead of quietly coupling
+ * the protocol state to libuv or OpenSSL. */
+#error "the codec and session layers must not include <openssl/ssl.h>"
