@@ -8,8 +8,9 @@
 #include <uv.h>
 
 #include "session/session.h"
+#include "uvmqtt/alloc.h"
 
-#define MAX_OUT 64
+#define MAX_OUT 256
 
 typedef struct {
   uvmqtt__session_t s;
@@ -1021,6 +1022,419 @@ START_TEST(session_store_refusal_reported_later) {
 }
 END_TEST
 
+/* ---- Regressions: where two features meet ------------------------------------------ */
+
+/* The type of the last packet in the last drain, walking the raw bytes (a
+ * drain decodes at most MAX_OUT packets). */
+static int raw_count_and_last(const fixture_t *f, uint8_t *last) {
+  size_t off = 0;
+  int n = 0;
+  while (off < f->raw_len) {
+    size_t len = 1, mult = 1, rem = 0;
+    uint8_t b;
+    do {
+      b = f->raw[off + len];
+      rem += (b & 127u) * mult;
+      mult *= 128;
+      len++;
+    } while (b & 128u);
+    *last = f->raw[off] >> 4;
+    off += len + rem;
+    n++;
+  }
+  return n;
+}
+
+/* Defect 1: nothing goes out after DISCONNECT, whatever was queued (more
+ * QoS 0 than the high-water mark, acks for packets read later). */
+START_TEST(session_nothing_after_disconnect) {
+  fixture_t f;
+  setup_session(&f, (uint8_t)_i ? UVMQTT_V5 : UVMQTT_V311, 1, 0);
+  connack(&f, 0, NULL);
+  publish(&f, "q1", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  static char payload[1024];
+  uvmqtt__publish_t o;
+  memset(&o, 0, sizeof o);
+  o.policy = UVMQTT_DELIVERY_UNTIL_DELIVERED;
+  for (int i = 0; i < 100; i++)
+    ck_assert_int_eq(uvmqtt__session_publish(&f.s, "bulk", payload, sizeof payload, &o, 1), 0);
+  drain(&f);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBLISH);
+  uint16_t id = f.out[0].packet_id;
+  /* The QoS 1 handshake is in flight: the stop waits for it, and the QoS 0
+   * messages beyond the high-water mark stay queued. */
+  ck_assert_int_eq(uvmqtt__session_stop(&f.s, 0, 2), 1);
+  ck_assert_int_eq(f.s.state, UVMQTT__S_DRAINING);
+  uvmqtt__session_pump(&f.s, 2);
+  ck_assert_int_eq(drain(&f), 0);        /* no new PUBLISH while draining */
+  feed_ack(&f, UVMQTT_PUBACK, id, 0, 3); /* the last handshake ends: DISCONNECT */
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_DISCONNECT);
+  ck_assert(uvmqtt__session_terminating(&f.s));
+  /* After it: a publish queues, an incoming QoS 1 PUBLISH is not acked. */
+  publish(&f, "late", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 4, 0);
+  uint8_t in[] = {0x32, 6, 0, 1, 't', 0, 9, 'x'};
+  ck_assert_int_eq(uvmqtt__session_recv(&f.s, in, sizeof in, 5), 0);
+  ck_assert_int_eq(drain(&f), 0);
+  ck_assert_int_eq(f.messages, 0);
+  ck_assert_int_gt(f.s.queued, 0);
+  teardown(&f);
+}
+END_TEST
+
+/* Defect 1, the flood: a stop with 100 KiB of QoS 0 queued ends in
+ * DISCONNECT as the very last bytes. */
+START_TEST(session_disconnect_is_last_after_flood) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 1, 0);
+  connack(&f, 0, NULL);
+  static char payload[1024];
+  uvmqtt__publish_t o;
+  memset(&o, 0, sizeof o);
+  o.policy = UVMQTT_DELIVERY_UNTIL_DELIVERED;
+  for (int i = 0; i < 100; i++)
+    ck_assert_int_eq(uvmqtt__session_publish(&f.s, "bulk", payload, sizeof payload, &o, 1), 0);
+  ck_assert_int_eq(uvmqtt__session_stop(&f.s, 0, 2), 0);
+  drain(&f);
+  uint8_t last = 0;
+  int n = raw_count_and_last(&f, &last);
+  ck_assert_int_gt(n, 1);
+  ck_assert_int_eq(last, UVMQTT_DISCONNECT);
+  uvmqtt__session_pump(&f.s, 3);
+  ck_assert_int_eq(drain(&f), 0);
+  /* What never went out stays queued: a later connect resumes it. */
+  ck_assert_int_gt(f.s.queued, 0);
+  teardown(&f);
+}
+END_TEST
+
+static void setup_v5_props(uvmqtt_props_t *pr) {
+  memset(pr, 0, sizeof *pr);
+}
+
+/* Defect 2: the CONNACK of the connection a message goes out on decides:
+ * queued offline, then refused by Maximum QoS / Retain Available with a
+ * named error; resent under a smaller Receive Maximum and Maximum Packet
+ * Size without exceeding them. */
+START_TEST(session_connack_limits_apply_to_queued_and_resent) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V5, 0, 0);
+  uvmqtt__session_lost(&f.s, UV_EOF, 1);
+  uvmqtt__publish_t o;
+  memset(&o, 0, sizeof o);
+  o.qos = 2;
+  o.retain = 1;
+  o.policy = UVMQTT_DELIVERY_UNTIL_DELIVERED;
+  ck_assert_int_eq(uvmqtt__session_publish(&f.s, "r", "x", 1, &o, 1), 0);
+  o.qos = 1;
+  ck_assert_int_eq(uvmqtt__session_publish(&f.s, "r", "x", 1, &o, 1), 0);
+  reconnect(&f, 0);
+  uvmqtt_packet_t none;
+  (void)none;
+  teardown(&f);
+
+  setup_session(&f, UVMQTT_V5, 0, 0);
+  uvmqtt__session_lost(&f.s, UV_EOF, 1);
+  o.qos = 2;
+  o.retain = 0;
+  ck_assert_int_eq(uvmqtt__session_publish(&f.s, "q2", "x", 1, &o, 1), 0);
+  o.qos = 1;
+  o.retain = 1;
+  ck_assert_int_eq(uvmqtt__session_publish(&f.s, "rt", "x", 1, &o, 1), 0);
+  uvmqtt_packet_t c;
+  memset(&c, 0, sizeof c);
+  c.type = UVMQTT_CONNECT;
+  c.u.connect.protocol_level = UVMQTT_V5;
+  c.u.connect.client_id.data = (const uint8_t *)"sess";
+  c.u.connect.client_id.len = 4;
+  ck_assert_int_eq(uvmqtt__session_connect(&f.s, &c, 2), 0);
+  drain(&f);
+  uvmqtt_props_t pr;
+  setup_v5_props(&pr);
+  pr.has = (1ull << UVMQTT_PROP_MAXIMUM_QOS) | (1ull << UVMQTT_PROP_RETAIN_AVAILABLE);
+  pr.maximum_qos = 1;
+  pr.retain_available = 0;
+  connack(&f, 0, &pr);
+  ck_assert_int_eq(drain(&f), 0);
+  ck_assert_int_eq(f.done, 2);
+  ck_assert_int_eq(f.statuses[0], UVMQTT_EQOSNOTSUP);
+  ck_assert_int_eq(f.statuses[1], UVMQTT_ERETAINNOTSUP);
+  teardown(&f);
+
+  /* Resent under a Receive Maximum of 2, then a Maximum Packet Size of 20. */
+  setup_session(&f, UVMQTT_V5, 0, 0);
+  connack(&f, 0, NULL);
+  for (int i = 0; i < 10; i++)
+    publish(&f, i < 5 ? "a" : "a-much-longer-topic-name", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1,
+            0);
+  ck_assert_int_eq(drain(&f), 10);
+  uvmqtt__session_lost(&f.s, UV_EOF, 2);
+  ck_assert_int_eq(uvmqtt__session_connect(&f.s, &c, 3), 0);
+  drain(&f);
+  pr.has = 1ull << UVMQTT_PROP_RECEIVE_MAXIMUM;
+  pr.receive_maximum = 2;
+  connack(&f, 1, &pr);
+  ck_assert_int_eq(drain(&f), 2);
+  ck_assert_int_eq(f.out[0].u.publish.dup, 1);
+  ck_assert_int_eq(f.s.inflight, 2);
+  feed_ack(&f, UVMQTT_PUBACK, f.out[0].packet_id, 0, 4);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.s.inflight, 2);
+  uvmqtt__session_lost(&f.s, UV_EOF, 5);
+  ck_assert_int_eq(uvmqtt__session_connect(&f.s, &c, 6), 0);
+  drain(&f);
+  pr.has = 1ull << UVMQTT_PROP_MAXIMUM_PACKET_SIZE;
+  pr.maximum_packet_size = 20;
+  connack(&f, 1, &pr);
+  int n = drain(&f);
+  for (int i = 0; i < n; i++)
+    ck_assert_uint_le(f.raw_len, 20u * (unsigned)n);
+  /* The five long ones can never go on this connection: they complete. */
+  int toobig = 0;
+  for (int i = 0; i < f.done && i < 256; i++)
+    toobig += f.statuses[i] == UVMQTT_EPKTTOOBIG;
+  ck_assert_int_eq(toobig, 5);
+  ck_assert_int_eq(n, 4);
+  teardown(&f);
+}
+END_TEST
+
+/* Defect 3: an id held by an unacknowledged message is never issued again,
+ * however many ids go round. */
+START_TEST(session_packet_id_exact_across_wrap) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 1, 0);
+  connack(&f, 0, NULL);
+  publish(&f, "held", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  ck_assert_int_eq(drain(&f), 1);
+  uint16_t held = f.out[0].packet_id;
+  for (int i = 0; i < 140000; i++) {
+    publish(&f, "t", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+    ck_assert_int_eq(drain(&f), 1);
+    if (f.out[0].packet_id == held) ck_abort_msg("id %u reissued while in flight", held);
+    feed_ack(&f, UVMQTT_PUBACK, f.out[0].packet_id, 0, 1);
+  }
+  ck_assert_int_eq(f.s.ids_used, 1);
+  ck_assert(uvmqtt__session_id_in_use(&f.s, held));
+  teardown(&f);
+}
+END_TEST
+
+/* Defect 4: a message waiting for the store does not hold back the resend
+ * of the messages behind it. */
+START_TEST(session_store_wait_does_not_stall_resend) {
+  mem_store_t ms;
+  memset(&ms, 0, sizeof ms);
+  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL};
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 0, 0);
+  f.s.store = &store;
+  connack(&f, 0, NULL);
+  publish(&f, "a", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  publish(&f, "b", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  ck_assert_int_eq(ms_confirm(&ms), 2);
+  ck_assert_int_eq(drain(&f), 2);
+  /* c gets its id but the store has not confirmed it when the link drops. */
+  publish(&f, "c", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 2, 0);
+  ck_assert_int_eq(drain(&f), 0);
+  uvmqtt__session_lost(&f.s, UV_EOF, 3);
+  reconnect(&f, 1);
+  /* a and b go again although c still waits for the store. */
+  ck_assert_int_eq(drain(&f), 2);
+  ck_assert_int_eq(f.out[0].u.publish.dup, 1);
+  ck_assert_int_eq(f.out[1].u.publish.dup, 1);
+  ck_assert_int_eq(ms_confirm(&ms), 1);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBLISH);
+  teardown(&f);
+}
+END_TEST
+
+/* Defect 5: a QoS 2 message past PUBREC is never reported delivered when
+ * the broker lost the session: until-delivered publishes it again, the
+ * others complete with UVMQTT_ESESSIONLOST. */
+START_TEST(session_qos2_lost_session_never_success) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 0, 0);
+  connack(&f, 0, NULL);
+  publish(&f, "keep", 2, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  publish(&f, "drop", 2, UVMQTT_DELIVERY_DEADLINE, 60000, 1, 0);
+  ck_assert_int_eq(drain(&f), 2);
+  uint16_t a = f.out[0].packet_id, b = f.out[1].packet_id;
+  feed_ack(&f, UVMQTT_PUBREC, a, 0, 2);
+  feed_ack(&f, UVMQTT_PUBREC, b, 0, 2);
+  drain(&f);
+  uvmqtt__session_lost(&f.s, UV_EOF, 3);
+  ck_assert_int_eq(f.done, 0);
+  reconnect(&f, 0);
+  ck_assert_int_eq(f.done, 1);
+  ck_assert_int_eq(f.statuses[0], UVMQTT_ESESSIONLOST);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBLISH);
+  ck_assert_int_eq(f.out[0].u.publish.dup, 0);
+  ck_assert_int_eq(f.out[0].u.publish.qos, 2);
+  teardown(&f);
+}
+END_TEST
+
+/* Defect 6: Session Present 1 in answer to Clean Start 1 closes. */
+START_TEST(session_present_to_clean_start_is_protocol_error) {
+  fixture_t f;
+  setup_session(&f, (uint8_t)_i ? UVMQTT_V5 : UVMQTT_V311, 1, 0);
+  uint8_t ack[] = {0x20, 2, 1, 0};
+  uint8_t ack5[] = {0x20, 3, 1, 0, 0};
+  if (_i)
+    ck_assert_int_eq(uvmqtt__session_recv(&f.s, ack5, sizeof ack5, 1), UVMQTT_EPROTOCOL);
+  else
+    ck_assert_int_eq(uvmqtt__session_recv(&f.s, ack, sizeof ack, 1), UVMQTT_EPROTOCOL);
+  ck_assert_int_eq(f.connacks, 0);
+  ck_assert(uvmqtt__session_terminating(&f.s));
+  teardown(&f);
+}
+END_TEST
+
+/* Defect 9: a PINGREQ stuck behind a slow uplink is timed from its write,
+ * and any byte received counts as a sign of life. */
+START_TEST(session_ping_timed_from_write) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 1, 10);
+  connack(&f, 0, NULL);
+  ck_assert_int_eq(uvmqtt__session_tick(&f.s, 10000), 0);
+  ck_assert_int_eq(f.s.ping, 1);
+  /* Not written yet: half a keepalive later is no timeout. */
+  ck_assert_int_eq(uvmqtt__session_tick(&f.s, 16000), 0);
+  uvmqtt__output_t o;
+  ck_assert(uvmqtt__session_take_output(&f.s, &o));
+  uvmqtt__session_written(&f.s, &o, 0, 18000);
+  ck_assert_int_eq(f.s.ping, 2);
+  ck_assert_int_eq(uvmqtt__session_tick(&f.s, 22000), 0);
+  /* Half a packet arrives: alive. */
+  uint8_t half[] = {0x30};
+  ck_assert_int_eq(uvmqtt__session_recv(&f.s, half, 1, 22500), 0);
+  ck_assert_int_eq(uvmqtt__session_tick(&f.s, 26000), 0);
+  ck_assert_int_eq(uvmqtt__session_tick(&f.s, 27500), UVMQTT_EKEEPALIVE);
+  teardown(&f);
+}
+END_TEST
+
+/* Defect 11: incoming aliases end with their connection; an outgoing alias
+ * beyond the broker's Topic Alias Maximum never goes out; a client PUBLISH
+ * cannot carry a Subscription Identifier. */
+START_TEST(session_topic_alias_scoped_and_bounded) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V5, 1, 0);
+  uvmqtt_props_t pr;
+  setup_v5_props(&pr);
+  pr.has = 1ull << UVMQTT_PROP_TOPIC_ALIAS_MAXIMUM;
+  pr.topic_alias_maximum = 2;
+  connack(&f, 0, &pr);
+  uvmqtt_packet_t p;
+  memset(&p, 0, sizeof p);
+  p.type = UVMQTT_PUBLISH;
+  p.u.publish.topic.data = (const uint8_t *)"a/b";
+  p.u.publish.topic.len = 3;
+  p.props.has = 1ull << UVMQTT_PROP_TOPIC_ALIAS;
+  p.props.topic_alias = 1;
+  feed_packet(&f, &p, 1, 0);
+  ck_assert_int_eq(f.messages, 1);
+  uvmqtt_props_t out;
+  setup_v5_props(&out);
+  out.has = 1ull << UVMQTT_PROP_TOPIC_ALIAS;
+  out.topic_alias = 3;
+  uvmqtt__publish_t o;
+  memset(&o, 0, sizeof o);
+  o.policy = UVMQTT_DELIVERY_UNTIL_DELIVERED;
+  o.props = &out;
+  ck_assert_int_eq(uvmqtt__session_publish(&f.s, "x", "1", 1, &o, 2), UVMQTT_ETOPICALIAS);
+  out.topic_alias = 2;
+  uvmqtt__session_lost(&f.s, UV_EOF, 3);
+  ck_assert_int_eq(uvmqtt__session_publish(&f.s, "x", "1", 1, &o, 3), 0);
+  out.has = 1ull << UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER;
+  ck_assert_int_eq(uvmqtt__session_publish(&f.s, "x", "1", 1, &o, 3), UVMQTT_EBADPROP);
+  /* Next connection: no aliases either way. */
+  uvmqtt_packet_t c;
+  memset(&c, 0, sizeof c);
+  c.type = UVMQTT_CONNECT;
+  c.u.connect.protocol_level = UVMQTT_V5;
+  c.u.connect.clean_start = 1;
+  c.u.connect.client_id.data = (const uint8_t *)"sess";
+  c.u.connect.client_id.len = 4;
+  c.props.has = 1ull << UVMQTT_PROP_TOPIC_ALIAS_MAXIMUM;
+  c.props.topic_alias_maximum = 4;
+  ck_assert_int_eq(uvmqtt__session_connect(&f.s, &c, 4), 0);
+  drain(&f);
+  connack(&f, 0, NULL);
+  ck_assert_int_eq(drain(&f), 0);
+  ck_assert_int_eq(f.done, 1);
+  ck_assert_int_eq(f.last_status, UVMQTT_ETOPICALIAS);
+  p.u.publish.topic.len = 0;
+  feed_packet(&f, &p, 5, UVMQTT_ETOPICALIAS);
+  ck_assert_int_eq(f.messages, 1);
+  teardown(&f);
+}
+END_TEST
+
+/* Defect 12: an unknown PUBREC with a failure reason gets no PUBREL. */
+START_TEST(session_unknown_failed_pubrec_no_pubrel) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V5, 1, 0);
+  connack(&f, 0, NULL);
+  feed_ack(&f, UVMQTT_PUBREC, 77, 0x80, 1);
+  ck_assert_int_eq(drain(&f), 0);
+  feed_ack(&f, UVMQTT_PUBREC, 78, 0, 1);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBREL);
+  ck_assert_int_eq(f.out[0].reason, 0x92);
+  teardown(&f);
+}
+END_TEST
+
+/* Defect 13: a request that fails for lack of memory is not queued, so its
+ * callback never runs. */
+static int g_fail_after = -1;
+static void *failing_malloc(size_t n) {
+  return g_fail_after-- == 0 ? NULL : malloc(n);
+}
+static void *failing_realloc(void *p, size_t n) {
+  return g_fail_after-- == 0 ? NULL : realloc(p, n);
+}
+static void *failing_calloc(size_t a, size_t b) {
+  return g_fail_after-- == 0 ? NULL : calloc(a, b);
+}
+
+START_TEST(session_request_enomem_leaves_nothing) {
+  uvmqtt_topic_sub_t sub = {{(const uint8_t *)"a/#", 3}, 1};
+  uvmqtt_packet_t p;
+  memset(&p, 0, sizeof p);
+  p.type = UVMQTT_SUBSCRIBE;
+  p.u.subscribe.subs = &sub;
+  p.u.subscribe.count = 1;
+  int failures = 0;
+  for (int k = 0; k < 6; k++) {
+    fixture_t f;
+    setup_session(&f, UVMQTT_V311, 1, 0);
+    connack(&f, 0, NULL);
+    uvmqtt_replace_allocator(failing_malloc, failing_realloc, failing_calloc, free);
+    g_fail_after = k;
+    int err = uvmqtt__session_request(&f.s, &p, NULL, NULL, 1);
+    g_fail_after = -1;
+    uvmqtt_replace_allocator(malloc, realloc, calloc, free);
+    if (err) {
+      failures++;
+      ck_assert_int_eq(err, UVMQTT_ENOMEM);
+      ck_assert_ptr_null(f.s.reqs);
+      ck_assert_int_eq(f.s.ids_used, 0);
+    } else {
+      ck_assert_ptr_nonnull(f.s.reqs);
+    }
+    int before = f.requests;
+    teardown(&f);
+    ck_assert_int_eq(f.requests - before, err ? 0 : 1);
+  }
+  ck_assert_int_gt(failures, 0);
+}
+END_TEST
+
 Suite *uvmqtt_test_suite(void) {
   Suite *s = suite_create("session");
   TCase *flows = tcase_create("flows");
@@ -1066,6 +1480,21 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(bad, session_packet_before_connack_is_protocol_error);
   tcase_add_test(bad, session_refused_connack);
   suite_add_tcase(s, bad);
+
+  TCase *gate = tcase_create("gate");
+  tcase_add_loop_test(gate, session_nothing_after_disconnect, 0, 2);
+  tcase_add_test(gate, session_disconnect_is_last_after_flood);
+  tcase_add_test(gate, session_connack_limits_apply_to_queued_and_resent);
+  tcase_add_test(gate, session_packet_id_exact_across_wrap);
+  tcase_add_test(gate, session_store_wait_does_not_stall_resend);
+  tcase_add_test(gate, session_qos2_lost_session_never_success);
+  tcase_add_loop_test(gate, session_present_to_clean_start_is_protocol_error, 0, 2);
+  tcase_add_test(gate, session_ping_timed_from_write);
+  tcase_add_test(gate, session_topic_alias_scoped_and_bounded);
+  tcase_add_test(gate, session_unknown_failed_pubrec_no_pubrel);
+  tcase_add_test(gate, session_request_enomem_leaves_nothing);
+  tcase_set_timeout(gate, 60);
+  suite_add_tcase(s, gate);
 
   TCase *store = tcase_create("store");
   tcase_add_test(store, session_store_phases_recorded);

@@ -278,6 +278,9 @@ int uvmqtt_subscribe(uvmqtt_client_t *client, const uvmqtt_topic_sub_t *subs, si
     if (err) return err;
     if ((subs[i].options & 3) > 2) return UVMQTT_EBADQOS;
   }
+  uvmqtt__subs_batch_t batch;
+  err = uvmqtt__subs_prepare(c, subs, count, props, on_message, arg, &batch);
+  if (err) return err;
   uvmqtt_packet_t p;
   memset(&p, 0, sizeof p);
   p.type = UVMQTT_SUBSCRIBE;
@@ -285,10 +288,13 @@ int uvmqtt_subscribe(uvmqtt_client_t *client, const uvmqtt_topic_sub_t *subs, si
   p.u.subscribe.count = (uint32_t)count;
   if (props && c->version == UVMQTT_V5) p.props = *props;
   err = uvmqtt__session_request(&c->sess, &p, (uvmqtt__cb_fn)cb, arg, uvmqtt__now(c));
-  if (err) return err;
-  err = uvmqtt__subs_add(c, subs, count, on_message, arg, c->sess.last_req_id);
+  if (err) {
+    uvmqtt__subs_discard(&batch);
+    return err;
+  }
+  uvmqtt__subs_commit(c, &batch, c->sess.last_req_id);
   if (uvmqtt__session_pending(&c->sess)) uvmqtt__client_schedule_flush(c);
-  return err;
+  return 0;
 }
 
 int uvmqtt_unsubscribe(uvmqtt_client_t *client, const char *const *filters, size_t count,

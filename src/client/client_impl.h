@@ -18,12 +18,17 @@ typedef enum {
   UVMQTT__C_WAIT_RETRY     /* the reconnect timer runs */
 } uvmqtt__client_state_t;
 
-/* A stored subscription, re-sent when a reconnect finds no session. */
+/* A stored subscription, re-sent when a reconnect finds no session, with
+ * the properties of the uvmqtt_subscribe() call that made it (`batch`
+ * numbers that call: its filters go again in one SUBSCRIBE when they fit). */
 typedef struct uvmqtt__sub_s {
   struct uvmqtt__sub_s *next;
   uvmqtt_message_cb on_message;
   void *arg;
+  uvmqtt_props_t *props; /* owned copy (v5), or NULL */
+  uint32_t batch;
   uint8_t options;
+  uint8_t is_new; /* prepared, not yet in the list */
   uint16_t len;
   uint16_t req_id; /* the SUBSCRIBE carrying it while unacknowledged, else 0 */
   char filter[];
@@ -90,6 +95,7 @@ struct uvmqtt__client_s {
   uvmqtt__write_t *writes; /* pending writes, in order */
   uvmqtt__write_t *spare_write;
   uvmqtt__sub_t *subs;
+  uint32_t sub_batches;
   uvmqtt_close_cb close_cb;
   uvmqtt_stats_t stats;
   /* TLS: the SSL_CTX built from the options and the last session, for
@@ -99,16 +105,32 @@ struct uvmqtt__client_s {
 
 typedef struct uvmqtt__client_s uvmqtt__client_t;
 
-/* Subscriptions (client_subs.c). */
-int uvmqtt__subs_add(uvmqtt__client_t *c, const uvmqtt_topic_sub_t *subs, size_t count,
-                     uvmqtt_message_cb cb, void *arg, uint16_t req_id);
+/* Subscriptions (subs.c). A subscribe first prepares its entries (every
+ * allocation), then queues the SUBSCRIBE, then commits them, so that a call
+ * that fails leaves nothing behind and one that succeeds cannot fail. */
+typedef struct {
+  uvmqtt__sub_t **entries; /* one per filter: new ones, or fresh copies to swap in */
+  size_t count;
+} uvmqtt__subs_batch_t;
+int uvmqtt__subs_prepare(uvmqtt__client_t *c, const uvmqtt_topic_sub_t *subs, size_t count,
+                         const uvmqtt_props_t *props, uvmqtt_message_cb cb, void *arg,
+                         uvmqtt__subs_batch_t *b);
+void uvmqtt__subs_commit(uvmqtt__client_t *c, uvmqtt__subs_batch_t *b, uint16_t req_id);
+void uvmqtt__subs_discard(uvmqtt__subs_batch_t *b);
+/* The marker a re-subscription's requests carry as their arg. */
+extern const char uvmqtt__resubscribe_tag;
+/* A re-subscription request ended: reports each of its filters. */
+void uvmqtt__subs_resubscribed(uvmqtt__client_t *c, uint16_t req_id, int status,
+                               const uvmqtt_packet_t *ack);
 /* The SUBSCRIBE `req_id` was acknowledged (or failed for good). */
 void uvmqtt__subs_acked(uvmqtt__client_t *c, uint16_t req_id);
 void uvmqtt__subs_remove(uvmqtt__client_t *c, const char *const *filters, size_t count);
 /* The per-subscription callback for `topic`, or NULL. */
 uvmqtt__sub_t *uvmqtt__subs_match(uvmqtt__client_t *c, uvmqtt_bytes_t topic);
-/* Queues one SUBSCRIBE holding every stored filter. */
-int uvmqtt__subs_resend(uvmqtt__client_t *c, uint64_t now);
+/* Subscribes again to every stored filter not already on its way: one
+ * SUBSCRIBE per uvmqtt_subscribe() call, with its properties, split to fit
+ * the broker's Maximum Packet Size; failures reach on_resubscribe. */
+void uvmqtt__subs_resend(uvmqtt__client_t *c, uint64_t now);
 void uvmqtt__subs_free(uvmqtt__client_t *c);
 
 /* Connection lifecycle (client_conn.c). */

@@ -414,7 +414,7 @@ static int ev_connack(void *owner, const uvmqtt_packet_t *p) {
       c->client_id = copy;
     }
   }
-  if (!p->session_present || c->clean_start) (void)uvmqtt__subs_resend(c, now);
+  if (!p->session_present || c->clean_start) uvmqtt__subs_resend(c, now);
   if (c->cbs.on_connect) {
     uvmqtt_connack_t ack;
     ack.reason = 0;
@@ -456,6 +456,11 @@ static int ev_publish_done(void *owner, uvmqtt__msg_t *m, int status, uint8_t re
 
 static int ev_request_done(void *owner, uvmqtt__req_t *r, int status, const uvmqtt_packet_t *ack) {
   uvmqtt__client_t *c = owner;
+  if (r->arg == &uvmqtt__resubscribe_tag) {
+    uvmqtt__subs_resubscribed(c, r->id, status, ack);
+    uvmqtt__subs_acked(c, r->id);
+    return c->closing;
+  }
   if (r->type == UVMQTT_SUBSCRIBE) uvmqtt__subs_acked(c, r->id);
   if (r->cb) {
     const uint8_t *codes = ack ? ack->u.suback.codes : NULL;

@@ -4,6 +4,9 @@
 
 #include "base/alloc.h"
 #include "client/client_impl.h"
+#include "client/props_clone.h"
+
+const char uvmqtt__resubscribe_tag = 0;
 
 static uvmqtt__sub_t *find(uvmqtt__client_t *c, const uint8_t *filter, size_t len,
                            uvmqtt__sub_t ***link_out) {
@@ -17,30 +20,72 @@ static uvmqtt__sub_t *find(uvmqtt__client_t *c, const uint8_t *filter, size_t le
   return NULL;
 }
 
-int uvmqtt__subs_add(uvmqtt__client_t *c, const uvmqtt_topic_sub_t *subs, size_t count,
-                     uvmqtt_message_cb cb, void *arg, uint16_t req_id) {
-  for (size_t i = 0; i < count; i++) {
+static void sub_free(uvmqtt__sub_t *s) {
+  uvmqtt__free(s->props);
+  uvmqtt__free(s);
+}
+
+void uvmqtt__subs_discard(uvmqtt__subs_batch_t *b) {
+  for (size_t i = 0; i < b->count; i++)
+    if (b->entries[i]) sub_free(b->entries[i]);
+  uvmqtt__free(b->entries);
+  memset(b, 0, sizeof *b);
+}
+
+int uvmqtt__subs_prepare(uvmqtt__client_t *c, const uvmqtt_topic_sub_t *subs, size_t count,
+                         const uvmqtt_props_t *props, uvmqtt_message_cb cb, void *arg,
+                         uvmqtt__subs_batch_t *b) {
+  memset(b, 0, sizeof *b);
+  b->entries = uvmqtt__calloc(count, sizeof *b->entries);
+  if (b->entries == NULL) return UVMQTT_ENOMEM;
+  b->count = count;
+  uint32_t batch = ++c->sub_batches;
+  int err = 0;
+  for (size_t i = 0; i < count && err == 0; i++) {
     const uvmqtt_topic_sub_t *in = &subs[i];
-    uvmqtt__sub_t *s = find(c, in->filter.data, in->filter.len, NULL);
+    uvmqtt__sub_t *s = uvmqtt__malloc(sizeof *s + in->filter.len + 1);
     if (s == NULL) {
-      s = uvmqtt__malloc(sizeof *s + in->filter.len + 1);
-      if (s == NULL) return UVMQTT_ENOMEM;
-      s->len = (uint16_t)in->filter.len;
-      memcpy(s->filter, in->filter.data, in->filter.len);
-      s->filter[in->filter.len] = '\0';
-      /* Appended, so dispatch and re-subscription keep the caller's order. */
-      s->next = NULL;
-      uvmqtt__sub_t **tail = &c->subs;
-      while (*tail)
-        tail = &(*tail)->next;
-      *tail = s;
+      err = UVMQTT_ENOMEM;
+      break;
     }
+    memset(s, 0, sizeof *s);
+    b->entries[i] = s;
+    s->len = (uint16_t)in->filter.len;
+    memcpy(s->filter, in->filter.data, in->filter.len);
+    s->filter[in->filter.len] = '\0';
     s->options = in->options;
     s->on_message = cb;
     s->arg = arg;
-    s->req_id = req_id;
+    s->batch = batch;
+    s->is_new = find(c, in->filter.data, in->filter.len, NULL) == NULL;
+    if (props && c->version == UVMQTT_V5) s->props = uvmqtt__props_clone(props, &err);
   }
-  return 0;
+  if (err) uvmqtt__subs_discard(b);
+  return err;
+}
+
+void uvmqtt__subs_commit(uvmqtt__client_t *c, uvmqtt__subs_batch_t *b, uint16_t req_id) {
+  for (size_t i = 0; i < b->count; i++) {
+    uvmqtt__sub_t *s = b->entries[i];
+    b->entries[i] = NULL;
+    s->req_id = req_id;
+    uvmqtt__sub_t **link;
+    uvmqtt__sub_t *old = find(c, (const uint8_t *)s->filter, s->len, &link);
+    if (old) {
+      /* The same filter again: the new entry takes its place in the order. */
+      s->next = old->next;
+      *link = s;
+      sub_free(old);
+      continue;
+    }
+    /* Appended, so dispatch and re-subscription keep the caller's order. */
+    s->next = NULL;
+    uvmqtt__sub_t **tail = &c->subs;
+    while (*tail)
+      tail = &(*tail)->next;
+    *tail = s;
+  }
+  uvmqtt__subs_discard(b);
 }
 
 void uvmqtt__subs_remove(uvmqtt__client_t *c, const char *const *filters, size_t count) {
@@ -49,7 +94,7 @@ void uvmqtt__subs_remove(uvmqtt__client_t *c, const char *const *filters, size_t
     uvmqtt__sub_t *s = find(c, (const uint8_t *)filters[i], strlen(filters[i]), &link);
     if (s) {
       *link = s->next;
-      uvmqtt__free(s);
+      sub_free(s);
     }
   }
 }
@@ -68,41 +113,112 @@ void uvmqtt__subs_acked(uvmqtt__client_t *c, uint16_t req_id) {
     if (s->req_id == req_id) s->req_id = 0;
 }
 
-int uvmqtt__subs_resend(uvmqtt__client_t *c, uint64_t now) {
+static void report(uvmqtt__client_t *c, const uvmqtt__sub_t *s, int status, uint8_t reason) {
+  if (c->cbs.on_resubscribe && !c->closing)
+    c->cbs.on_resubscribe(c->handle, status, s->filter, reason);
+}
+
+void uvmqtt__subs_resubscribed(uvmqtt__client_t *c, uint16_t req_id, int status,
+                               const uvmqtt_packet_t *ack) {
+  size_t i = 0;
+  for (uvmqtt__sub_t *s = c->subs; s && !c->closing; s = s->next) {
+    if (s->req_id != req_id) continue;
+    uint8_t reason = 0;
+    if (ack && status == 0) reason = i < ack->u.suback.count ? ack->u.suback.codes[i] : 0x80;
+    i++;
+    report(c, s, status, reason);
+  }
+}
+
+/* Queues one SUBSCRIBE for subs [first, end) that have req_id 0. */
+static int send_chunk(uvmqtt__client_t *c, uvmqtt__sub_t *first, uvmqtt__sub_t *end,
+                      uvmqtt_topic_sub_t *list, uint64_t now) {
+  size_t n = 0;
+  for (uvmqtt__sub_t *s = first; s != end; s = s->next) {
+    if (s->req_id != 0) continue;
+    list[n].filter.data = (const uint8_t *)s->filter;
+    list[n].filter.len = s->len;
+    list[n].options = s->options;
+    n++;
+  }
+  if (n == 0) return 0;
+  uvmqtt_packet_t p;
+  memset(&p, 0, sizeof p);
+  p.type = UVMQTT_SUBSCRIBE;
+  p.u.subscribe.subs = list;
+  p.u.subscribe.count = (uint32_t)n;
+  if (first->props) p.props = *first->props;
+  int err = uvmqtt__session_request(&c->sess, &p, NULL, (void *)&uvmqtt__resubscribe_tag, now);
+  if (err) {
+    for (uvmqtt__sub_t *s = first; s != end && !c->closing; s = s->next)
+      if (s->req_id == 0) report(c, s, err, 0);
+    return err;
+  }
+  for (uvmqtt__sub_t *s = first; s != end; s = s->next)
+    if (s->req_id == 0) s->req_id = c->sess.last_req_id;
+  return 0;
+}
+
+/* The size of a SUBSCRIBE holding `n` filters of `list` with `props`. */
+static ssize_t chunk_size(uvmqtt__client_t *c, const uvmqtt_topic_sub_t *list, size_t n,
+                          const uvmqtt_props_t *props) {
+  uvmqtt_packet_t p;
+  memset(&p, 0, sizeof p);
+  p.type = UVMQTT_SUBSCRIBE;
+  p.packet_id = 1;
+  p.u.subscribe.subs = list;
+  p.u.subscribe.count = (uint32_t)n;
+  if (props) p.props = *props;
+  return uvmqtt_encode_size(&p, c->version);
+}
+
+void uvmqtt__subs_resend(uvmqtt__client_t *c, uint64_t now) {
   /* Filters whose SUBSCRIBE is still unacknowledged go again with that
    * request (the session resends it): sending them here too would subscribe
    * twice and deliver retained messages twice. */
   size_t count = 0;
   for (uvmqtt__sub_t *s = c->subs; s; s = s->next)
     count += s->req_id == 0;
-  if (count == 0) return 0;
+  if (count == 0) return;
   uvmqtt_topic_sub_t *list = uvmqtt__calloc(count, sizeof *list);
-  if (list == NULL) return UVMQTT_ENOMEM;
-  size_t i = 0;
-  for (uvmqtt__sub_t *s = c->subs; s; s = s->next) {
-    if (s->req_id != 0) continue;
-    list[i].filter.data = (const uint8_t *)s->filter;
-    list[i].filter.len = s->len;
-    list[i].options = s->options;
-    i++;
+  if (list == NULL) {
+    for (uvmqtt__sub_t *s = c->subs; s && !c->closing; s = s->next)
+      if (s->req_id == 0) report(c, s, UVMQTT_ENOMEM, 0);
+    return;
   }
-  uvmqtt_packet_t p;
-  memset(&p, 0, sizeof p);
-  p.type = UVMQTT_SUBSCRIBE;
-  p.u.subscribe.subs = list;
-  p.u.subscribe.count = (uint32_t)count;
-  int err = uvmqtt__session_request(&c->sess, &p, NULL, NULL, now);
+  uint32_t max = c->sess.broker_max_packet;
+  uvmqtt__sub_t *s = c->subs;
+  while (s && !c->closing) {
+    if (s->req_id != 0) {
+      s = s->next;
+      continue;
+    }
+    /* A chunk: the following entries of the same call while they fit. */
+    uvmqtt__sub_t *first = s, *end = s;
+    size_t n = 0;
+    while (end && (end->batch == first->batch || end->req_id != 0)) {
+      if (end->req_id == 0) {
+        list[n].filter.data = (const uint8_t *)end->filter;
+        list[n].filter.len = end->len;
+        list[n].options = end->options;
+        ssize_t size = chunk_size(c, list, n + 1, first->props);
+        if (n > 0 && (size < 0 || (max && (size_t)size > max))) break;
+        n++;
+      }
+      end = end->next;
+    }
+    /* One filter too large alone fails in the session with EPKTTOOBIG,
+     * reported for that filter like any other failure. */
+    (void)send_chunk(c, first, end, list, now);
+    s = end;
+  }
   uvmqtt__free(list);
-  if (err) return err;
-  for (uvmqtt__sub_t *s = c->subs; s; s = s->next)
-    if (s->req_id == 0) s->req_id = c->sess.last_req_id;
-  return 0;
 }
 
 void uvmqtt__subs_free(uvmqtt__client_t *c) {
   while (c->subs) {
     uvmqtt__sub_t *s = c->subs;
     c->subs = s->next;
-    uvmqtt__free(s);
+    sub_free(s);
   }
 }
