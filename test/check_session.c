@@ -875,7 +875,7 @@ static int ms_load(void *st, uvmqtt_store_each_cb each, void *arg) {
 START_TEST(session_store_phases_recorded) {
   mem_store_t ms;
   memset(&ms, 0, sizeof ms);
-  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL};
+  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL, NULL, NULL};
   fixture_t f;
   setup_session(&f, UVMQTT_V311, 0, 0);
   f.s.store = &store;
@@ -920,7 +920,7 @@ END_TEST
 START_TEST(session_store_restore_resends_pubrel) {
   mem_store_t ms;
   memset(&ms, 0, sizeof ms);
-  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL};
+  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL, NULL, NULL};
   /* A first process: one QoS 2 past PUBREC, one QoS 1 sent, one queued. */
   fixture_t f;
   setup_session(&f, UVMQTT_V311, 0, 0);
@@ -982,7 +982,7 @@ END_TEST
 START_TEST(session_store_close_keeps_unfinished) {
   mem_store_t ms;
   memset(&ms, 0, sizeof ms);
-  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL};
+  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL, NULL, NULL};
   fixture_t f;
   setup_session(&f, UVMQTT_V311, 0, 0);
   f.s.store = &store;
@@ -1008,7 +1008,7 @@ START_TEST(session_store_refusal_reported_later) {
   mem_store_t ms;
   memset(&ms, 0, sizeof ms);
   ms.fail_append = 1;
-  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL};
+  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL, NULL, NULL};
   fixture_t f;
   setup_session(&f, UVMQTT_V311, 0, 0);
   f.s.store = &store;
@@ -1225,7 +1225,7 @@ END_TEST
 START_TEST(session_store_wait_does_not_stall_resend) {
   mem_store_t ms;
   memset(&ms, 0, sizeof ms);
-  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL};
+  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL, NULL, NULL};
   fixture_t f;
   setup_session(&f, UVMQTT_V311, 0, 0);
   f.s.store = &store;
@@ -1438,6 +1438,68 @@ START_TEST(session_request_enomem_leaves_nothing) {
 }
 END_TEST
 
+/* Defect 16: with a store, the incoming QoS 2 ids waiting for PUBREL
+ * outlive the process: a restarted subscriber answers the broker's DUP
+ * resend with PUBREC and does not deliver it again. */
+static uint8_t g_in_ids[65536];
+static int mi_incoming(void *st, uint16_t id, int waiting) {
+  (void)st;
+  g_in_ids[id] = (uint8_t)waiting;
+  return 0;
+}
+static int mi_load_incoming(void *st, void (*each)(void *arg, uint16_t id), void *arg) {
+  (void)st;
+  for (uint32_t id = 1; id < 65536u; id++)
+    if (g_in_ids[id]) each(arg, (uint16_t)id);
+  return 0;
+}
+
+START_TEST(session_store_incoming_qos2_survives_restart) {
+  mem_store_t ms;
+  memset(&ms, 0, sizeof ms);
+  memset(g_in_ids, 0, sizeof g_in_ids);
+  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL, mi_incoming, mi_load_incoming};
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 0, 0);
+  f.s.store = &store;
+  connack(&f, 0, NULL);
+  feed_publish(&f, "in", 2, 5, 0, NULL, 0);
+  feed_publish(&f, "in", 2, 6, 0, NULL, 0);
+  ck_assert_int_eq(f.messages, 2);
+  feed_ack(&f, UVMQTT_PUBREL, 6, 0, 1);
+  ck_assert_int_eq(g_in_ids[5], 1);
+  ck_assert_int_eq(g_in_ids[6], 0);
+  f.s.store = NULL; /* the process ends */
+  teardown(&f);
+
+  fixture_t g;
+  memset(&g, 0, sizeof g);
+  uvmqtt__session_init(&g.s, &g, &events, UVMQTT_V311);
+  g.s.store = &store;
+  ck_assert_int_eq(uvmqtt__session_restore(&g.s, 0), 0);
+  ck_assert_int_eq(g.s.rx_qos2_count, 1);
+  uvmqtt_packet_t c;
+  memset(&c, 0, sizeof c);
+  c.type = UVMQTT_CONNECT;
+  c.u.connect.protocol_level = UVMQTT_V311;
+  c.u.connect.client_id.data = (const uint8_t *)"sess";
+  c.u.connect.client_id.len = 4;
+  ck_assert_int_eq(uvmqtt__session_connect(&g.s, &c, 0), 0);
+  drain(&g);
+  connack(&g, 1, NULL);
+  feed_publish(&g, "in", 2, 5, 1, NULL, 0); /* the broker's resend */
+  ck_assert_int_eq(g.messages, 0);
+  ck_assert_int_eq(drain(&g), 1);
+  ck_assert_int_eq(g.out[0].type, UVMQTT_PUBREC);
+  feed_ack(&g, UVMQTT_PUBREL, 5, 0, 2);
+  ck_assert_int_eq(drain(&g), 1);
+  ck_assert_int_eq(g.out[0].type, UVMQTT_PUBCOMP);
+  ck_assert_int_eq(g.out[0].reason, 0);
+  ck_assert_int_eq(g_in_ids[5], 0);
+  teardown(&g);
+}
+END_TEST
+
 Suite *uvmqtt_test_suite(void) {
   Suite *s = suite_create("session");
   TCase *flows = tcase_create("flows");
@@ -1496,6 +1558,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(gate, session_topic_alias_scoped_and_bounded);
   tcase_add_test(gate, session_unknown_failed_pubrec_no_pubrel);
   tcase_add_test(gate, session_request_enomem_leaves_nothing);
+  tcase_add_test(gate, session_store_incoming_qos2_survives_restart);
   tcase_set_timeout(gate, 60);
   suite_add_tcase(s, gate);
 

@@ -167,6 +167,15 @@ static void on_each(void *arg, const uvmqtt_store_record_t *rec) {
   l->packet_ok = rec->len == len && memcmp(rec->packet, pkt, len) == 0;
 }
 
+/* Collects what load_incoming() reports. */
+static uint16_t g_in[16];
+static int g_nin;
+static void collect_incoming(void *arg, uint16_t id) {
+  (void)arg;
+  if (g_nin < 16) g_in[g_nin] = id;
+  g_nin++;
+}
+
 static void store_load(uvmqtt_store_t *st) {
   g_nloaded = 0;
   ck_assert_int_eq(st->load(st->state, on_each, NULL), 0);
@@ -709,6 +718,11 @@ START_TEST(store_compaction_keeps_live_records) {
     append_seq(g_cstore, seq, UVMQTT_DELIVERY_UNTIL_DELIVERED, seq);
     g_model[seq].live = 1;
   }
+  /* Incoming QoS 2 ids: one still waiting, one released, both before the
+   * compaction: only the waiting one may come back. */
+  ck_assert_int_eq(g_cstore->incoming(g_cstore->state, 4242, 1), 0);
+  ck_assert_int_eq(g_cstore->incoming(g_cstore->state, 4243, 1), 0);
+  ck_assert_int_eq(g_cstore->incoming(g_cstore->state, 4243, 0), 0);
   uv_run(&g_loop, UV_RUN_DEFAULT);
   for (uint64_t seq = 0; seq < COMPACT_N; seq++) {
     if (seq % 10 == 0) continue;
@@ -753,6 +767,10 @@ START_TEST(store_compaction_keeps_live_records) {
     k++;
   }
   ck_assert_uint_eq(k, g_nloaded);
+  g_nin = 0;
+  ck_assert_int_eq(g_cstore->load_incoming(g_cstore->state, collect_incoming, NULL), 0);
+  ck_assert_int_eq(g_nin, 1);
+  ck_assert_uint_eq(g_in[0], 4242);
   store_close(g_cstore);
   loop_finish();
 }
@@ -993,6 +1011,43 @@ END_TEST
 
 /* ---- Suite ----------------------------------------------------------------------------------- */
 
+/* Incoming QoS 2 ids waiting for PUBREL survive a reopen, in order with the
+ * message records. */
+
+START_TEST(store_incoming_ids_survive_reopen) {
+  uvmqtt_store_t *st = store_open("incoming", NULL);
+  store_load(st);
+  ck_assert_int_eq(st->incoming(st->state, 0, 1), UVMQTT_EINVAL);
+  ck_assert_int_eq(st->incoming(st->state, 9, 1), 0);
+  ck_assert_int_eq(st->incoming(st->state, 65535, 1), 0);
+  ck_assert_int_eq(st->incoming(st->state, 12, 1), 0);
+  ck_assert_int_eq(st->incoming(st->state, 12, 0), 0);
+  append_seq(st, 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0);
+  uv_run(&g_loop, UV_RUN_DEFAULT);
+  store_close(st);
+
+  st = store_open("incoming", NULL);
+  store_load(st);
+  ck_assert_uint_eq(g_nloaded, 1);
+  g_nin = 0;
+  ck_assert_int_eq(st->load_incoming(st->state, collect_incoming, NULL), 0);
+  ck_assert_int_eq(g_nin, 2);
+  ck_assert_uint_eq(g_in[0], 9);
+  ck_assert_uint_eq(g_in[1], 65535);
+  ck_assert_int_eq(st->incoming(st->state, 9, 0), 0);
+  store_close(st);
+
+  st = store_open("incoming", NULL);
+  store_load(st);
+  g_nin = 0;
+  ck_assert_int_eq(st->load_incoming(st->state, collect_incoming, NULL), 0);
+  ck_assert_int_eq(g_nin, 1);
+  ck_assert_uint_eq(g_in[0], 65535);
+  store_close(st);
+  loop_finish();
+}
+END_TEST
+
 Suite *uvmqtt_test_suite(void) {
   Suite *s = suite_create("store");
   TCase *tc = tcase_create("format");
@@ -1004,6 +1059,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_checked_fixture(tc, dir_setup, dir_teardown);
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, store_roundtrip);
+  tcase_add_test(tc, store_incoming_ids_survive_reopen);
   tcase_add_test(tc, store_load_unfinished_in_order_latest_phase);
   tcase_add_test(tc, store_argument_errors);
   tcase_add_loop_test(tc, store_sync_policies, 0, 3);

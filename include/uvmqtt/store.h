@@ -64,6 +64,16 @@ typedef struct uvmqtt_store_s {
   int (*load)(void *state, uvmqtt_store_each_cb each, void *arg);
   /* Flushes what is pending, releases everything, then calls `cb`. */
   void (*close)(void *state, uvmqtt_store_closed_cb cb, void *arg);
+  /* Optional (NULL: incoming QoS 2 state lives in memory only). Records
+   * that the incoming QoS 2 message `packet_id` was delivered and its
+   * PUBREL is awaited (`waiting` 1), or that the PUBREL came (0), in order
+   * with the other records. A restarted process then answers the broker's
+   * resend of that PUBLISH (DUP) with PUBREC without delivering it a second
+   * time. Returns 0 or a negative error (the client goes on in memory). */
+  int (*incoming)(void *state, uint16_t packet_id, int waiting);
+  /* Optional: calls `each` for every incoming id still waiting for its
+   * PUBREL, synchronously (start-up only). Returns 0 or an error. */
+  int (*load_incoming)(void *state, void (*each)(void *arg, uint16_t packet_id), void *arg);
 } uvmqtt_store_t;
 
 /* ---- The file store -------------------------------------------------------

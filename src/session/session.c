@@ -564,6 +564,7 @@ static int resend_requests(uvmqtt__session_t *s, uint64_t now) {
 }
 
 static void recompute_expiry(uvmqtt__session_t *s);
+static void rx_qos2_clear(uvmqtt__session_t *s);
 
 static int on_connack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t now) {
   if (s->state != UVMQTT__S_CONNECTING) return UVMQTT_EUNEXPECTED;
@@ -592,7 +593,7 @@ static int on_connack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t n
     err = resend_pubrels(s, now);
   } else {
     /* No session on the broker: our incoming QoS 2 state is void too. */
-    s->rx_qos2_count = 0;
+    rx_qos2_clear(s);
     requeue_as_new(s, now);
     recompute_expiry(s);
   }
@@ -961,6 +962,11 @@ static int rx_qos2_find(const uvmqtt__session_t *s, uint16_t id) {
   return -1;
 }
 
+/* With a store, incoming QoS 2 ids outlive the process (see store.h). */
+static void rx_qos2_store(uvmqtt__session_t *s, uint16_t id, int waiting) {
+  if (s->store && s->store->incoming) (void)s->store->incoming(s->store->state, id, waiting);
+}
+
 static int rx_qos2_add(uvmqtt__session_t *s, uint16_t id) {
   if (s->rx_qos2_count == s->rx_qos2_cap) {
     uint32_t cap = s->rx_qos2_cap ? s->rx_qos2_cap * 2 : 4;
@@ -971,6 +977,13 @@ static int rx_qos2_add(uvmqtt__session_t *s, uint16_t id) {
   }
   s->rx_qos2[s->rx_qos2_count++] = id;
   return 0;
+}
+
+/* The broker kept no session: no PUBREL will come for any id. */
+static void rx_qos2_clear(uvmqtt__session_t *s) {
+  for (uint32_t i = 0; i < s->rx_qos2_count; i++)
+    rx_qos2_store(s, s->rx_qos2[i], 0);
+  s->rx_qos2_count = 0;
 }
 
 /* Resolves an incoming topic alias (v5): a topic with an alias sets the
@@ -1016,6 +1029,7 @@ static int on_publish(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t n
     if (s->rx_qos2_count >= s->our_receive_max) return UVMQTT_ERECVMAX;
     err = rx_qos2_add(s, p->packet_id);
     if (err) return err;
+    rx_qos2_store(s, p->packet_id, 1);
   }
   if (s->ev->message && s->ev->message(s->owner, p, topic)) return 1;
   if (qos == 0) return 0;
@@ -1030,6 +1044,7 @@ static int on_pubrel(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t no
     err = out_ack(s, UVMQTT_PUBCOMP, p->packet_id, 0x92, now);
   } else {
     s->rx_qos2[i] = s->rx_qos2[--s->rx_qos2_count];
+    rx_qos2_store(s, p->packet_id, 0);
     err = out_ack(s, UVMQTT_PUBCOMP, p->packet_id, 0, now);
   }
   check_drained(s, now);
@@ -1328,10 +1343,18 @@ static void restore_one(void *arg, const uvmqtt_store_record_t *rec) {
   }
 }
 
+static void restore_incoming(void *arg, uint16_t id) {
+  restore_ctx_t *ctx = arg;
+  if (ctx->err == 0 && id != 0 && rx_qos2_find(ctx->s, id) < 0) ctx->err = rx_qos2_add(ctx->s, id);
+}
+
 int uvmqtt__session_restore(uvmqtt__session_t *s, uint64_t now) {
   if (s->store == NULL || s->store->load == NULL) return 0;
   restore_ctx_t ctx = {s, now, 0};
   int err = s->store->load(s->store->state, restore_one, &ctx);
+  if (err == 0) err = ctx.err;
+  if (err == 0 && s->store->load_incoming)
+    err = s->store->load_incoming(s->store->state, restore_incoming, &ctx);
   if (err == 0) err = ctx.err;
   recompute_expiry(s);
   return err;

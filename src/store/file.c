@@ -6,7 +6,9 @@
  * little-endian, where the body starts with its type:
  *   APPEND: type, u64 seq, u8 phase, u8 policy, u16 packet id, u64 deadline,
  *           the encoded PUBLISH;
- *   UPDATE: type, u64 seq, u8 phase, u16 packet id.
+ *   UPDATE: type, u64 seq, u8 phase, u16 packet id;
+ *   INCOMING: type, u16 packet id, u8 waiting (an incoming QoS 2 message
+ *           delivered and waiting for its PUBREL, or no longer).
  * The CRC covers the length so a damaged length cannot pass as a record.
  *
  * In memory every known message has an entry (sorted by seq) with the file
@@ -31,14 +33,17 @@
 #include "base/alloc.h"
 #include "uvmqtt/errors.h"
 
-#define MAGIC        "UVMQSTO1"
-#define MAGIC_LEN    8u
-#define REC_HDR      8u  /* length, CRC */
-#define APPEND_FIXED 21u /* type, seq, phase, policy, packet id, deadline */
-#define UPDATE_BODY  12u /* type, seq, phase, packet id */
-#define UPDATE_REC   (REC_HDR + UPDATE_BODY)
-#define REC_APPEND   1u
-#define REC_UPDATE   2u
+#define MAGIC         "UVMQSTO1"
+#define MAGIC_LEN     8u
+#define REC_HDR       8u  /* length, CRC */
+#define APPEND_FIXED  21u /* type, seq, phase, policy, packet id, deadline */
+#define UPDATE_BODY   12u /* type, seq, phase, packet id */
+#define UPDATE_REC    (REC_HDR + UPDATE_BODY)
+#define REC_APPEND    1u
+#define REC_UPDATE    2u
+#define REC_INCOMING  3u
+#define INCOMING_BODY 4u /* type, packet id, waiting */
+#define INCOMING_REC  (REC_HDR + INCOMING_BODY)
 /* The largest MQTT packet: 268435455 bytes of remaining length plus the
  * fixed header. */
 #define MAX_PACKET          268435460u
@@ -91,6 +96,8 @@ typedef struct {
   fstore_t *s;
   copy_t *copies;
   size_t n;
+  uint16_t *incoming; /* ids waiting for PUBREL when the compaction began */
+  size_t nincoming;
   int old_fd;
   int dir_fd;
   const char *log_path;
@@ -117,6 +124,11 @@ struct fstore_s {
 
   entry_t *entries;
   size_t n, cap, ndone;
+
+  /* Incoming QoS 2 ids waiting for PUBREL: one bit per id, allocated once
+   * any is recorded. */
+  uint64_t *incoming;
+  uint32_t nincoming;
 
   /* The log as read at open, for load(); freed by load or the first append. */
   uint8_t *image;
@@ -234,6 +246,32 @@ static void encode_update(uint8_t *rec, uint64_t seq, uint8_t phase, uint16_t pa
   b[9] = phase;
   put16(b + 10, packet_id);
   seal_record(rec, UPDATE_BODY);
+}
+
+static void encode_incoming(uint8_t *rec, uint16_t packet_id, uint8_t waiting) {
+  uint8_t *b = rec + REC_HDR;
+  b[0] = REC_INCOMING;
+  put16(b + 1, packet_id);
+  b[3] = waiting;
+  seal_record(rec, INCOMING_BODY);
+}
+
+static int incoming_has(const fstore_t *s, uint16_t id) {
+  return s->incoming != NULL && (s->incoming[id >> 6] >> (id & 63) & 1u);
+}
+
+static int incoming_set(fstore_t *s, uint16_t id, int waiting) {
+  if (incoming_has(s, id) == (waiting != 0)) return 0;
+  if (s->incoming == NULL) {
+    s->incoming = uvmqtt__calloc(65536u / 64u, sizeof *s->incoming);
+    if (s->incoming == NULL) return UVMQTT_ENOMEM;
+  }
+  s->incoming[id >> 6] ^= (uint64_t)1 << (id & 63);
+  if (waiting)
+    s->nincoming++;
+  else
+    s->nincoming--;
+  return 0;
 }
 
 static uint64_t append_rec_len(uint32_t packet_len) {
@@ -551,6 +589,17 @@ static int compact_copy(compact_t *c, int fd) {
       off += UPDATE_REC;
     }
   }
+  /* The incoming ids still waiting, so that they survive the old log. */
+  for (size_t i = 0; i < c->nincoming; i++) {
+    if (used + INCOMING_REC > c->cap) {
+      int rc = write_all(fd, c->buf, used);
+      if (rc < 0) return rc;
+      used = 0;
+    }
+    encode_incoming(c->buf + used, c->incoming[i], 1);
+    used += INCOMING_REC;
+    off += INCOMING_REC;
+  }
   int rc = write_all(fd, c->buf, used);
   if (rc < 0) return rc;
   c->new_size = off;
@@ -603,6 +652,7 @@ static void compact_after(uv_work_t *work, int status) {
     s->next_compact_size = s->file_size * 2;
   }
   uvmqtt__free(c->copies);
+  uvmqtt__free(c->incoming);
   uvmqtt__free(c->buf);
   uvmqtt__free(c);
   kick(s);
@@ -622,12 +672,16 @@ static int start_compact(fstore_t *s) {
   if (c->cap < append_rec_len((uint32_t)biggest) + UPDATE_REC + MAGIC_LEN)
     c->cap = (size_t)append_rec_len((uint32_t)biggest) + UPDATE_REC + MAGIC_LEN;
   c->buf = uvmqtt__malloc(c->cap);
-  if (c->copies == NULL || c->buf == NULL) {
+  c->incoming = uvmqtt__malloc((s->nincoming ? s->nincoming : 1) * sizeof *c->incoming);
+  if (c->copies == NULL || c->buf == NULL || c->incoming == NULL) {
     uvmqtt__free(c->copies);
+    uvmqtt__free(c->incoming);
     uvmqtt__free(c->buf);
     uvmqtt__free(c);
     return UVMQTT_ENOMEM;
   }
+  for (uint32_t id = 1; id < 65536u && c->nincoming < s->nincoming; id++)
+    if (incoming_has(s, (uint16_t)id)) c->incoming[c->nincoming++] = (uint16_t)id;
   for (size_t i = 0; i < s->n; i++) {
     const entry_t *e = &s->entries[i];
     /* Records still in `pend` are written to the new file afterwards. */
@@ -653,6 +707,7 @@ static int start_compact(fstore_t *s) {
     s->busy = OP_NONE;
     s->compact = NULL;
     uvmqtt__free(c->copies);
+    uvmqtt__free(c->incoming);
     uvmqtt__free(c->buf);
     uvmqtt__free(c);
     return rc;
@@ -664,6 +719,7 @@ static int start_compact(fstore_t *s) {
 
 static void free_store(fstore_t *s) {
   uvmqtt__free(s->entries);
+  uvmqtt__free(s->incoming);
   uvmqtt__free(s->image);
   uvmqtt__free(s->pend);
   uvmqtt__free(s->pend_recs);
@@ -804,6 +860,29 @@ static int fs_update(void *state, uint64_t seq, uint8_t phase, uint16_t packet_i
   return 0;
 }
 
+static int fs_incoming(void *state, uint16_t packet_id, int waiting) {
+  fstore_t *s = state;
+  if (s == NULL || packet_id == 0) return UVMQTT_EINVAL;
+  if (s->closing) return UVMQTT_ECLOSED;
+  if (s->error < 0) return s->error;
+  if (incoming_has(s, packet_id) == (waiting != 0)) return 0;
+  if (pend_reserve(s, INCOMING_REC) < 0) return UVMQTT_ENOMEM;
+  if (incoming_set(s, packet_id, waiting) < 0) return UVMQTT_ENOMEM;
+  encode_incoming(s->pend + s->pend_len, packet_id, waiting != 0);
+  s->pend_len += INCOMING_REC;
+  s->queued_total += INCOMING_REC;
+  kick(s);
+  return 0;
+}
+
+static int fs_load_incoming(void *state, void (*each)(void *arg, uint16_t packet_id), void *arg) {
+  fstore_t *s = state;
+  if (s == NULL || each == NULL) return UVMQTT_EINVAL;
+  for (uint32_t id = 1; s->nincoming && id < 65536u; id++)
+    if (incoming_has(s, (uint16_t)id)) each(arg, (uint16_t)id);
+  return 0;
+}
+
 static int fs_load(void *state, uvmqtt_store_each_cb each, void *arg) {
   fstore_t *s = state;
   if (s == NULL || each == NULL) return UVMQTT_EINVAL;
@@ -933,6 +1012,7 @@ static int record_after(const uint8_t *img, uint64_t size, uint64_t pos) {
     uint8_t type = img[q + REC_HDR];
     uint32_t body_len = get32(img + q);
     if ((type == REC_UPDATE && body_len == UPDATE_BODY) ||
+        (type == REC_INCOMING && body_len == INCOMING_BODY) ||
         (type == REC_APPEND && body_len >= APPEND_FIXED))
       if (record_ok(img, size, q)) return 1;
   }
@@ -966,6 +1046,8 @@ static int replay(fstore_t *s, const uint8_t *rec, uint64_t off, uint32_t body_l
       entry_set_phase(s, &s->entries[i], b[9], get16(b + 10));
     return 0;
   }
+  if (b[0] == REC_INCOMING && body_len == INCOMING_BODY && b[3] <= 1 && get16(b + 1) != 0)
+    return incoming_set(s, get16(b + 1), b[3]);
   return UVMQTT_ESTORECORRUPT;
 }
 
@@ -1071,6 +1153,8 @@ int uvmqtt_file_store_open(uv_loop_t *loop, const char *dir, const char *client_
   s->pub.append = fs_append;
   s->pub.update = fs_update;
   s->pub.load = fs_load;
+  s->pub.incoming = fs_incoming;
+  s->pub.load_incoming = fs_load_incoming;
   s->pub.close = fs_close;
   *out = &s->pub;
   return 0;
