@@ -1,6 +1,6 @@
 /* The example programs and the gateway demo, run as a user would run them,
  * against a real Mosquitto on 127.0.0.1; and the installed library, used
- * the way an application builds against it (pkg-config).
+ * the way an application builds against it (pkg-config, and CMake's find_package).
  *
  * Each test runs the program as a child process on the test's loop,
  * collects its output, and checks what it did from the outside: a
@@ -612,6 +612,23 @@ static void install_dir_remove(void) {
   install_dir[0] = '\0';
 }
 
+/* Builds the installed targets and installs them into the temporary
+ * prefix, once for the test case: the tests of the installed library run in
+ * turn, each in its own process, and the later ones find the marker the
+ * first one left instead of building again. */
+static void install_prefix(const char *tmp) {
+  const char *src = test_source_root();
+  char cmd[4096];
+  snprintf(cmd, sizeof cmd,
+           "cd '%s' && { test -f installed || { meson setup build '%s' --prefix='%s/prefix' "
+           "-Dtests=false >setup.log 2>&1 "
+           "&& ninja -C build -j2 $(%s) >build.log 2>&1 && "
+           "meson install -C build --no-rebuild >install.log 2>&1 && touch installed; }; } "
+           "|| { tail -n 40 *.log; exit 1; }",
+           tmp, src, tmp, installed_targets);
+  ck_assert_int_eq(test_run(cmd, INSTALL_STEP_S), 0);
+}
+
 /* Builds and installs into a temporary prefix, compiles pub_once.c with
  * the flags pkg-config gives, and runs it against the broker. */
 START_TEST(examples_installed_pkg_config) {
@@ -619,12 +636,7 @@ START_TEST(examples_installed_pkg_config) {
   ck_assert_msg(tmp[0] != '\0', "no temporary directory");
   const char *src = test_source_root();
   char cmd[4096];
-  snprintf(cmd, sizeof cmd,
-           "cd '%s' && meson setup build '%s' --prefix='%s/prefix' -Dtests=false >setup.log 2>&1 "
-           "&& ninja -C build -j2 $(%s) >build.log 2>&1 && "
-           "meson install -C build --no-rebuild >install.log 2>&1 || { tail -n 40 *.log; exit 1; }",
-           tmp, src, tmp, installed_targets);
-  ck_assert_int_eq(test_run(cmd, INSTALL_STEP_S), 0);
+  install_prefix(tmp);
 
   char pcpath[1024], libpath[1024];
   snprintf(pcpath, sizeof pcpath,
@@ -661,6 +673,60 @@ START_TEST(examples_installed_pkg_config) {
 }
 END_TEST
 
+/* An application that builds with CMake finds the installed library with
+ * find_package(uvmqtt) and links the imported target uvmqtt::uvmqtt, which
+ * brings the include directory and libuv along; pub_once.c is built that
+ * way from a CMakeLists.txt of three lines. A version the install does not
+ * satisfy must not be found. */
+START_TEST(examples_installed_cmake) {
+  const char *tmp = install_dir;
+  ck_assert_msg(tmp[0] != '\0', "no temporary directory");
+  ck_assert_msg(test_run("command -v cmake >/dev/null", 10) == 0,
+                "cmake is not installed (tools/install-deps installs it)");
+  const char *src = test_source_root();
+  char cmd[4096];
+  install_prefix(tmp);
+
+  snprintf(cmd, sizeof cmd,
+           "mkdir -p '%s/cmake' && printf '%%s\\n' "
+           "'cmake_minimum_required(VERSION 3.13)' 'project(pub_once_cmake C)' "
+           "'find_package(uvmqtt 0.1 REQUIRED)' "
+           "'add_executable(pub_once \"%s/examples/pub_once.c\")' "
+           "'target_compile_options(pub_once PRIVATE -Wall -Wextra -Werror)' "
+           "'target_link_libraries(pub_once PRIVATE uvmqtt::uvmqtt)' "
+           ">'%s/cmake/CMakeLists.txt' && "
+           "cmake -S '%s/cmake' -B '%s/cmake/build' -DCMAKE_PREFIX_PATH='%s/prefix' "
+           ">'%s/cmake.log' 2>&1 && cmake --build '%s/cmake/build' >>'%s/cmake.log' 2>&1 "
+           "|| { tail -n 40 '%s/cmake.log'; exit 1; }",
+           tmp, src, tmp, tmp, tmp, tmp, tmp, tmp, tmp, tmp);
+  ck_assert_int_eq(test_run(cmd, 120), 0);
+
+  char libpath[1024];
+  snprintf(libpath, sizeof libpath, "%s/prefix/lib/x86_64-linux-gnu:%s/prefix/lib", tmp, tmp);
+  /* The program uses the library from the prefix, not from the build tree,
+   * and it loads and runs: with one argument pub_once prints its usage and
+   * exits 2 before it connects anywhere. */
+  snprintf(cmd, sizeof cmd,
+           "LD_LIBRARY_PATH='%s' ldd '%s/cmake/build/pub_once' | grep -q '%s/prefix/lib' && "
+           "{ LD_LIBRARY_PATH='%s' '%s/cmake/build/pub_once' only-host 2>&1; test $? -eq 2; }",
+           libpath, tmp, tmp, libpath, tmp);
+  ck_assert_int_eq(test_run(cmd, 30), 0);
+
+  /* Before 1.0 a newer minor version is a different API: asking for it
+   * must leave the package not found. */
+  snprintf(cmd, sizeof cmd,
+           "mkdir -p '%s/cmake_newer' && printf '%%s\\n' "
+           "'cmake_minimum_required(VERSION 3.13)' 'project(newer C)' "
+           "'find_package(uvmqtt 0.99 QUIET)' "
+           "'if(uvmqtt_FOUND)' 'message(FATAL_ERROR \"0.99 found\")' 'endif()' "
+           ">'%s/cmake_newer/CMakeLists.txt' && "
+           "cmake -S '%s/cmake_newer' -B '%s/cmake_newer/build' -DCMAKE_PREFIX_PATH='%s/prefix' "
+           ">'%s/cmake_newer.log' 2>&1 || { tail -n 20 '%s/cmake_newer.log'; exit 1; }",
+           tmp, tmp, tmp, tmp, tmp, tmp, tmp);
+  ck_assert_int_eq(test_run(cmd, 60), 0);
+}
+END_TEST
+
 Suite *uvmqtt_test_suite(void) {
   Suite *s = suite_create("examples");
   TCase *tc = tcase_create("programs");
@@ -681,6 +747,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_set_timeout(tc, INSTALL_TIMEOUT);
   tcase_add_unchecked_fixture(tc, install_dir_make, install_dir_remove);
   tcase_add_test(tc, examples_installed_pkg_config);
+  tcase_add_test(tc, examples_installed_cmake);
   suite_add_tcase(s, tc);
   return s;
 }
