@@ -179,6 +179,13 @@ typedef struct {
   const uvmqtt_props_t *connect_props;
 
   uint32_t connect_timeout_ms; /* resolve + TCP + CONNACK; default 10000 */
+  /* Connection attempts in progress at once among all the clients of this
+   * loop (until CONNACK); more wait their turn, and their connect timeout
+   * starts when they really start. Thousands of clients started together,
+   * or reconnecting after a broker restart, then queue briefly instead of
+   * timing out while the kernel works through their connect() calls. The
+   * latest client created with a non-zero value sets it. 0: 128. */
+  uint32_t max_connecting;
   /* QoS 1/2 messages handed to the socket and not yet acknowledged, at
    * most; a v5 broker's Receive Maximum lowers it. 0: 20 (libmosquitto's
    * default; Mosquitto stalls 3.1.1 publishers with far more in flight). */

@@ -207,7 +207,13 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
       return err;
     }
   }
-  uvmqtt__client_timer_init(c);
+  c->heap_idx = UINT32_MAX;
+  c->lp = uvmqtt__loop_ref(loop, opts->max_connecting);
+  if (c->lp == NULL) {
+    uvmqtt__client_free(c);
+    client->impl = NULL;
+    return UVMQTT_ENOMEM;
+  }
   return 0;
 }
 
@@ -348,6 +354,7 @@ int uvmqtt_disconnect(uvmqtt_client_t *client, uint8_t reason) {
   case UVMQTT__C_WAIT_CONNACK:
     /* No session yet: just drop the attempt. */
     if (!c->transport_active) {
+      uvmqtt__loop_release(c->lp, c);
       c->state = UVMQTT__C_STOPPED;
       uvmqtt__client_arm(c);
       return 0;

@@ -40,11 +40,39 @@ typedef struct uvmqtt__write_s {
   uvmqtt__output_t out;
 } uvmqtt__write_t;
 
+/* Where a client stands in its loop's connection pacing (loop.c). */
+typedef enum {
+  UVMQTT__PACE_NONE = 0,
+  UVMQTT__PACE_WAITING, /* in the loop's queue for a connect slot */
+  UVMQTT__PACE_GRANTED, /* holds a slot; the attempt starts from the timer */
+  UVMQTT__PACE_RUNNING  /* holds a slot while its attempt runs (until CONNACK) */
+} uvmqtt__pace_t;
+
+typedef struct uvmqtt__client_s uvmqtt__client_t;
+
+/* What the clients of one libuv loop share (loop.c). */
+typedef struct uvmqtt__loop_s {
+  struct uvmqtt__loop_s *next; /* the process-wide registry */
+  uv_loop_t *loop;
+  uint32_t refs;
+  uint8_t closing;
+  uv_timer_t timer;
+  uint64_t timer_due;
+  uvmqtt__client_t **heap; /* clients with a deadline, earliest first */
+  uint32_t heap_len, heap_cap;
+  uint32_t connecting; /* attempts holding a slot */
+  uint32_t max_connecting;
+  uvmqtt__client_t *wait_head, *wait_tail; /* attempts waiting for a slot */
+} uvmqtt__loop_t;
+
 struct uvmqtt__client_s {
   uvmqtt_client_t *handle;
   uvmqtt__session_t sess;
   uvmqtt__transport_t tr;
-  uv_timer_t timer;
+  uvmqtt__loop_t *lp;
+  uint32_t heap_idx;
+  uint8_t pace; /* uvmqtt__pace_t */
+  uvmqtt__client_t *pace_next;
   uvmqtt_callbacks_t cbs;
 
   /* Options (owned copies). */
@@ -103,8 +131,6 @@ struct uvmqtt__client_s {
   struct uvmqtt__tls_ctx_s *tls;
 };
 
-typedef struct uvmqtt__client_s uvmqtt__client_t;
-
 /* Subscriptions (subs.c). A subscribe first prepares its entries (every
  * allocation), then queues the SUBSCRIBE, then commits them, so that a call
  * that fails leaves nothing behind and one that succeeds cannot fail. */
@@ -138,7 +164,20 @@ void uvmqtt__client_start_attempt(uvmqtt__client_t *c);
 void uvmqtt__client_lost(uvmqtt__client_t *c, int status);
 void uvmqtt__client_schedule_flush(uvmqtt__client_t *c);
 void uvmqtt__client_arm(uvmqtt__client_t *c);
-void uvmqtt__client_timer_init(uvmqtt__client_t *c);
+/* The loop's timer reached the client's deadline. */
+void uvmqtt__client_on_timer(uvmqtt__client_t *c, uint64_t now);
+
+/* The loop context (loop.c). ref returns NULL when out of memory. */
+uvmqtt__loop_t *uvmqtt__loop_ref(uv_loop_t *loop, uint32_t max_connecting);
+void uvmqtt__loop_unref(uvmqtt__loop_t *lp);
+/* Sets the client's deadline (0: none). */
+void uvmqtt__loop_schedule(uvmqtt__loop_t *lp, uvmqtt__client_t *c, uint64_t due);
+/* 1: the client may start its attempt now (it holds a slot); 0: it waits
+ * in the queue and is scheduled when a slot frees. */
+int uvmqtt__loop_try_start(uvmqtt__loop_t *lp, uvmqtt__client_t *c);
+/* The client's attempt ended (or will not start): frees its slot or its
+ * place in the queue. */
+void uvmqtt__loop_release(uvmqtt__loop_t *lp, uvmqtt__client_t *c);
 /* Starts closing: the transport, then the timer; uvmqtt__client_free() and
  * the close callback run once both are closed. */
 void uvmqtt__client_begin_close(uvmqtt__client_t *c);

@@ -16,31 +16,29 @@ static uvmqtt__client_t *from_transport(uvmqtt__transport_t *t) {
 
 /* ---- Timer ------------------------------------------------------------------------ */
 
-static void on_timer(uv_timer_t *timer);
-
 void uvmqtt__client_arm(uvmqtt__client_t *c) {
-  if (c->closing) return;
   uint64_t now = uvmqtt__now(c);
-  uint64_t next = uvmqtt__session_next_deadline(&c->sess);
-  if ((c->state == UVMQTT__C_CONNECTING || c->state == UVMQTT__C_WAIT_CONNACK) &&
-      (next == 0 || c->connect_deadline < next))
-    next = c->connect_deadline;
-  if (c->state == UVMQTT__C_WAIT_RETRY && (next == 0 || c->retry_at < next)) next = c->retry_at;
-  if (c->state == UVMQTT__C_DISCONNECTING && c->transport_active &&
-      (next == 0 || c->stop_deadline < next))
-    next = c->stop_deadline;
-  if (c->flush_scheduled) next = now;
-  if (next == 0) {
-    if (c->timer_due) uv_timer_stop(&c->timer);
-    c->timer_due = 0;
-    return;
+  uint64_t next = 0;
+  if (c->closing) {
+    /* Closed with no transport to wait for: finish from the timer, never
+     * inside uvmqtt_close(). */
+    if (!c->transport_active) next = now;
+  } else {
+    next = uvmqtt__session_next_deadline(&c->sess);
+    if ((c->state == UVMQTT__C_CONNECTING || c->state == UVMQTT__C_WAIT_CONNACK) &&
+        c->pace != UVMQTT__PACE_WAITING && (next == 0 || c->connect_deadline < next))
+      next = c->connect_deadline;
+    if (c->state == UVMQTT__C_WAIT_RETRY && (next == 0 || c->retry_at < next)) next = c->retry_at;
+    if (c->state == UVMQTT__C_DISCONNECTING && c->transport_active &&
+        (next == 0 || c->stop_deadline < next))
+      next = c->stop_deadline;
+    if (c->flush_scheduled || c->pace == UVMQTT__PACE_GRANTED) next = now;
   }
-  /* A timer that fires early only re-arms itself, so it is left alone when
-   * the new deadline is later: keepalive deadlines move on every packet and
-   * restarting the timer each time would cost more than the early wakeup. */
-  if (c->timer_due && c->timer_due <= next) return;
-  c->timer_due = next;
-  uv_timer_start(&c->timer, on_timer, next > now ? next - now : 0, 0);
+  /* A deadline that fires early only re-arms the client, so it is moved
+   * only earlier: keepalive deadlines move on every packet. */
+  if (next != 0 && c->timer_due && c->timer_due <= next) return;
+  if (next == 0 && c->timer_due == 0) return;
+  uvmqtt__loop_schedule(c->lp, c, next);
 }
 
 void uvmqtt__client_schedule_flush(uvmqtt__client_t *c) {
@@ -154,8 +152,8 @@ static void build_connect(uvmqtt__client_t *c, uvmqtt_packet_t *p) {
   }
 }
 
-void uvmqtt__client_start_attempt(uvmqtt__client_t *c) {
-  if (c->closing) return;
+/* The attempt proper, once the loop gave it a connect slot. */
+static void run_attempt(uvmqtt__client_t *c) {
   c->attempt++;
   c->stats.attempts++;
   if (c->down_since == 0) c->down_since = uvmqtt__now(c);
@@ -169,6 +167,7 @@ void uvmqtt__client_start_attempt(uvmqtt__client_t *c) {
   int err = uvmqtt__uri_parse(c->uris[c->uri_index % c->uri_count], &uri);
   if (err == 0 && uri.scheme != UVMQTT__SCHEME_TCP && uri.scheme != UVMQTT__SCHEME_TLS)
     err = UVMQTT_EBADURI;
+  /* The timeout starts now, not when the attempt was queued. */
   c->connect_deadline = uvmqtt__now(c) + c->connect_timeout_ms;
   if (err == 0) {
     if (uri.scheme == UVMQTT__SCHEME_TLS)
@@ -183,11 +182,21 @@ void uvmqtt__client_start_attempt(uvmqtt__client_t *c) {
   if (err) {
     /* Nothing started: report it like any failed attempt, from the timer so
      * the caller of uvmqtt_connect() never sees a callback inside the call. */
+    uvmqtt__loop_release(c->lp, c);
     c->last_status = err;
     c->state = UVMQTT__C_DROPPING;
     c->connect_deadline = uvmqtt__now(c);
   }
   uvmqtt__client_arm(c);
+}
+
+void uvmqtt__client_start_attempt(uvmqtt__client_t *c) {
+  if (c->closing) return;
+  c->state = UVMQTT__C_CONNECTING;
+  if (uvmqtt__loop_try_start(c->lp, c))
+    run_attempt(c);
+  else
+    uvmqtt__client_arm(c); /* waits for a slot, without a timeout */
 }
 
 /* The transport is closed (or never opened): tell the application and ask
@@ -243,6 +252,7 @@ static void after_loss(uvmqtt__client_t *c) {
 }
 
 void uvmqtt__client_lost(uvmqtt__client_t *c, int status) {
+  uvmqtt__loop_release(c->lp, c);
   if (c->state == UVMQTT__C_DROPPING || c->state == UVMQTT__C_STOPPED ||
       c->state == UVMQTT__C_WAIT_RETRY)
     return;
@@ -352,15 +362,19 @@ const uvmqtt__transport_cbs_t uvmqtt__client_transport_cbs = {tr_on_connect, tr_
 /* ---- Timer callback
  * ------------------------------------------------------------------------------ */
 
-static void on_timer(uv_timer_t *timer) {
-  uvmqtt__client_t *c = timer->data;
-  uint64_t now = uvmqtt__now(c);
-  c->timer_due = 0;
+void uvmqtt__client_on_timer(uvmqtt__client_t *c, uint64_t now) {
+  if (c->closing) {
+    if (!c->transport_active) finish_close(c);
+    return;
+  }
   c->flush_scheduled = 0;
-  if (c->state == UVMQTT__C_DROPPING && !c->transport_active && now >= c->connect_deadline) {
+  if (c->pace == UVMQTT__PACE_GRANTED) {
+    c->pace = UVMQTT__PACE_RUNNING;
+    run_attempt(c);
+  } else if (c->state == UVMQTT__C_DROPPING && !c->transport_active && now >= c->connect_deadline) {
     after_loss(c); /* an attempt that could not even start */
   } else if ((c->state == UVMQTT__C_CONNECTING || c->state == UVMQTT__C_WAIT_CONNACK) &&
-             now >= c->connect_deadline) {
+             c->pace != UVMQTT__PACE_WAITING && now >= c->connect_deadline) {
     uvmqtt__client_lost(c, UVMQTT_ECONNTIMEDOUT);
   } else if (c->state == UVMQTT__C_WAIT_RETRY && now >= c->retry_at) {
     uvmqtt__client_start_attempt(c);
@@ -383,16 +397,12 @@ static void on_timer(uv_timer_t *timer) {
   uvmqtt__client_arm(c);
 }
 
-void uvmqtt__client_timer_init(uvmqtt__client_t *c) {
-  uv_timer_init(c->handle->loop, &c->timer);
-  c->timer.data = c;
-}
-
 /* ---- Session events
  * ------------------------------------------------------------------------------- */
 
 static int ev_connack(void *owner, const uvmqtt_packet_t *p) {
   uvmqtt__client_t *c = owner;
+  uvmqtt__loop_release(c->lp, c); /* the attempt is over: the next may start */
   c->last_reason = p->reason;
   if (p->reason != 0) return 0; /* the session reports UVMQTT_EREFUSED next */
   uint64_t now = uvmqtt__now(c);
@@ -491,25 +501,24 @@ const uvmqtt__session_events_t uvmqtt__client_session_events = {
 /* ---- Close
  * ---------------------------------------------------------------------------------------- */
 
-static void on_timer_closed(uv_handle_t *h) {
-  uvmqtt__client_t *c = h->data;
+/* Every handle of the client is closed: free it, then tell the caller. */
+static void finish_close(uvmqtt__client_t *c) {
   uvmqtt_client_t *handle = c->handle;
   uvmqtt_close_cb cb = c->close_cb;
+  uvmqtt__loop_t *lp = c->lp;
+  uvmqtt__loop_schedule(lp, c, 0);
   uvmqtt__client_free(c);
   handle->impl = NULL;
+  uvmqtt__loop_unref(lp);
   if (cb) cb(handle);
-}
-
-static void finish_close(uvmqtt__client_t *c) {
-  uv_close((uv_handle_t *)&c->timer, on_timer_closed);
 }
 
 void uvmqtt__client_begin_close(uvmqtt__client_t *c) {
   c->closing = 1;
   c->stats.connected = 0;
-  if (c->transport_active) {
+  uvmqtt__loop_release(c->lp, c);
+  if (c->transport_active)
     close_transport(c);
-  } else {
-    finish_close(c);
-  }
+  else
+    uvmqtt__client_arm(c);
 }

@@ -1252,15 +1252,18 @@ static uint64_t max3(uint64_t a, uint64_t b, uint64_t c) {
 /* Keepalive: a PINGREQ goes out after keep_alive of quiet. It is timed from
  * when its write completed, not when it was queued (behind a slow uplink it
  * may wait long in the socket), and any byte from the broker counts as an
- * answer. A PINGREQ that cannot even be written is given a whole keep_alive
- * without any write progress or byte received. */
+ * answer, and so does any later write completing: the kernel's send buffer
+ * only drains while the broker acknowledges our bytes, and on a slow uplink
+ * the PINGREQ may sit there behind megabytes the broker has yet to read. A
+ * PINGREQ that cannot even be written is given a whole keep_alive without
+ * any write progress or byte received. */
 uint64_t uvmqtt__session_next_deadline(const uvmqtt__session_t *s) {
   uint64_t next = s->next_expiry;
   if (connected(s) && s->keepalive_s) {
     uint64_t ka = (uint64_t)s->keepalive_s * 1000u;
     uint64_t t;
     if (s->ping == 2)
-      t = (s->ping_sent > s->last_recv ? s->ping_sent : s->last_recv) + ka / 2;
+      t = max3(s->ping_sent, s->last_recv, s->last_written) + ka / 2;
     else if (s->ping == 1)
       t = max3(s->ping_sent, s->last_written, s->last_recv) + ka;
     else
