@@ -1728,6 +1728,7 @@ static struct {
   int distinct;
   int publisher_done;
   int second_up;
+  int stop_from_timer; /* stop from a timer, with acknowledgements under way */
   uint64_t settle_until;
 } eo;
 
@@ -1753,6 +1754,11 @@ static void eo_maybe_settle(void) {
   peer_after(&g.b, 50, eo_poll);
 }
 
+static void eo_stop(peer_t *p) {
+  int rc = uvmqtt_disconnect(&p->client, 0);
+  ck_assert_msg(rc == 0, "disconnect: %s", uvmqtt_err_name(rc));
+}
+
 static void eo_message(peer_t *p, const uvmqtt_message_t *m) {
   ck_assert(bytes_is(m->topic, "eo/t"));
   ck_assert_uint_eq(m->qos, 2);
@@ -1764,8 +1770,10 @@ static void eo_message(peer_t *p, const uvmqtt_message_t *m) {
   else if (eo.dups++ == 0)
     eo.first_dup = (int)n;
   if (p == &g.a && p->message_calls == EO_STOP_AFTER) {
-    int rc = uvmqtt_disconnect(&p->client, 0);
-    ck_assert_msg(rc == 0, "disconnect: %s", uvmqtt_err_name(rc));
+    if (eo.stop_from_timer)
+      peer_after(p, 0, eo_stop);
+    else
+      eo_stop(p);
   }
 }
 
@@ -1813,9 +1821,12 @@ static void eo_first_connected(peer_t *p, int status) {
 
 /* A persistent QoS 2 subscriber stopped gracefully mid-stream and resumed
  * by a new client with the same id: each message arrives exactly once
- * across the two instances. */
+ * across the two instances. Index bit 0 picks the version; bit 1 stops from
+ * a timer instead of from inside on_message, so the stop finds PUBREC and
+ * PUBREL exchanges at other stages. */
 START_TEST(client_qos2_subscriber_restart_exactly_once) {
-  uint8_t v = version_of(_i);
+  uint8_t v = version_of(_i & 1);
+  eo.stop_from_timer = (_i & 2) != 0;
   broker_start("");
   loop_start(WATCHDOG_MS);
   uvmqtt_options_t o;
@@ -1853,8 +1864,9 @@ START_TEST(client_qos2_subscriber_restart_exactly_once) {
       missing++;
     }
   }
-  printf("client: exactly once (%s): first instance %d, second %d messages\n",
-         v == UVMQTT_V5 ? "v5" : "3.1.1", g.a.message_calls, g.c.message_calls);
+  printf("client: exactly once (%s, stop from %s): first instance %d, second %d messages\n",
+         v == UVMQTT_V5 ? "v5" : "3.1.1", eo.stop_from_timer ? "a timer" : "on_message",
+         g.a.message_calls, g.c.message_calls);
   fflush(stdout);
   ck_assert_msg(eo.dups == 0, "%d duplicates (first: #%d; first instance got %d, second %d)",
                 eo.dups, eo.first_dup, g.a.message_calls, g.c.message_calls);
@@ -1898,7 +1910,7 @@ Suite *uvmqtt_test_suite(void) {
 
   tc = tcase(s, "graceful", GS_TIMEOUT_S);
   tcase_add_loop_test(tc, client_graceful_stop_sends_no_will, 0, 2);
-  tcase_add_loop_test(tc, client_qos2_subscriber_restart_exactly_once, 0, 2);
+  tcase_add_loop_test(tc, client_qos2_subscriber_restart_exactly_once, 0, 4);
 
   tc = tcase(s, "subscribe", TCASE_TIMEOUT_S);
   tcase_add_loop_test(tc, client_shared_subscription, 0, 2);
