@@ -1577,6 +1577,306 @@ START_TEST(client_many_idle_clients) {
 }
 END_TEST
 
+/* ---- Graceful stops mid-stream ----------------------------------------------------------------
+ */
+
+#define GS_ITERATIONS  20
+#define GS_STREAM      100 /* QoS 1 messages published per iteration */
+#define GS_STOP_AFTER  20  /* the subscriber stops after receiving this many */
+#define GS_WILL_WAIT   300 /* ms to wait for a will that must not come */
+#define GS_WATCHDOG_MS 60000
+#define GS_TIMEOUT_S   90
+
+static struct {
+  peer_t subs[GS_ITERATIONS];
+  char ids[GS_ITERATIONS][32];
+  char wills[GS_ITERATIONS][32];
+  int iteration;
+  int bad_disc_status; /* a stop that did not end with on_disconnect status 0 */
+  int first_bad_status;
+} gs;
+
+static void gs_next(peer_t *p);
+
+static void gs_watcher_message(peer_t *p, const uvmqtt_message_t *m) {
+  (void)p;
+  if (m->topic.len >= 2 && memcmp(m->topic.data, "w/", 2) == 0) g.got_will++;
+}
+
+static void gs_sub_disconnected(peer_t *p) {
+  if (p->disc.status != 0 || p->disc.will_retry != 0) {
+    if (gs.bad_disc_status++ == 0) gs.first_bad_status = p->disc.status;
+  }
+  peer_close(p);
+  /* A will would reach the watcher within this wait. */
+  peer_after(&g.c, GS_WILL_WAIT, gs_next);
+}
+
+static void gs_sub_message(peer_t *p, const uvmqtt_message_t *m) {
+  (void)m;
+  if (p->message_calls == GS_STOP_AFTER) {
+    int rc = uvmqtt_disconnect(&p->client, 0);
+    ck_assert_msg(rc == 0, "disconnect: %s", uvmqtt_err_name(rc));
+  }
+}
+
+static void gs_sub_subscribed(peer_t *p) {
+  (void)p;
+  /* The stream starts once the subscriber listens, and outlasts it. */
+  uint8_t buf[4];
+  for (int i = 0; i < GS_STREAM; i++) {
+    put_u32(buf, (uint32_t)i);
+    peer_publish(&g.b, "stream/t", buf, sizeof buf, 1, 0);
+  }
+}
+
+static void gs_sub_connected(peer_t *p, int status) {
+  ck_assert_msg(status == 0, "connect: %s", uvmqtt_err_name(status));
+  peer_subscribe(p, "stream/t", 1, NULL, NULL);
+}
+
+static void gs_next(peer_t *unused) {
+  (void)unused;
+  if (gs.iteration == GS_ITERATIONS) {
+    peer_close(&g.b);
+    peer_close(&g.c);
+    return;
+  }
+  int i = gs.iteration++;
+  peer_t *p = &gs.subs[i];
+  uvmqtt_options_t o;
+  peer_options(&o, g.b.version);
+  snprintf(gs.ids[i], sizeof gs.ids[i], "gs-sub-%d", i);
+  snprintf(gs.wills[i], sizeof gs.wills[i], "w/%d", i);
+  o.client_id = gs.ids[i];
+  o.will_topic = gs.wills[i];
+  o.will_payload = "gone";
+  o.will_payload_len = 4;
+  o.will_qos = 1;
+  peer_init(p, g.b.version, &o);
+  p->connected = gs_sub_connected;
+  p->subscribed = gs_sub_subscribed;
+  p->message = gs_sub_message;
+  p->disconnected = gs_sub_disconnected;
+  peer_connect(p);
+}
+
+static void gs_publisher_connected(peer_t *p, int status) {
+  ck_assert_msg(status == 0, "connect: %s", uvmqtt_err_name(status));
+  gs_next(p);
+}
+
+static void gs_watcher_subscribed(peer_t *p) {
+  (void)p;
+  peer_connect(&g.b);
+}
+
+static void gs_watcher_connected(peer_t *p, int status) {
+  ck_assert_msg(status == 0, "connect: %s", uvmqtt_err_name(status));
+  peer_subscribe(p, "w/#", 1, NULL, NULL);
+}
+
+/* A subscriber with a will, stopped with uvmqtt_disconnect() while a QoS 1
+ * stream flows to it, ends cleanly: the broker must never publish its will,
+ * in any of many tries (a stop that lets the broker see a dropped
+ * connection instead of the DISCONNECT shows up as a will). */
+START_TEST(client_graceful_stop_sends_no_will) {
+  uint8_t v = version_of(_i);
+  broker_start("");
+  loop_start(GS_WATCHDOG_MS);
+  peer_init(&g.b, v, NULL);
+  peer_init(&g.c, v, NULL);
+  g.b.connected = gs_publisher_connected;
+  g.c.connected = gs_watcher_connected;
+  g.c.subscribed = gs_watcher_subscribed;
+  g.c.message = gs_watcher_message;
+  peer_connect(&g.c);
+  loop_run();
+  ck_assert_int_eq(gs.iteration, GS_ITERATIONS);
+  int stopped = 0, not_logged = 0, first_not_logged = -1;
+  for (int i = 0; i < GS_ITERATIONS; i++) {
+    stopped += gs.subs[i].disconnect_calls;
+    ck_assert_int_eq(gs.subs[i].close_calls, 1);
+    /* Mosquitto logs a DISCONNECT it received this way; a dropped
+     * connection reads "closed its connection". */
+    char needle[64];
+    snprintf(needle, sizeof needle, "Client %s disconnected", gs.ids[i]);
+    if (!broker_log_has(needle)) {
+      if (first_not_logged < 0) first_not_logged = i;
+      not_logged++;
+    }
+  }
+  ck_assert_int_eq(stopped, GS_ITERATIONS);
+  ck_assert_msg(gs.bad_disc_status == 0, "%d stops did not end with status 0 (first: %s)",
+                gs.bad_disc_status, uvmqtt_err_name(gs.first_bad_status));
+  ck_assert_msg(g.got_will == 0, "%d wills published after graceful stops", g.got_will);
+  ck_assert_msg(not_logged == 0, "%d stops not logged as a DISCONNECT by the broker (first: %s)",
+                not_logged, first_not_logged < 0 ? "-" : gs.ids[first_not_logged]);
+  ck_assert_int_eq(g.b.close_calls + g.c.close_calls, 2);
+  loop_finish();
+  broker_finish();
+}
+END_TEST
+
+#define EO_COUNT      500
+#define EO_STOP_AFTER 150 /* the first instance stops after receiving this many */
+#define EO_SETTLE_MS  3000
+
+static struct {
+  int dups;
+  int first_dup;
+  int distinct;
+  int publisher_done;
+  int second_up;
+  int stop_from_timer; /* stop from a timer, with acknowledgements under way */
+  uint64_t settle_until;
+} eo;
+
+static void eo_finish(peer_t *p) {
+  (void)p;
+  peer_close(&g.b);
+  peer_close(&g.c);
+}
+
+/* Waits until every number arrived, or for a while after the publisher
+ * finished, whichever comes first. */
+static void eo_poll(peer_t *p) {
+  if (eo.distinct == EO_COUNT || uv_now(&g_loop) >= eo.settle_until) {
+    eo_finish(p);
+    return;
+  }
+  peer_after(p, 50, eo_poll);
+}
+
+static void eo_maybe_settle(void) {
+  if (!eo.publisher_done || !eo.second_up) return;
+  eo.settle_until = uv_now(&g_loop) + EO_SETTLE_MS;
+  peer_after(&g.b, 50, eo_poll);
+}
+
+static void eo_stop(peer_t *p) {
+  int rc = uvmqtt_disconnect(&p->client, 0);
+  ck_assert_msg(rc == 0, "disconnect: %s", uvmqtt_err_name(rc));
+}
+
+static void eo_message(peer_t *p, const uvmqtt_message_t *m) {
+  ck_assert(bytes_is(m->topic, "eo/t"));
+  ck_assert_uint_eq(m->qos, 2);
+  ck_assert_uint_eq(m->payload.len, 4);
+  uint32_t n = get_u32(m->payload.data);
+  ck_assert_uint_lt(n, EO_COUNT);
+  if (g.seen[n]++ == 0)
+    eo.distinct++;
+  else if (eo.dups++ == 0)
+    eo.first_dup = (int)n;
+  if (p == &g.a && p->message_calls == EO_STOP_AFTER) {
+    if (eo.stop_from_timer)
+      peer_after(p, 0, eo_stop);
+    else
+      eo_stop(p);
+  }
+}
+
+static void eo_second_connected(peer_t *p, int status) {
+  ck_assert_msg(status == 0, "connect: %s", uvmqtt_err_name(status));
+  ck_assert_uint_eq(p->session_present, 1);
+  eo.second_up = 1;
+  eo_maybe_settle();
+}
+
+static void eo_first_disconnected(peer_t *p) {
+  ck_assert_msg(p->disc.status == 0, "graceful stop: %s", uvmqtt_err_name(p->disc.status));
+  peer_close(p);
+  peer_connect(&g.c);
+}
+
+static void eo_published(peer_t *p, int status, uint8_t reason, int index) {
+  (void)reason;
+  (void)index;
+  ck_assert_msg(status == 0, "publish: %s", uvmqtt_err_name(status));
+  if (p->publish_calls == EO_COUNT) {
+    eo.publisher_done = 1;
+    eo_maybe_settle();
+  }
+}
+
+static void eo_publisher_connected(peer_t *p, int status) {
+  ck_assert_msg(status == 0, "connect: %s", uvmqtt_err_name(status));
+  uint8_t buf[4];
+  for (uint32_t i = 0; i < EO_COUNT; i++) {
+    put_u32(buf, i);
+    peer_publish(p, "eo/t", buf, sizeof buf, 2, 0);
+  }
+}
+
+static void eo_subscribed(peer_t *p) {
+  ck_assert_uint_eq(p->granted, 2);
+  peer_connect(&g.b);
+}
+
+static void eo_first_connected(peer_t *p, int status) {
+  ck_assert_msg(status == 0, "connect: %s", uvmqtt_err_name(status));
+  peer_subscribe(p, "eo/t", 2, NULL, NULL);
+}
+
+/* A persistent QoS 2 subscriber stopped gracefully mid-stream and resumed
+ * by a new client with the same id: each message arrives exactly once
+ * across the two instances. Index bit 0 picks the version; bit 1 stops from
+ * a timer instead of from inside on_message, so the stop finds PUBREC and
+ * PUBREL exchanges at other stages. */
+START_TEST(client_qos2_subscriber_restart_exactly_once) {
+  uint8_t v = version_of(_i & 1);
+  eo.stop_from_timer = (_i & 2) != 0;
+  broker_start("");
+  loop_start(WATCHDOG_MS);
+  uvmqtt_options_t o;
+  peer_options(&o, v);
+  o.client_id = "eo-sub";
+  o.clean_start = 0;
+  uvmqtt_props_t props;
+  memset(&props, 0, sizeof props);
+  if (v == UVMQTT_V5) {
+    /* v5 ends the session with the connection unless told otherwise. */
+    props.has = 1ull << UVMQTT_PROP_SESSION_EXPIRY_INTERVAL;
+    props.session_expiry_interval = 300;
+    o.connect_props = &props;
+  }
+  peer_init(&g.a, v, &o);
+  peer_init(&g.c, v, &o);
+  peer_init(&g.b, v, NULL);
+  g.a.connected = eo_first_connected;
+  g.a.subscribed = eo_subscribed;
+  g.a.message = eo_message;
+  g.a.disconnected = eo_first_disconnected;
+  g.c.connected = eo_second_connected;
+  g.c.message = eo_message;
+  g.b.published = eo_published;
+  g.b.connected = eo_publisher_connected;
+  peer_connect(&g.a);
+  loop_run();
+  ck_assert_int_eq(g.a.disconnect_calls, 1);
+  ck_assert_int_eq(g.b.publish_calls, EO_COUNT);
+  ck_assert_int_eq(g.c.connect_calls, 1);
+  int missing = 0, first_missing = -1;
+  for (int i = 0; i < EO_COUNT; i++) {
+    if (g.seen[i] == 0) {
+      if (first_missing < 0) first_missing = i;
+      missing++;
+    }
+  }
+  printf("client: exactly once (%s, stop from %s): first instance %d, second %d messages\n",
+         v == UVMQTT_V5 ? "v5" : "3.1.1", eo.stop_from_timer ? "a timer" : "on_message",
+         g.a.message_calls, g.c.message_calls);
+  fflush(stdout);
+  ck_assert_msg(eo.dups == 0, "%d duplicates (first: #%d; first instance got %d, second %d)",
+                eo.dups, eo.first_dup, g.a.message_calls, g.c.message_calls);
+  ck_assert_msg(missing == 0, "%d messages never arrived (first: #%d)", missing, first_missing);
+  ck_assert_int_eq(g.a.close_calls + g.b.close_calls + g.c.close_calls, 3);
+  loop_finish();
+  broker_finish();
+}
+END_TEST
+
 /* ---- Suite
  * ----------------------------------------------------------------------------------------- */
 
@@ -1607,6 +1907,10 @@ Suite *uvmqtt_test_suite(void) {
   tc = tcase(s, "will", TCASE_TIMEOUT_S);
   tcase_add_loop_test(tc, client_will_sent_on_close, 0, 2);
   tcase_add_loop_test(tc, client_will_not_sent_on_disconnect, 0, 2);
+
+  tc = tcase(s, "graceful", GS_TIMEOUT_S);
+  tcase_add_loop_test(tc, client_graceful_stop_sends_no_will, 0, 2);
+  tcase_add_loop_test(tc, client_qos2_subscriber_restart_exactly_once, 0, 4);
 
   tc = tcase(s, "subscribe", TCASE_TIMEOUT_S);
   tcase_add_loop_test(tc, client_shared_subscription, 0, 2);

@@ -1,6 +1,7 @@
 /* The client against a scripted fake broker: faults and protocol corners a
  * real broker will not produce on demand. */
 #include <check.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,6 +48,27 @@ typedef struct {
   int stop_after_publishes;
   int close_in_message;
   fake_conn_t *conn;
+  /* Knobs of the disconnect and connect-option tests. */
+  int clean_start;        /* 1: the client asks for clean start */
+  int no_max_packet_size; /* options.no_max_packet_size */
+  int port_override;      /* connect here instead of the fake broker */
+  uint8_t connack_reason; /* CONNACK reason/return code */
+  int disconnect_on_failed_connect;
+  int disconnect_in_publish_cb;
+  int flood; /* the broker sends QoS 0 publishes from flood_timer */
+  uv_timer_t flood_timer;
+  /* What the broker received, in order. */
+  uint8_t rx_types[4096];
+  int nrx;
+  int saw_disconnect;
+  int after_disconnect; /* packets received after a DISCONNECT */
+  int rx_index[256];    /* burst PUBLISH count per message index */
+  /* What the client reported. */
+  int disconnect_rc;
+  int disconnect_calls; /* uvmqtt_disconnect() calls made by callbacks */
+  int last_will_retry;
+  int burst_status[256];
+  int burst_done;
 } fx_t;
 
 static fx_t *fx_of_client(uvmqtt_client_t *c) {
@@ -69,6 +91,8 @@ static void finish(fx_t *f) {
     uv_close((uv_handle_t *)&f->watchdog, on_handle_closed);
   if (!uv_is_closing((uv_handle_t *)&f->ack_timer))
     uv_close((uv_handle_t *)&f->ack_timer, on_handle_closed);
+  if (!uv_is_closing((uv_handle_t *)&f->flood_timer))
+    uv_close((uv_handle_t *)&f->flood_timer, on_handle_closed);
 }
 
 static void on_watchdog(uv_timer_t *t) {
@@ -136,15 +160,21 @@ static void on_ack_timer(uv_timer_t *t) {
   send_ack(f, UVMQTT_PUBACK, id, 0);
 }
 
+static void on_flood(uv_timer_t *t);
+
 static void broker_packet(fake_broker_t *fb, fake_conn_t *conn, const uvmqtt_packet_t *pkt) {
   fx_t *f = fb->data;
   f->conn = conn;
+  if (f->nrx < (int)sizeof f->rx_types) f->rx_types[f->nrx] = pkt->type;
+  f->nrx++;
+  if (f->saw_disconnect) f->after_disconnect++;
   switch (pkt->type) {
   case UVMQTT_CONNECT: {
     if (f->no_connack) return;
     uvmqtt_packet_t ack;
     memset(&ack, 0, sizeof ack);
     ack.type = UVMQTT_CONNACK;
+    ack.reason = f->connack_reason;
     ack.session_present = f->session_present;
     ack.props = f->connack_props;
     ck_assert_int_eq(fake_send_packet(conn, &ack), 0);
@@ -156,6 +186,9 @@ static void broker_packet(fake_broker_t *fb, fake_conn_t *conn, const uvmqtt_pac
     return;
   case UVMQTT_PUBLISH:
     f->broker_publishes++;
+    if (pkt->u.publish.payload.len >= 1 && pkt->u.publish.topic.len == 5 &&
+        memcmp(pkt->u.publish.topic.data, "burst", 5) == 0)
+      f->rx_index[pkt->u.publish.payload.data[0]]++;
     if (pkt->u.publish.dup) f->dup_seen++;
     if (f->first_id == 0) f->first_id = pkt->packet_id;
     if (pkt->u.publish.qos == 1) {
@@ -184,7 +217,13 @@ static void broker_packet(fake_broker_t *fb, fake_conn_t *conn, const uvmqtt_pac
     ck_assert_int_eq(fake_send_packet(conn, &ack), 0);
     return;
   }
-  case UVMQTT_DISCONNECT: f->broker_disconnect_reason = pkt->reason; return;
+  case UVMQTT_DISCONNECT:
+    f->saw_disconnect++;
+    f->broker_disconnect_reason = pkt->reason;
+    /* Keep talking after the DISCONNECT: the client must still end with a
+     * FIN, reading and dropping what comes. */
+    if (f->flood) on_flood(&f->flood_timer);
+    return;
   default: return;
   }
 }
@@ -197,12 +236,17 @@ static void client_connect_cb(uvmqtt_client_t *c, int status, const uvmqtt_conna
     f->connects++;
     f->t_connected = uv_now(&f->loop);
   }
+  if (status < 0 && f->disconnect_on_failed_connect) {
+    f->disconnect_calls++;
+    f->disconnect_rc = uvmqtt_disconnect(c, 0);
+  }
 }
 
 static void client_disconnect_cb(uvmqtt_client_t *c, const uvmqtt_disconnect_t *d) {
   fx_t *f = fx_of_client(c);
   f->disconnects++;
   f->last_disc_status = d->status;
+  f->last_will_retry = d->will_retry;
   f->t_lost = uv_now(&f->loop);
 }
 
@@ -241,9 +285,12 @@ static void fx_start(fx_t *f, uint8_t version, uint16_t keepalive, int no_reconn
   uv_timer_start(&f->watchdog, on_watchdog, 8000, 0);
   uv_timer_init(&f->loop, &f->ack_timer);
   f->ack_timer.data = f;
+  uv_timer_init(&f->loop, &f->flood_timer);
+  f->flood_timer.data = f;
 
   char uri[64];
-  snprintf(uri, sizeof uri, "mqtt://127.0.0.1:%d", f->fb.port);
+  snprintf(uri, sizeof uri, "mqtt://127.0.0.1:%d",
+           f->port_override ? f->port_override : f->fb.port);
   uvmqtt_options_t o;
   uvmqtt_options_init(&o);
   o.uri = uri;
@@ -252,7 +299,8 @@ static void fx_start(fx_t *f, uint8_t version, uint16_t keepalive, int no_reconn
   o.keepalive = keepalive;
   o.no_reconnect = (uint8_t)no_reconnect;
   o.connect_timeout_ms = 400;
-  o.clean_start = 0;
+  o.clean_start = (uint8_t)f->clean_start;
+  o.no_max_packet_size = (uint8_t)f->no_max_packet_size;
   o.connect_props = connect_props;
   o.reconnect.fn = uvmqtt_reconnect_fixed;
   o.reconnect.state = &fast_retry;
@@ -572,6 +620,299 @@ START_TEST(fake_subscribe_sent_once_and_restored) {
 }
 END_TEST
 
+/* ---- Graceful disconnect and connect options ------------------------------------------------- */
+
+#define BURST_QOS0      80 /* 1 KiB each: more than 64 KiB, beyond one socket write */
+#define BURST_QOS1      10
+#define BURST_PAYLOAD   1024
+#define BURST_NOT_FIRED 1 /* burst_status before the callback ran */
+
+static void burst_cb(uvmqtt_client_t *c, int status, uint8_t reason, void *arg) {
+  fx_t *f = fx_of_client(c);
+  (void)reason;
+  f->burst_status[(int)(intptr_t)arg] = status;
+  f->burst_done++;
+  int idx = (int)(intptr_t)arg;
+  int want =
+      f->disconnect_in_publish_cb == 1 || (f->disconnect_in_publish_cb == 2 && idx >= BURST_QOS0);
+  if (want && f->disconnect_calls == 0) {
+    f->disconnect_calls++;
+    f->disconnect_rc = uvmqtt_disconnect(c, 0);
+  }
+}
+
+/* Publishes the burst: message i carries i in its first byte, so the broker
+ * can tell which ones it received. */
+static void publish_burst(fx_t *f) {
+  static uint8_t payload[BURST_PAYLOAD];
+  for (int i = 0; i < BURST_QOS0 + BURST_QOS1; i++) {
+    uvmqtt_publish_opts_t o;
+    memset(&o, 0, sizeof o);
+    o.qos = i < BURST_QOS0 ? 0 : 1;
+    payload[0] = (uint8_t)i;
+    f->burst_status[i] = BURST_NOT_FIRED;
+    ck_assert_int_eq(uvmqtt_publish(&f->client, "burst", payload, sizeof payload, &o, burst_cb,
+                                    (void *)(intptr_t)i),
+                     0);
+  }
+}
+
+/* DISCONNECT goes after what was queued and nothing goes after it, and no
+ * publish completes successfully unless the broker got it. Index bit 0
+ * picks the version; index / 2 picks when uvmqtt_disconnect() is called:
+ * 0 right after the burst, 1 from the first publish completion (a QoS 0
+ * write), 2 from the first QoS 1 completion (a PUBACK). */
+START_TEST(fake_nothing_after_disconnect) {
+  fx_t *f = calloc(1, sizeof *f);
+  uint8_t v = (_i & 1) ? UVMQTT_V5 : UVMQTT_V311;
+  f->disconnect_in_publish_cb = _i / 2;
+  fx_start(f, v, 30, 1, NULL);
+  RUN_UNTIL(f, f->connects == 1, 2000);
+  ck_assert_int_eq(f->connects, 1);
+  publish_burst(f);
+  if (!f->disconnect_in_publish_cb) {
+    f->disconnect_calls++;
+    f->disconnect_rc = uvmqtt_disconnect(&f->client, 0);
+  }
+  RUN_UNTIL(f, f->disconnects == 1, 4000);
+  /* Let the broker read whatever else may still be on its way. */
+  run_for(f, 100);
+  ck_assert_int_eq(f->disconnect_calls, 1);
+  ck_assert_int_eq(f->disconnect_rc, 0);
+  ck_assert_int_eq(f->disconnects, 1);
+  ck_assert_msg(f->last_disc_status == 0, "on_disconnect status %s",
+                uvmqtt_err_name(f->last_disc_status));
+  ck_assert_int_eq(f->fb.decode_errors, 0);
+  ck_assert_int_le(f->nrx, (int)sizeof f->rx_types);
+  ck_assert_int_eq(f->saw_disconnect, 1);
+  ck_assert_msg(f->rx_types[f->nrx - 1] == UVMQTT_DISCONNECT, "last packet type %d, not DISCONNECT",
+                f->rx_types[f->nrx - 1]);
+  ck_assert_int_eq(f->after_disconnect, 0);
+  int lies = 0, first_lie = -1;
+  for (int i = 0; i < BURST_QOS0 + BURST_QOS1; i++) {
+    if (f->burst_status[i] == 0 && f->rx_index[i] == 0) {
+      if (first_lie < 0) first_lie = i;
+      lies++;
+    }
+  }
+  int received = 0, ok = 0;
+  for (int i = 0; i < BURST_QOS0 + BURST_QOS1; i++) {
+    received += f->rx_index[i] != 0;
+    ok += f->burst_status[i] == 0;
+  }
+  printf("fake_nothing_after_disconnect %d: the broker got %d of %d, %d reported done\n", _i,
+         received, BURST_QOS0 + BURST_QOS1, ok);
+  fflush(stdout);
+  ck_assert_msg(lies == 0, "%d publishes reported 0 but never reached the broker (first: #%d)",
+                lies, first_lie);
+  finish(f);
+  fx_end(f);
+  free(f);
+}
+END_TEST
+
+/* Binds a loopback port and lets it go, so nothing listens there. */
+static int unused_port(uv_loop_t *loop) {
+  uv_tcp_t tcp;
+  struct sockaddr_in sa;
+  uv_tcp_init(loop, &tcp);
+  uv_ip4_addr("127.0.0.1", 0, &sa);
+  ck_assert_int_eq(uv_tcp_bind(&tcp, (const struct sockaddr *)&sa, 0), 0);
+  int len = sizeof sa;
+  ck_assert_int_eq(uv_tcp_getsockname(&tcp, (struct sockaddr *)&sa, &len), 0);
+  uv_close((uv_handle_t *)&tcp, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+  return ntohs(sa.sin_port);
+}
+
+/* uvmqtt_disconnect() from on_connect(status < 0) stops the client: no
+ * second attempt although the policy would retry within 20 ms. Index 0: a
+ * port where nothing listens; 1: a CONNACK that refuses. */
+START_TEST(fake_disconnect_from_failed_on_connect) {
+  fx_t *f = calloc(1, sizeof *f);
+  f->disconnect_on_failed_connect = 1;
+  if (_i == 0) {
+    uv_loop_t probe;
+    ck_assert_int_eq(uv_loop_init(&probe), 0);
+    f->port_override = unused_port(&probe);
+    ck_assert_int_eq(uv_loop_close(&probe), 0);
+  } else {
+    f->connack_reason = 5; /* 3.1.1: not authorized */
+  }
+  fx_start(f, UVMQTT_V311, 30, 0, NULL);
+  run_for(f, 500);
+  uvmqtt_stats_t st;
+  uvmqtt_client_stats(&f->client, &st);
+  ck_assert_msg(f->connect_status < 0, "on_connect status %d", f->connect_status);
+  ck_assert_int_eq(f->connects, 0);
+  ck_assert_int_eq(f->disconnect_calls, 1);
+  ck_assert_int_eq(f->disconnect_rc, 0);
+  ck_assert_uint_eq(st.attempts, 1);
+  ck_assert_int_eq(f->disconnects, 1);
+  ck_assert_int_eq(f->last_will_retry, 0);
+  finish(f);
+  fx_end(f);
+  free(f);
+}
+END_TEST
+
+/* A malformed packet followed at once by the broker dropping the
+ * connection: the codec's error is the cause, not what the socket said
+ * afterwards. Index 0: reset (RST); 1: close (FIN). */
+START_TEST(fake_bad_packet_cause_survives_reset) {
+  fx_t *f = calloc(1, sizeof *f);
+  fx_start(f, UVMQTT_V5, 30, 1, NULL);
+  RUN_UNTIL(f, f->connects == 1, 2000);
+  ck_assert_int_eq(f->connects, 1);
+  static const uint8_t bad[] = {0x41, 2, 0, 1}; /* PUBACK with reserved flags */
+  ck_assert_int_eq(fake_send(f->conn, bad, sizeof bad), 0);
+  if (_i == 0)
+    fake_conn_reset(f->conn);
+  else
+    fake_conn_close(f->conn);
+  RUN_UNTIL(f, f->disconnects == 1, 2000);
+  ck_assert_int_eq(f->disconnects, 1);
+  ck_assert_msg(f->last_disc_status == UVMQTT_EBADFLAGS, "on_disconnect status %s, not %s",
+                uvmqtt_err_name(f->last_disc_status), uvmqtt_err_name(UVMQTT_EBADFLAGS));
+  finish(f);
+  fx_end(f);
+  free(f);
+}
+END_TEST
+
+/* A broker claiming a session for a client that asked for a clean start
+ * breaks the protocol: the client must not come up. */
+START_TEST(fake_session_present_to_clean_start_refused) {
+  fx_t *f = calloc(1, sizeof *f);
+  f->clean_start = 1;
+  f->session_present = 1;
+  fx_start(f, _i ? UVMQTT_V5 : UVMQTT_V311, 30, 1, NULL);
+  RUN_UNTIL(f, f->disconnects == 1 && f->fb.closed == 1, 2000);
+  ck_assert_int_eq(f->connects, 0);
+  ck_assert_msg(f->connect_status == UVMQTT_EPROTOCOL, "on_connect status %s",
+                uvmqtt_err_name(f->connect_status));
+  ck_assert_int_eq(f->disconnects, 1);
+  ck_assert_msg(f->last_disc_status == UVMQTT_EPROTOCOL, "on_disconnect status %s",
+                uvmqtt_err_name(f->last_disc_status));
+  ck_assert_int_eq(f->fb.closed, 1);
+  uvmqtt_stats_t st;
+  uvmqtt_client_stats(&f->client, &st);
+  ck_assert_uint_eq(st.connected, 0);
+  finish(f);
+  fx_end(f);
+  free(f);
+}
+END_TEST
+
+/* no_max_packet_size leaves Maximum Packet Size out of the v5 CONNECT; by
+ * default it is there. Index 0: default; 1: the option set. */
+START_TEST(fake_minimal_connect_v5) {
+  fx_t *f = calloc(1, sizeof *f);
+  f->no_max_packet_size = _i;
+  fx_start(f, UVMQTT_V5, 30, 1, NULL);
+  RUN_UNTIL(f, f->connects == 1, 2000);
+  ck_assert_int_eq(f->connects, 1);
+  ck_assert_uint_gt(f->fb.first_read_len, 0);
+  uvmqtt_packet_t p;
+  memset(&p, 0, sizeof p);
+  int rc = uvmqtt_decode_packet(f->fb.first_read, f->fb.first_read_len, UVMQTT_V5, &p);
+  ck_assert_msg(rc == 0, "CONNECT does not decode: %s", uvmqtt_err_name(rc));
+  ck_assert_int_eq(p.type, UVMQTT_CONNECT);
+  ck_assert_int_eq(p.u.connect.protocol_level, UVMQTT_V5);
+  ck_assert_int_eq(UVMQTT_HAS(&p.props, UVMQTT_PROP_MAXIMUM_PACKET_SIZE) != 0, _i == 0);
+  finish(f);
+  fx_end(f);
+  free(f);
+}
+END_TEST
+
+#define SLOW_MESSAGES 192 /* of 64 KiB: 12 MiB, more than the sockets hold or drain in 4 s */
+#define SLOW_PAYLOAD  (64 * 1024)
+
+/* A broker that reads slowly but steadily is alive: with keepalive 1 s and
+ * the client's output backed up behind a slow uplink, the PINGREQ waits in
+ * the queue and the broker answers it once it reads it. The client must not
+ * call the connection dead while its bytes keep flowing. Index 0: the broker
+ * reads 1 KiB every 100 ms; 1: 16 KiB every 10 ms (about 1.6 MB/s). */
+START_TEST(fake_keepalive_slow_uplink) {
+  fx_t *f = calloc(1, sizeof *f);
+  fx_start(f, UVMQTT_V311, 1, 1, NULL);
+  RUN_UNTIL(f, f->connects == 1, 2000);
+  ck_assert_int_eq(f->connects, 1);
+  f->fb.read_chunk = _i ? 16384 : 1024;
+  f->fb.read_pause_ms = _i ? 10 : 100;
+  uint8_t *payload = calloc(1, SLOW_PAYLOAD);
+  ck_assert_ptr_nonnull(payload);
+  for (int i = 0; i < SLOW_MESSAGES; i++)
+    ck_assert_int_eq(uvmqtt_publish(&f->client, "bulk", payload, SLOW_PAYLOAD, NULL, NULL, NULL),
+                     0);
+  free(payload);
+  uint64_t read_before = f->fb.bytes_read;
+  RUN_UNTIL(f, f->disconnects > 0, 4000);
+  ck_assert_msg(
+      f->disconnects == 0, "connection lost after %llu ms: %s (broker read %llu bytes, %d PINGREQ)",
+      (unsigned long long)(f->t_lost - f->t_connected), uvmqtt_err_name(f->last_disc_status),
+      (unsigned long long)(f->fb.bytes_read - read_before), f->broker_pingreqs);
+  /* The scenario did what it claims: bytes flowed, and the output was still
+   * backed up at the end. */
+  ck_assert_uint_gt(f->fb.bytes_read - read_before, 10 * 1024);
+  uvmqtt_stats_t st;
+  uvmqtt_client_stats(&f->client, &st);
+  ck_assert_uint_gt(st.queued_bytes + st.write_bytes, 0);
+  f->fb.read_pause_ms = 0;
+  finish(f);
+  fx_end(f);
+  free(f);
+}
+END_TEST
+
+static void on_flood(uv_timer_t *t) {
+  fx_t *f = t->data;
+  /* Stop once the connection is going: f->conn is freed after its close. */
+  if (f->fb.closed || f->fb.decode_errors || f->conn == NULL) {
+    uv_timer_stop(t);
+    return;
+  }
+  static uint8_t payload[1024];
+  uvmqtt_packet_t p;
+  memset(&p, 0, sizeof p);
+  p.type = UVMQTT_PUBLISH;
+  p.u.publish.topic.data = (const uint8_t *)"flood";
+  p.u.publish.topic.len = 5;
+  p.u.publish.payload.data = payload;
+  p.u.publish.payload.len = sizeof payload;
+  for (int i = 0; i < 16; i++)
+    (void)fake_send_packet(f->conn, &p);
+}
+
+/* After uvmqtt_disconnect() the client half-closes: the broker reads
+ * DISCONNECT and then EOF, never a reset, although it keeps sending QoS 0
+ * messages the whole time. */
+START_TEST(fake_graceful_disconnect_half_closes) {
+  fx_t *f = calloc(1, sizeof *f);
+  fx_start(f, _i ? UVMQTT_V5 : UVMQTT_V311, 30, 1, NULL);
+  RUN_UNTIL(f, f->connects == 1, 2000);
+  ck_assert_int_eq(f->connects, 1);
+  f->flood = 1;
+  uv_timer_start(&f->flood_timer, on_flood, 0, 5);
+  run_for(f, 50);
+  ck_assert_int_gt(f->messages, 0);
+  ck_assert_int_eq(uvmqtt_disconnect(&f->client, 0), 0);
+  RUN_UNTIL(f, f->disconnects == 1 && f->fb.closed == 1, 4000);
+  ck_assert_int_eq(f->disconnects, 1);
+  ck_assert_msg(f->last_disc_status == 0, "on_disconnect status %s",
+                uvmqtt_err_name(f->last_disc_status));
+  ck_assert_int_eq(f->saw_disconnect, 1);
+  ck_assert_int_eq(f->after_disconnect, 0);
+  ck_assert_int_eq(f->fb.closed, 1);
+  ck_assert_msg(f->fb.eofs == 1 && f->fb.read_errors == 0,
+                "the broker's read ended with %s, not EOF", uv_err_name(f->fb.last_read_error));
+  finish(f);
+  fx_end(f);
+  free(f);
+}
+END_TEST
+
 Suite *uvmqtt_test_suite(void) {
   Suite *s = suite_create("fake_broker");
   TCase *tc = tcase_create("faults");
@@ -590,6 +931,13 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_loop_test(tc, fake_resend_with_dup_after_loss, 0, 2);
   tcase_add_test(tc, fake_close_inside_message_callback);
   tcase_add_test(tc, fake_subscribe_sent_once_and_restored);
+  tcase_add_loop_test(tc, fake_nothing_after_disconnect, 0, 6);
+  tcase_add_loop_test(tc, fake_disconnect_from_failed_on_connect, 0, 2);
+  tcase_add_loop_test(tc, fake_bad_packet_cause_survives_reset, 0, 2);
+  tcase_add_loop_test(tc, fake_session_present_to_clean_start_refused, 0, 2);
+  tcase_add_loop_test(tc, fake_minimal_connect_v5, 0, 2);
+  tcase_add_loop_test(tc, fake_keepalive_slow_uplink, 0, 2);
+  tcase_add_loop_test(tc, fake_graceful_disconnect_half_closes, 0, 2);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -10,9 +10,12 @@ struct fake_conn_s {
   uv_tcp_t tcp;
   fake_broker_t *fb;
   fake_conn_t *next;
+  uv_timer_t pause; /* resumes reading after a throttling pause */
   uvmqtt_decoder_t dec;
   uint8_t version;
   int closing;
+  int open_handles; /* tcp and pause: the connection is freed when both closed */
+  int read_any;     /* the first read was recorded in fb->first_read */
 };
 
 typedef struct {
@@ -49,6 +52,7 @@ uint8_t fake_conn_version(const fake_conn_t *conn) {
 static void conn_closed_cb(uv_handle_t *handle) {
   fake_conn_t *conn = handle->data;
   fake_broker_t *fb = conn->fb;
+  if (--conn->open_handles > 0) return;
   for (fake_conn_t **p = &fb->conns; *p != NULL; p = &(*p)->next) {
     if (*p == conn) {
       *p = conn->next;
@@ -62,7 +66,17 @@ static void conn_closed_cb(uv_handle_t *handle) {
 void fake_conn_close(fake_conn_t *conn) {
   if (conn->closing) return;
   conn->closing = 1;
+  uv_close((uv_handle_t *)&conn->pause, conn_closed_cb);
   uv_close((uv_handle_t *)&conn->tcp, conn_closed_cb);
+}
+
+void fake_conn_reset(fake_conn_t *conn) {
+  if (conn->closing) return;
+  conn->closing = 1;
+  uv_close((uv_handle_t *)&conn->pause, conn_closed_cb);
+  /* uv_tcp_close_reset() closes the handle itself. */
+  if (uv_tcp_close_reset(&conn->tcp, conn_closed_cb) != 0)
+    uv_close((uv_handle_t *)&conn->tcp, conn_closed_cb);
 }
 
 static void write_cb(uv_write_t *req, int status) {
@@ -108,18 +122,40 @@ void fake_default_answer(fake_conn_t *conn, const uvmqtt_packet_t *pkt) {
 }
 
 static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
-  (void)handle;
+  fake_conn_t *conn = handle->data;
+  fake_broker_t *fb = conn->fb;
   (void)suggested;
-  *buf = uv_buf_init((char *)read_buf, sizeof(read_buf));
+  size_t size = sizeof(read_buf);
+  if (fb->read_pause_ms != 0 && fb->read_chunk != 0 && fb->read_chunk < size) size = fb->read_chunk;
+  *buf = uv_buf_init((char *)read_buf, (unsigned)size);
+}
+
+static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+static void pause_cb(uv_timer_t *timer) {
+  fake_conn_t *conn = timer->data;
+  if (!conn->closing) uv_read_start((uv_stream_t *)&conn->tcp, alloc_cb, read_cb);
 }
 
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   fake_conn_t *conn = stream->data;
   fake_broker_t *fb = conn->fb;
   if (nread < 0) {
+    if (nread == UV_EOF)
+      fb->eofs++;
+    else
+      fb->read_errors++;
+    fb->last_read_error = (int)nread;
     fb->closed++;
     fake_conn_close(conn);
     return;
+  }
+  fb->bytes_read += (uint64_t)nread;
+  if (!conn->read_any) {
+    conn->read_any = 1;
+    fb->first_read_len =
+        (size_t)nread < sizeof fb->first_read ? (size_t)nread : sizeof fb->first_read;
+    memcpy(fb->first_read, buf->base, fb->first_read_len);
   }
   const uint8_t *in = (const uint8_t *)buf->base;
   size_t off = 0;
@@ -145,6 +181,11 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     else
       fake_default_answer(conn, &pkt);
   }
+  /* A slow reader: leave the rest in the socket for a while. */
+  if (!conn->closing && fb->read_pause_ms != 0 && nread > 0) {
+    uv_read_stop(stream);
+    uv_timer_start(&conn->pause, pause_cb, fb->read_pause_ms, 0);
+  }
 }
 
 static void connection_cb(uv_stream_t *server, int status) {
@@ -155,6 +196,9 @@ static void connection_cb(uv_stream_t *server, int status) {
   conn->fb = fb;
   uv_tcp_init(fb->loop, &conn->tcp);
   conn->tcp.data = conn;
+  uv_timer_init(fb->loop, &conn->pause);
+  conn->pause.data = conn;
+  conn->open_handles = 2;
   conn->next = fb->conns;
   fb->conns = conn;
   uvmqtt_decoder_init(&conn->dec, fb->version, 0, &fake_mem);
@@ -175,6 +219,13 @@ int fake_broker_start(fake_broker_t *fb, uv_loop_t *loop, fake_packet_cb on_pack
   fb->packets = 0;
   fb->closed = 0;
   fb->decode_errors = 0;
+  fb->eofs = 0;
+  fb->read_errors = 0;
+  fb->last_read_error = 0;
+  fb->bytes_read = 0;
+  fb->read_chunk = 0;
+  fb->read_pause_ms = 0;
+  fb->first_read_len = 0;
   fb->conns = NULL;
   int r = uv_tcp_init(loop, &fb->server);
   if (r < 0) return r;

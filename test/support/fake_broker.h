@@ -28,6 +28,19 @@ struct fake_broker_s {
   int packets;              /* received so far */
   int closed;               /* connections closed by the client side */
   int decode_errors;        /* connections dropped for bytes the codec rejected */
+  int eofs;                 /* reads that ended with UV_EOF: the client sent a FIN */
+  int read_errors;          /* reads that ended with another error (ECONNRESET...) */
+  int last_read_error;      /* the error of the last read that ended a connection */
+  uint64_t bytes_read;      /* bytes received on every connection */
+  /* Slow reader: when read_pause_ms is not 0, every connection reads at most
+   * read_chunk bytes (0: the whole buffer) and then stops reading for
+   * read_pause_ms, so the client's output backs up. May change at any time. */
+  size_t read_chunk;
+  uint64_t read_pause_ms;
+  /* The first bytes the last accepted connection sent (its first read, at
+   * most sizeof first_read), for tests that decode the CONNECT themselves. */
+  uint8_t first_read[2048];
+  size_t first_read_len;
   /* private */
   uv_tcp_t server;
   fake_conn_t *conns;
@@ -55,6 +68,8 @@ uint8_t fake_conn_version(const fake_conn_t *conn);
 /* Closes one connection, or stops the broker and every connection (the loop
  * then has no handle of the broker left once closed). */
 void fake_conn_close(fake_conn_t *conn);
+/* Closes one connection with a reset (RST) instead of a FIN. */
+void fake_conn_reset(fake_conn_t *conn);
 void fake_broker_stop(fake_broker_t *fb);
 
 /* The broker of a connection. */
