@@ -117,6 +117,7 @@ struct uvmqtt__client_s {
   uint64_t timer_due;
   uint64_t connect_deadline;
   uint64_t retry_at;
+  uint64_t ping_mark;     /* bytes written up to the PINGREQ in flight; 0: none written */
   uint64_t stop_deadline; /* DISCONNECTING: end of the drain, then of the wait for EOF */
   uint64_t connected_at;
   uint64_t down_since;

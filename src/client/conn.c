@@ -83,6 +83,7 @@ static void flush(uvmqtt__client_t *c) {
     if (!uvmqtt__session_take_output(&c->sess, &w->out)) break;
     uv_buf_t buf = uv_buf_init((char *)w->out.buf, (unsigned)w->out.len);
     int rc = uvmqtt__transport_write(&c->tr, &buf, 1, w);
+    if (rc >= 0 && w->out.has_ping) c->ping_mark = c->tr.sent_total;
     if (rc == 1) {
       uvmqtt__session_written(&c->sess, &w->out, 0, now);
       uvmqtt__session_pump(&c->sess, now);
@@ -279,6 +280,7 @@ static void tr_on_connect(uvmqtt__transport_t *t, int status) {
     uvmqtt_packet_t p;
     build_connect(c, &p);
     c->state = UVMQTT__C_WAIT_CONNACK;
+    c->ping_mark = 0;
     int err = uvmqtt__session_connect(&c->sess, &p, uvmqtt__now(c));
     if (err)
       uvmqtt__client_lost(c, err);
@@ -392,6 +394,13 @@ void uvmqtt__client_on_timer(uvmqtt__client_t *c, uint64_t now) {
   if (c->closing) return;
   int err = uvmqtt__session_tick(&c->sess, now);
   if (c->closing) return;
+  /* Behind a slow uplink the PINGREQ may still sit in the kernel's send
+   * buffer: while the broker keeps acknowledging our bytes it is alive. */
+  if (err == UVMQTT_EKEEPALIVE && c->transport_active &&
+      uvmqtt__transport_acked_progress(&c->tr, c->ping_mark ? c->ping_mark : UINT64_MAX)) {
+    uvmqtt__session_alive(&c->sess, now);
+    err = 0;
+  }
   if (err) uvmqtt__client_lost(c, err);
   flush(c);
   uvmqtt__client_arm(c);

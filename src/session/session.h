@@ -280,6 +280,13 @@ int uvmqtt__session_stop_now(uvmqtt__session_t *s, uint64_t now);
  * silent past the bounded wait (the owner closes the connection). */
 int uvmqtt__session_tick(uvmqtt__session_t *s, uint64_t now);
 
+/* The owner saw the broker make progress the session cannot see (the
+ * kernel's count of bytes the peer acknowledged grew): keepalive counts it
+ * like a completed write. */
+static inline void uvmqtt__session_alive(uvmqtt__session_t *s, uint64_t now) {
+  s->last_written = now;
+}
+
 /* The next time uvmqtt__session_tick() has work, or 0 for none. */
 uint64_t uvmqtt__session_next_deadline(const uvmqtt__session_t *s);
 

@@ -235,6 +235,7 @@ static int tcp_write(uvmqtt__transport_t *t, const uv_buf_t *bufs, unsigned nbuf
     n = 0;
   else if (n < 0)
     return n;
+  t->sent_total += (size_t)n;
   if ((size_t)n == total) return 1;
 
   size_t skip = (size_t)n;
@@ -259,6 +260,7 @@ static int tcp_write(uvmqtt__transport_t *t, const uv_buf_t *bufs, unsigned nbuf
     return r;
   }
   t->pending_bytes += w->bytes;
+  t->sent_total += w->bytes;
   return 0;
 }
 
@@ -275,6 +277,19 @@ static int tcp_shutdown(uvmqtt__transport_t *t) {
   int err = uv_shutdown(req, (uv_stream_t *)&t->tcp, shutdown_cb);
   if (err) uvmqtt__free(req);
   return err;
+}
+
+int uvmqtt__tcp_bytes_acked(int fd, uint64_t *acked);
+
+int uvmqtt__transport_acked_progress(uvmqtt__transport_t *t, uint64_t mark) {
+  uv_os_fd_t fd;
+  uint64_t acked;
+  if (t->state != UVMQTT__T_OPEN || uv_fileno((uv_handle_t *)&t->tcp, &fd) != 0 ||
+      uvmqtt__tcp_bytes_acked(fd, &acked) != 0)
+    return 0;
+  int progress = acked > t->acked && acked < mark;
+  t->acked = acked;
+  return progress;
 }
 
 static size_t tcp_write_queue_size(const uvmqtt__transport_t *t) {

@@ -83,6 +83,8 @@ struct uvmqtt__transport_s {
   struct addrinfo *next_addr;
   uv_connect_t *connect_req; /* during a connection attempt only */
   int last_error;
+  uint64_t acked;      /* the peer's acknowledged byte count when last asked */
+  uint64_t sent_total; /* bytes accepted by write() on this connection */
   uv_tcp_t tcp;
 };
 
@@ -97,6 +99,13 @@ void uvmqtt__transport_tcp_init(uvmqtt__transport_t *t, uv_loop_t *loop,
  * outlive the attempt. Returns 0, UVMQTT_EINVAL for a list without an IPv4
  * or IPv6 address, or UVMQTT_EBUSY when the transport is not idle. */
 int uvmqtt__transport_tcp_connect_addrs(uvmqtt__transport_t *t, struct addrinfo *list);
+
+/* 1 when the peer acknowledged more of our bytes since the last call, and
+ * not yet all of the first `mark` bytes written: a sign of life while a
+ * PINGREQ (the mark's last byte) waits behind data in the kernel's send
+ * buffer. Once the peer's TCP has the PINGREQ this says 0, and keepalive's
+ * own wait for an answer decides. 0 also where the kernel does not say. */
+int uvmqtt__transport_acked_progress(uvmqtt__transport_t *t, uint64_t mark);
 
 #define uvmqtt__transport_connect(t, host, port) ((t)->vt->connect((t), (host), (port)))
 #define uvmqtt__transport_write(t, b, n, a)      ((t)->vt->write((t), (b), (n), (a)))

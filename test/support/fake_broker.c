@@ -1,6 +1,10 @@
 /* A scripted fake broker on the test's loop. */
 #include "fake_broker.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -233,6 +237,18 @@ int fake_broker_start(fake_broker_t *fb, uv_loop_t *loop, fake_packet_cb on_pack
   struct sockaddr_in sa;
   uv_ip4_addr("127.0.0.1", 0, &sa);
   r = uv_tcp_bind(&fb->server, (const struct sockaddr *)&sa, 0);
+  /* A slow uplink, emulated by a broker that reads slowly, acknowledges
+   * our bytes as it reads them, as the far end of a slow path does. Over
+   * loopback's 64 KiB segments and a large receive buffer, the kernel
+   * would instead hold its window shut until half the buffer is free
+   * (silly-window avoidance) and acknowledge in bursts seconds apart:
+   * Ethernet-sized segments and a small buffer keep it steady. */
+  uv_os_fd_t fd;
+  int mss = 1460, rcvbuf = 4096;
+  if (r == 0 && uv_fileno((uv_handle_t *)&fb->server, &fd) == 0) {
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof mss);
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+  }
   if (r == 0) r = uv_listen((uv_stream_t *)&fb->server, 16, connection_cb);
   int len = sizeof(sa);
   if (r == 0) r = uv_tcp_getsockname(&fb->server, (struct sockaddr *)&sa, &len);
