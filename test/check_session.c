@@ -787,6 +787,28 @@ START_TEST(session_subscribe_request_roundtrip) {
 }
 END_TEST
 
+/* Output the owner never took did not reach the socket: a QoS 0 message in
+ * it follows its delivery policy at the loss instead of failing. */
+START_TEST(session_unsent_qos0_follows_policy_at_loss) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 0, 0);
+  connack(&f, 0, NULL);
+  publish(&f, "kept", 0, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  publish(&f, "gone", 0, UVMQTT_DELIVERY_DROP, 0, 0, 0);
+  uvmqtt__session_lost(&f.s, UV_EOF, 1);
+  ck_assert_int_eq(f.done, 1);
+  ck_assert_int_eq(f.statuses[0], UV_EOF);
+  reconnect(&f, 1);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBLISH);
+  ck_assert_int_eq(f.out[0].u.publish.topic.len, 4);
+  ck_assert_int_eq(memcmp(f.out[0].u.publish.topic.data, "kept", 4), 0);
+  ck_assert_int_eq(f.done, 2);
+  ck_assert_int_eq(f.statuses[1], 0);
+  teardown(&f);
+}
+END_TEST
+
 START_TEST(session_free_completes_everything) {
   fixture_t f;
   setup_session(&f, UVMQTT_V311, 0, 0);
@@ -798,7 +820,8 @@ START_TEST(session_free_completes_everything) {
   publish(&f, "c", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0); /* queued */
   teardown(&f);
   ck_assert_int_eq(f.done, 3);
-  ck_assert_int_eq(f.statuses[0], UV_EOF); /* QoS 0 lost with the output */
+  /* The QoS 0 message never left the output, so its policy kept it. */
+  ck_assert_int_eq(f.statuses[0], UVMQTT_ECLOSED);
   ck_assert_int_eq(f.statuses[1], UVMQTT_ECLOSED);
   ck_assert_int_eq(f.statuses[2], UVMQTT_ECLOSED);
 }
@@ -1055,6 +1078,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(recon, session_drop_policy_fails_at_loss);
   tcase_add_test(recon, session_queue_bounds);
   tcase_add_test(recon, session_free_completes_everything);
+  tcase_add_test(recon, session_unsent_qos0_follows_policy_at_loss);
   suite_add_tcase(s, recon);
 
   TCase *bad = tcase_create("bad_input");

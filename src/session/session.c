@@ -1162,10 +1162,14 @@ static void apply_loss_policy(uvmqtt__session_t *s, uvmqtt__msg_list_t *l, int i
 
 void uvmqtt__session_lost(uvmqtt__session_t *s, int status, uint64_t now) {
   uvmqtt__msg_t *m;
-  /* Output that never reached the socket: QoS 0 messages in it are lost
-   * with the connection (at most once). */
-  while ((m = list_pop(&s->out.msgs)) != NULL)
-    msg_finish(s, m, status, 0);
+  /* Output the owner never took did not reach the socket: its QoS 0
+   * messages were never sent, so they go back to the queue and their
+   * delivery policy decides below, like any unsent message. */
+  while ((m = list_pop(&s->out.msgs)) != NULL) {
+    m->state = UVMQTT__MSG_QUEUED;
+    m->sent = 0;
+    list_insert_by_seq(&s->queue, m);
+  }
   s->out.len = 0;
   s->out.has_ping = 0;
   s->state = UVMQTT__S_OFFLINE;
