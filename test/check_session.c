@@ -939,6 +939,46 @@ START_TEST(session_store_phases_recorded) {
 }
 END_TEST
 
+/* A PUBLISH that waited for the store across a reconnect goes out within the
+ * new CONNACK's Receive Maximum, not the old connection's. */
+START_TEST(session_store_wait_honours_new_receive_maximum) {
+  mem_store_t ms;
+  memset(&ms, 0, sizeof ms);
+  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL};
+  fixture_t f;
+  setup_session(&f, UVMQTT_V5, 0, 0);
+  f.s.store = &store;
+  connack(&f, 0, NULL);
+  publish(&f, "s1", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  publish(&f, "s2", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  ck_assert_int_eq(drain(&f), 0); /* both wait for the store */
+  uvmqtt__session_lost(&f.s, UV_EOF, 1);
+  uvmqtt_packet_t c;
+  memset(&c, 0, sizeof c);
+  c.type = UVMQTT_CONNECT;
+  c.u.connect.protocol_level = UVMQTT_V5;
+  c.u.connect.client_id.data = (const uint8_t *)"sess";
+  c.u.connect.client_id.len = 4;
+  ck_assert_int_eq(uvmqtt__session_connect(&f.s, &c, 2), 0);
+  drain(&f);
+  uvmqtt_props_t props;
+  memset(&props, 0, sizeof props);
+  props.has = 1ull << UVMQTT_PROP_RECEIVE_MAXIMUM;
+  props.receive_maximum = 1;
+  connack(&f, 1, &props);
+  ck_assert_int_eq(ms_confirm(&ms), 2);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBLISH);
+  uint16_t id = f.out[0].packet_id;
+  feed_ack(&f, UVMQTT_PUBACK, id, 0, 3);
+  /* The second goes once the first is acknowledged. */
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBLISH);
+  ck_assert_uint_ne(f.out[0].packet_id, id);
+  teardown(&f);
+}
+END_TEST
+
 START_TEST(session_store_restore_resends_pubrel) {
   mem_store_t ms;
   memset(&ms, 0, sizeof ms);
@@ -1093,6 +1133,7 @@ Suite *uvmqtt_test_suite(void) {
 
   TCase *store = tcase_create("store");
   tcase_add_test(store, session_store_phases_recorded);
+  tcase_add_test(store, session_store_wait_honours_new_receive_maximum);
   tcase_add_test(store, session_store_restore_resends_pubrel);
   tcase_add_test(store, session_store_close_keeps_unfinished);
   tcase_add_test(store, session_store_refusal_reported_later);

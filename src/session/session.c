@@ -778,6 +778,15 @@ void uvmqtt__session_pump(uvmqtt__session_t *s, uint64_t now) {
 
 static void check_drained(uvmqtt__session_t *s, uint64_t now);
 
+/* The PUBLISHes in flight on the wire (sent, not yet completed) fill this
+ * connection's Receive Maximum or our own cap. */
+static int window_full(const uvmqtt__session_t *s) {
+  uint32_t sent = 0;
+  for (const uvmqtt__msg_t *m = s->window.head; m; m = m->next)
+    if (m->state == UVMQTT__MSG_WAIT_ACK || m->state == UVMQTT__MSG_WAIT_COMP) sent++;
+  return sent >= s->broker_receive_max || sent >= s->max_inflight;
+}
+
 /* The store confirmed the phase that lets m's next packet go. */
 static void phase_stored(uvmqtt__session_t *s, uvmqtt__msg_t *m) {
   /* The session has no clock: the latest time it was given stands in. At
@@ -787,6 +796,10 @@ static void phase_stored(uvmqtt__session_t *s, uvmqtt__msg_t *m) {
     if (out_ack(s, UVMQTT_PUBREL, m->id, 0, now) != 0) return; /* resent after the next CONNACK */
   } else if (m->state == UVMQTT__MSG_STORING) {
     int g = gate_publish(s, m, 0, now);
+    /* Its slot was counted under the limits of the connection it got its id
+     * on; after a reconnect the new CONNACK's Receive Maximum may be full
+     * with PUBLISHes already sent. */
+    if (g == 0 && window_full(s)) g = 1;
     uvmqtt__msg_t *prev = NULL;
     for (uvmqtt__msg_t *at = s->window.head; at != m; at = at->next)
       prev = at;
