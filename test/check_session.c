@@ -23,6 +23,7 @@ typedef struct {
   int disconnects;
   int wakes;
   char last_topic[128];
+  uint64_t clock; /* what ev_now() reports */
   /* Decoded output of the last drain. */
   uint8_t *raw;
   size_t raw_len;
@@ -82,8 +83,13 @@ static void ev_wake(void *o) {
   ((fixture_t *)o)->wakes++;
 }
 
+/* The owner's clock, for what the session does outside its calls. */
+static uint64_t ev_now(void *o) {
+  return ((fixture_t *)o)->clock;
+}
+
 static const uvmqtt__session_events_t events = {ev_connack,    ev_message, ev_done, ev_request,
-                                                ev_disconnect, ev_stored,  ev_wake};
+                                                ev_disconnect, ev_stored,  ev_wake, ev_now};
 
 /* Takes the session's output and decodes every packet in it. */
 static int drain(fixture_t *f) {
@@ -979,6 +985,27 @@ START_TEST(session_store_wait_honours_new_receive_maximum) {
 }
 END_TEST
 
+/* A PUBLISH held back for the store is judged against its deadline when the
+ * store confirms, at the owner's present time. */
+START_TEST(session_store_wait_honours_deadline) {
+  mem_store_t ms;
+  memset(&ms, 0, sizeof ms);
+  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL};
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 0, 0);
+  f.s.store = &store;
+  connack(&f, 0, NULL);
+  publish(&f, "s1", 1, UVMQTT_DELIVERY_DEADLINE, 100, 10, 0);
+  ck_assert_int_eq(drain(&f), 0); /* waits for the store */
+  f.clock = 500;                  /* the deadline (110) passed meanwhile */
+  ck_assert_int_eq(ms_confirm(&ms), 1);
+  ck_assert_int_eq(drain(&f), 0);
+  ck_assert_int_eq(f.done, 1);
+  ck_assert_int_eq(f.last_status, UVMQTT_EEXPIRED);
+  teardown(&f);
+}
+END_TEST
+
 START_TEST(session_store_restore_resends_pubrel) {
   mem_store_t ms;
   memset(&ms, 0, sizeof ms);
@@ -1133,6 +1160,7 @@ Suite *uvmqtt_test_suite(void) {
 
   TCase *store = tcase_create("store");
   tcase_add_test(store, session_store_phases_recorded);
+  tcase_add_test(store, session_store_wait_honours_deadline);
   tcase_add_test(store, session_store_wait_honours_new_receive_maximum);
   tcase_add_test(store, session_store_restore_resends_pubrel);
   tcase_add_test(store, session_store_close_keeps_unfinished);

@@ -789,9 +789,11 @@ static int window_full(const uvmqtt__session_t *s) {
 
 /* The store confirmed the phase that lets m's next packet go. */
 static void phase_stored(uvmqtt__session_t *s, uvmqtt__msg_t *m) {
-  /* The session has no clock: the latest time it was given stands in. At
-   * worst keepalive sends one PINGREQ early. */
-  uint64_t now = s->last_send > s->last_recv ? s->last_send : s->last_recv;
+  /* The session has no clock: the owner's, or else the latest time it was
+   * given, which may be long past (a deadline would pass unnoticed). */
+  uint64_t now = s->ev->now                    ? s->ev->now(s->owner)
+                 : s->last_send > s->last_recv ? s->last_send
+                                               : s->last_recv;
   if (m->state == UVMQTT__MSG_WAIT_COMP) {
     if (out_ack(s, UVMQTT_PUBREL, m->id, 0, now) != 0) return; /* resent after the next CONNACK */
   } else if (m->state == UVMQTT__MSG_STORING) {
