@@ -45,13 +45,15 @@
  * makes it another schedule): when the simulation changes, check that each
  * still fails with its fix reverted, and find it a new seed if not. */
 static const uint64_t regressions[] = {
-    1592614652, /* an until-delivered QoS 0 message failed at a connection loss */
-    1592615435, /* a PUBLISH held for the store exceeded the new Receive Maximum */
-    1592618338, /* a store confirmation sent a DEADLINE message past its deadline */
+    1592618338, /* an until-delivered QoS 0 message failed at a connection loss */
+    1592617462, /* a PUBLISH held for the store exceeded the new Receive Maximum */
+    1592614963, /* a store confirmation sent a DEADLINE message past its deadline */
 };
 
-#define STEPS    400
-#define MAX_PKTS 256
+/* The status a failed write completes with. */
+#define SIM_EWRITE (-32)
+#define STEPS      400
+#define MAX_PKTS   256
 
 /* ---- PRNG ------------------------------------------------------------------------------ */
 
@@ -97,6 +99,10 @@ typedef struct {
   uint64_t now;
   uint8_t version;
   int in_free;
+  /* A write the transport has not completed: its bytes are on the wire, its
+   * QoS 0 messages wait for the completion. */
+  uvmqtt__output_t wr;
+  int wr_active;
   int depth;
 
   /* Application side. */
@@ -326,7 +332,10 @@ static int ev_done(void *o, uvmqtt__msg_t *m, int status, uint8_t reason) {
   snprintf(detail, sizeof detail, "publish %d (id %u, qos %u) status %s reason 0x%02x", t, m->id,
            tr->qos, uvmqtt_strerror(status), reason);
   TRACE("  done %s\n", detail);
-  if (tr->policy == UVMQTT_DELIVERY_UNTIL_DELIVERED && status != 0 && !x->in_free)
+  /* A QoS 0 message handed to a write that failed may be gone or not: the
+   * write's error is its outcome. */
+  if (tr->policy == UVMQTT_DELIVERY_UNTIL_DELIVERED && status != 0 && !x->in_free &&
+      !(tr->qos == 0 && status == SIM_EWRITE))
     CHECK(x,
           status == UVMQTT_EQOSNOTSUP || status == UVMQTT_ERETAINNOTSUP ||
               status == UVMQTT_EPKTTOOBIG || status == UVMQTT_ETOPICALIAS,
@@ -668,10 +677,21 @@ static void bk_read(sim_t *x, size_t n) {
 
 /* Takes the session's output, checks every packet in it against the
  * current connection's rules, and puts it on the wire. */
+static void take_output(sim_t *x);
+
+/* The transport finishes the write in progress. */
+static void write_done(sim_t *x, int status) {
+  if (!x->wr_active) return;
+  x->wr_active = 0;
+  uvmqtt__session_written(&x->s, &x->wr, status, x->now);
+  if (x->up && !x->in_free) take_output(x);
+}
+
 static void take_output(sim_t *x) {
   uvmqtt__output_t o;
-  /* A completion inside written() may publish: that output is taken too. */
-  while (uvmqtt__session_take_output(&x->s, &o)) {
+  /* A completion inside written() may publish: that output is taken too.
+   * One write at a time, as a stream transport does. */
+  while (!x->wr_active && uvmqtt__session_take_output(&x->s, &o)) {
     CHECK(x, x->up, "no output without a connection");
     CHECK(x, !x->disconnected, "nothing leaves after DISCONNECT");
     size_t off = 0;
@@ -732,6 +752,11 @@ static void take_output(sim_t *x) {
     }
     memcpy(x->c2b + x->c2b_len, o.buf, o.len);
     x->c2b_len += o.len;
+    if (chance(x, 3)) {
+      x->wr = o;
+      x->wr_active = 1;
+      return;
+    }
     uvmqtt__session_written(&x->s, &o, 0, x->now);
   }
 }
@@ -797,7 +822,11 @@ static void client_lost(sim_t *x, int cut) {
     x->bk_session = 0;
     bk_forget_session(x);
   }
+  /* The write in progress fails, before or after the loss is reported. */
+  int late = x->wr_active && chance(x, 2);
+  if (!late) write_done(x, SIM_EWRITE);
   uvmqtt__session_lost(&x->s, UVMQTT_EDISCONNECTED, x->now);
+  if (late) write_done(x, SIM_EWRITE);
 }
 
 /* Delivers up to k broker packets, each in one or two reads. */
@@ -868,6 +897,11 @@ static void check_invariants(sim_t *x) {
     queued++;
     bytes += m->len;
   }
+  /* A write in progress still holds its QoS 0 messages. */
+  for (uvmqtt__msg_t *m = x->wr_active ? x->wr.msgs.head : NULL; m; m = m->next) {
+    queued++;
+    bytes += m->len;
+  }
   for (uvmqtt__req_t *r = s->reqs; r; r = r->next)
     check_ids(x, ids, &nids, r->id);
   CHECK(x, s->inflight == inflight, "inflight counts the window");
@@ -918,6 +952,8 @@ static void run_schedule(uint64_t seed) {
       if (!x->up) client_connect(x);
     } else if (e < 34) {
       if (x->up) client_lost(x, 1);
+    } else if (e < 46) {
+      write_done(x, 0);
     } else if (e < 50) {
       if (x->up) bk_read(x, chance(x, 3) ? below(x, 64) : x->c2b_len);
     } else if (e < 68) {
@@ -945,7 +981,8 @@ static void run_schedule(uint64_t seed) {
         }
       }
     } else if (e < 86) {
-      if (x->up) take_output(x); /* written before time passes */
+      write_done(x, 0); /* written before time passes */
+      if (x->up) take_output(x);
       x->now += chance(x, 4) ? below(x, 30000) : below(x, 2000);
       if (chance(x, 3) && uvmqtt__session_next_deadline(&x->s) > x->now)
         x->now = uvmqtt__session_next_deadline(&x->s);
@@ -978,6 +1015,7 @@ static void run_schedule(uint64_t seed) {
     check_invariants(x);
   }
   x->in_free = 1;
+  write_done(x, UVMQTT_ECLOSED);
   uvmqtt__session_free(&x->s, UVMQTT_ECLOSED);
   st_confirm(x, x->npend, 0);
   for (int i = 0; i < x->ntracks; i++)
