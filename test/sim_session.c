@@ -45,9 +45,9 @@
  * makes it another schedule): when the simulation changes, check that each
  * still fails with its fix reverted, and find it a new seed if not. */
 static const uint64_t regressions[] = {
-    1592618338, /* an until-delivered QoS 0 message failed at a connection loss */
+    1592614637, /* an until-delivered QoS 0 message failed at a connection loss */
     1592617462, /* a PUBLISH held for the store exceeded the new Receive Maximum */
-    1592614963, /* a store confirmation sent a DEADLINE message past its deadline */
+    1592616760, /* a store confirmation sent a DEADLINE message past its deadline */
 };
 
 /* The status a failed write completes with. */
@@ -70,8 +70,9 @@ static uint64_t splitmix64(uint64_t *x) {
 typedef struct {
   uint8_t qos;
   uint8_t policy;
-  uint8_t done;  /* publish_done calls */
-  uint8_t acked; /* the broker's ack for it reached the session */
+  uint8_t done;    /* publish_done calls */
+  uint8_t acked;   /* the broker's ack for it reached the session */
+  uint8_t refused; /* uvmqtt__session_publish() returned an error */
   uint64_t deadline;
 } track_t;
 
@@ -139,6 +140,7 @@ typedef struct {
   int bk_session;   /* it keeps a session for this client */
   int bk_connected; /* it read CONNECT on this connection */
   int bk_connack_sent;
+  uint8_t bk_alias_set[3]; /* Topic Aliases set up on this connection */
   uint8_t bk_clean;
   uint16_t bk_rx[MAX_PKTS]; /* incoming QoS 2 ids (PUBREC sent, waiting PUBREL) */
   int bk_rx_track[MAX_PKTS];
@@ -287,7 +289,9 @@ static void app_publish(sim_t *x) {
   int err = uvmqtt__session_publish(&x->s, topics[below(x, 4)], payload, len, &p, x->now);
   TRACE("  publish %d qos %u policy %u deadline %" PRIu64 ": %d\n", t, p.qos, p.policy,
         x->tracks[t].deadline, err);
-  if (err) x->ntracks--; /* refused: no callback, the slot is reused */
+  /* Refused: no callback. (A publish from inside a callback may have taken
+   * the next slot meanwhile, so the slot stays, marked.) */
+  if (err) x->tracks[t].refused = 1;
 }
 
 static int ev_connack(void *o, const uvmqtt_packet_t *pkt) {
@@ -323,7 +327,7 @@ static int ev_done(void *o, uvmqtt__msg_t *m, int status, uint8_t reason) {
   sim_t *x = o;
   (void)reason;
   int t = (int)(intptr_t)m->arg - 1;
-  CHECK(x, t >= 0 && t < x->ntracks, "publish_done for a known publish");
+  CHECK(x, t >= 0 && t < x->ntracks && !x->tracks[t].refused, "publish_done for a known publish");
   track_t *tr = &x->tracks[t];
   tr->done++;
   CHECK(x, tr->done == 1, "publish_done runs once per publish");
@@ -335,7 +339,8 @@ static int ev_done(void *o, uvmqtt__msg_t *m, int status, uint8_t reason) {
   /* A QoS 0 message handed to a write that failed may be gone or not: the
    * write's error is its outcome. */
   if (tr->policy == UVMQTT_DELIVERY_UNTIL_DELIVERED && status != 0 && !x->in_free &&
-      !(tr->qos == 0 && status == SIM_EWRITE))
+      !(tr->qos == 0 && status == SIM_EWRITE) &&
+      !(status == UVMQTT_EDROPPED && x->s.overflow == UVMQTT_OVERFLOW_DROP_OLDEST))
     CHECK(x,
           status == UVMQTT_EQOSNOTSUP || status == UVMQTT_ERETAINNOTSUP ||
               status == UVMQTT_EPKTTOOBIG || status == UVMQTT_ETOPICALIAS,
@@ -444,6 +449,15 @@ static void bk_send_publish(sim_t *x, bout_t *b, int dup) {
   p.u.publish.dup = (uint8_t)dup;
   p.u.publish.topic.data = (const uint8_t *)"in/x";
   p.u.publish.topic.len = 4;
+  if (x->version == UVMQTT_V5 && chance(x, 2)) {
+    /* A Topic Alias within the client's maximum (2): set up with the
+     * topic on first use on this connection, then used alone. */
+    uint16_t a = (uint16_t)(1 + below(x, 2));
+    p.props.has = 1ull << UVMQTT_PROP_TOPIC_ALIAS;
+    p.props.topic_alias = a;
+    if (x->bk_alias_set[a] && chance(x, 2)) p.u.publish.topic.len = 0;
+    x->bk_alias_set[a] = 1;
+  }
   p.u.publish.payload.data = (const uint8_t *)&b->num;
   p.u.publish.payload.len = 4;
   b2c_push(x, &p, -1);
@@ -723,7 +737,7 @@ static void take_output(sim_t *x) {
       if (p.type == UVMQTT_PUBLISH) {
         int t = -1;
         if (p.u.publish.payload.len >= 4) memcpy(&t, p.u.publish.payload.data, 4);
-        CHECK(x, t >= 0 && t < x->ntracks, "PUBLISH of a known publish");
+        CHECK(x, t >= 0 && t < x->ntracks && !x->tracks[t].refused, "PUBLISH of a known publish");
         track_t *tr = &x->tracks[t];
         CHECK(x, tr->done == 0, "no PUBLISH after its completion");
         CHECK(x, p.u.publish.qos <= x->lim_max_qos, "PUBLISH QoS within Maximum QoS");
@@ -789,6 +803,7 @@ static void client_connect(sim_t *x) {
   x->lim_alias_max = 0;
   x->bk_connected = 0;
   x->bk_connack_sent = 0;
+  memset(x->bk_alias_set, 0, sizeof x->bk_alias_set);
   uvmqtt_decoder_reset(&x->bdec);
   x->c2b_len = 0;
   b2c_clear(x);
@@ -845,7 +860,7 @@ static void deliver(sim_t *x, int k) {
     int err = uvmqtt__session_recv(&x->s, b.bytes, split, x->now);
     if (err == 0) err = uvmqtt__session_recv(&x->s, b.bytes + split, b.len - split, x->now);
     free(b.bytes);
-    if (err == UVMQTT_EREFUSED) {
+    if (err == UVMQTT_EREFUSED || err == UVMQTT_EDISCONNECTED) {
       client_lost(x, 0);
       return;
     }
@@ -933,6 +948,11 @@ static void run_schedule(uint64_t seed) {
   x->s.decide = decide;
   x->s.decide_state = x;
   if (chance(x, 3)) x->s.max_inflight = (uint16_t)(1 + below(x, 6));
+  if (chance(x, 4)) {
+    /* A short queue: publishes are refused, or the oldest unsent dropped. */
+    x->s.max_queued = 2 + below(x, 10);
+    x->s.overflow = chance(x, 2) ? UVMQTT_OVERFLOW_DROP_OLDEST : UVMQTT_OVERFLOW_REJECT_NEW;
+  }
   if (chance(x, 2)) {
     x->use_store = 1;
     x->store.state = x;
@@ -962,7 +982,10 @@ static void run_schedule(uint64_t seed) {
       /* Adjacent packets swap: acks and publishes cross on the wire. */
       if (x->nb2c >= 2) {
         int i = (int)below(x, (uint32_t)x->nb2c - 1);
-        if (x->b2c[i].type != UVMQTT_CONNACK && x->b2c[i + 1].type != UVMQTT_CONNACK) {
+        /* PUBLISHes keep their order (and their Topic Aliases' order). */
+        uint8_t t0 = x->b2c[i].type, t1 = x->b2c[i + 1].type;
+        if (t0 != UVMQTT_CONNACK && t1 != UVMQTT_CONNACK &&
+            !(t0 == UVMQTT_PUBLISH && t1 == UVMQTT_PUBLISH)) {
           b2c_t t = x->b2c[i];
           x->b2c[i] = x->b2c[i + 1];
           x->b2c[i + 1] = t;
@@ -971,8 +994,15 @@ static void run_schedule(uint64_t seed) {
     } else if (e < 76) {
       if (x->up && x->bk_connack_sent && x->bk_connected) bk_publish(x);
     } else if (e < 78) {
-      /* An ack for an id the client does not use. */
-      if (x->up && x->bk_connack_sent && x->nb2c < MAX_PKTS) {
+      if (x->version == UVMQTT_V5 && x->up && x->bk_connack_sent && chance(x, 4)) {
+        /* The broker ends the connection with a v5 DISCONNECT. */
+        uvmqtt_packet_t d;
+        memset(&d, 0, sizeof d);
+        d.type = UVMQTT_DISCONNECT;
+        d.reason = 0x8B;
+        b2c_push(x, &d, -1);
+      } else if (x->up && x->bk_connack_sent && x->nb2c < MAX_PKTS) {
+        /* An ack for an id the client does not use. */
         /* Far above the ids a schedule reaches, so that it stays unknown. */
         uint16_t id = (uint16_t)(60000 + below(x, 5535));
         if (!uvmqtt__session_id_in_use(&x->s, id)) {
@@ -1019,7 +1049,8 @@ static void run_schedule(uint64_t seed) {
   uvmqtt__session_free(&x->s, UVMQTT_ECLOSED);
   st_confirm(x, x->npend, 0);
   for (int i = 0; i < x->ntracks; i++)
-    CHECK(x, x->tracks[i].done == 1, "every accepted publish completes once by the end");
+    CHECK(x, x->tracks[i].done == !x->tracks[i].refused,
+          "every accepted publish completes once by the end");
   for (int i = 0; i < x->nreqs; i++)
     CHECK(x, x->reqs[i] == 1, "every accepted request completes once by the end");
   b2c_clear(x);
