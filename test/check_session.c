@@ -815,6 +815,46 @@ START_TEST(session_unsent_qos0_follows_policy_at_loss) {
 }
 END_TEST
 
+/* Publishes once from inside the callback of a dropped message. */
+static int ev_done_republish(void *o, uvmqtt__msg_t *m, int status, uint8_t reason) {
+  fixture_t *f = o;
+  ev_done(o, m, status, reason);
+  if (status == UVMQTT_EDROPPED && f->done == 1) {
+    uvmqtt__publish_t p;
+    memset(&p, 0, sizeof p);
+    p.policy = UVMQTT_DELIVERY_UNTIL_DELIVERED;
+    ck_assert_int_eq(uvmqtt__session_publish(&f->s, "again", "x", 1, &p, 0), 0);
+  }
+  return 0;
+}
+
+static const uvmqtt__session_events_t republish_events = {
+    ev_connack,    ev_message, ev_done_republish, ev_request,
+    ev_disconnect, ev_stored,  ev_wake,           ev_now};
+
+/* Under the drop-oldest rule a publish never fails for room once it dropped
+ * messages to make it, even when a callback of a dropped message publishes
+ * and takes the room meanwhile. */
+START_TEST(session_drop_oldest_room_kept_for_the_publish) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 0, 0);
+  f.s.ev = &republish_events;
+  connack(&f, 0, NULL);
+  f.s.max_inflight = 1;
+  f.s.max_queued = 2;
+  f.s.overflow = UVMQTT_OVERFLOW_DROP_OLDEST;
+  publish(&f, "sent", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);   /* in flight */
+  publish(&f, "queued", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0); /* waits for a slot */
+  publish(&f, "new", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  /* "queued" made room for "new"; the QoS 0 "again" published from its
+   * callback then dropped "new", the oldest unsent: each fate is reported. */
+  ck_assert_int_eq(f.done, 2);
+  ck_assert_int_eq(f.statuses[0], UVMQTT_EDROPPED);
+  ck_assert_int_eq(f.statuses[1], UVMQTT_EDROPPED);
+  teardown(&f);
+}
+END_TEST
+
 START_TEST(session_free_completes_everything) {
   fixture_t f;
   setup_session(&f, UVMQTT_V311, 0, 0);
@@ -1144,6 +1184,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(recon, session_custom_policy_decides_at_loss);
   tcase_add_test(recon, session_drop_policy_fails_at_loss);
   tcase_add_test(recon, session_queue_bounds);
+  tcase_add_test(recon, session_drop_oldest_room_kept_for_the_publish);
   tcase_add_test(recon, session_free_completes_everything);
   tcase_add_test(recon, session_unsent_qos0_follows_policy_at_loss);
   suite_add_tcase(s, recon);

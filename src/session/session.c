@@ -619,12 +619,31 @@ static void recompute_expiry(uvmqtt__session_t *s) {
   s->next_expiry = next;
 }
 
-static int make_room(uvmqtt__session_t *s, size_t len) {
-  while (s->queued + 1 > s->max_queued || s->queued_bytes + len > s->max_queued_bytes) {
-    if (s->overflow != UVMQTT_OVERFLOW_DROP_OLDEST || s->queue.head == NULL)
+/* Puts messages make_room() took back at the head of the queue, in order. */
+static void undrop(uvmqtt__session_t *s, uvmqtt__msg_list_t *dropped) {
+  if (dropped->head == NULL) return;
+  dropped->tail->next = s->queue.head;
+  s->queue.head = dropped->head;
+  if (s->queue.tail == NULL) s->queue.tail = dropped->tail;
+  dropped->head = dropped->tail = NULL;
+}
+
+/* Takes the oldest unsent messages into `dropped` until one more message of
+ * `len` bytes fits. They stay counted until the caller completes them, once
+ * the new message is queued: a publish from their callbacks must not take
+ * the room they made, or both would be lost. */
+static int make_room(uvmqtt__session_t *s, size_t len, uvmqtt__msg_list_t *dropped) {
+  uint32_t n = s->queued;
+  size_t bytes = s->queued_bytes;
+  while (n + 1 > s->max_queued || bytes + len > s->max_queued_bytes) {
+    if (s->overflow != UVMQTT_OVERFLOW_DROP_OLDEST || s->queue.head == NULL) {
+      undrop(s, dropped);
       return UVMQTT_EQUEUEFULL;
+    }
     uvmqtt__msg_t *old = list_pop(&s->queue);
-    msg_finish(s, old, UVMQTT_EDROPPED, 0);
+    n--;
+    bytes -= old->len;
+    list_push(dropped, old);
   }
   return 0;
 }
@@ -670,14 +689,19 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
   if (size < 0) return (int)size;
   if (connected(s) && s->broker_max_packet && (size_t)size > s->broker_max_packet)
     return UVMQTT_EPKTTOOBIG;
-  int err = make_room(s, (size_t)size);
+  uvmqtt__msg_list_t dropped = {NULL, NULL};
+  int err = make_room(s, (size_t)size, &dropped);
   if (err) return err;
 
   uvmqtt__msg_t *m = uvmqtt__malloc(sizeof *m + (size_t)size);
-  if (m == NULL) return UVMQTT_ENOMEM;
+  if (m == NULL) {
+    undrop(s, &dropped);
+    return UVMQTT_ENOMEM;
+  }
   ssize_t n = uvmqtt__encode_checked(&pkt, s->version, m->data, (size_t)size);
   if (n < 0) {
     uvmqtt__free(m);
+    undrop(s, &dropped);
     return (int)n;
   }
   /* The fixed header is the type byte plus the remaining-length varint. */
@@ -705,6 +729,7 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
     err = store_append(s, m);
     if (err) {
       uvmqtt__free(m);
+      undrop(s, &dropped);
       return err;
     }
   }
@@ -713,6 +738,7 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
   list_push(&s->queue, m);
   if (expirable(m) && (s->next_expiry == 0 || m->deadline < s->next_expiry))
     s->next_expiry = m->deadline;
+  finish_list(s, &dropped, UVMQTT_EDROPPED);
   uvmqtt__session_pump(s, now);
   return 0;
 }
