@@ -47,6 +47,7 @@
 static const uint64_t regressions[] = {
     1592614637, /* an until-delivered QoS 0 message failed at a connection loss */
     1592617462, /* a PUBLISH held for the store exceeded the new Receive Maximum */
+    1592614767, /* a publish dropped messages for room, then was refused for room */
     1592616760, /* a store confirmation sent a DEADLINE message past its deadline */
 };
 
@@ -100,6 +101,7 @@ typedef struct {
   uint64_t now;
   uint8_t version;
   int in_free;
+  int drops; /* messages completed with UVMQTT_EDROPPED */
   /* A write the transport has not completed: its bytes are on the wire, its
    * QoS 0 messages wait for the completion. */
   uvmqtt__output_t wr;
@@ -286,12 +288,15 @@ static void app_publish(sim_t *x) {
   x->tracks[t].qos = p.qos;
   x->tracks[t].policy = p.policy;
   x->tracks[t].deadline = p.policy == UVMQTT_DELIVERY_DEADLINE ? x->now + p.deadline_ms : 0;
+  int drops = x->drops;
   int err = uvmqtt__session_publish(&x->s, topics[below(x, 4)], payload, len, &p, x->now);
   TRACE("  publish %d qos %u policy %u deadline %" PRIu64 ": %d\n", t, p.qos, p.policy,
         x->tracks[t].deadline, err);
   /* Refused: no callback. (A publish from inside a callback may have taken
    * the next slot meanwhile, so the slot stays, marked.) */
   if (err) x->tracks[t].refused = 1;
+  CHECK(x, !(err == UVMQTT_EQUEUEFULL && x->drops != drops),
+        "a publish that dropped messages for room is not refused for room");
 }
 
 static int ev_connack(void *o, const uvmqtt_packet_t *pkt) {
@@ -330,6 +335,7 @@ static int ev_done(void *o, uvmqtt__msg_t *m, int status, uint8_t reason) {
   CHECK(x, t >= 0 && t < x->ntracks && !x->tracks[t].refused, "publish_done for a known publish");
   track_t *tr = &x->tracks[t];
   tr->done++;
+  if (status == UVMQTT_EDROPPED) x->drops++;
   CHECK(x, tr->done == 1, "publish_done runs once per publish");
   if (m->id) cin_remove(x, m->id);
   if (status == 0 && tr->qos > 0) CHECK(x, tr->acked, "no success without the broker's ack");
