@@ -24,6 +24,7 @@ typedef struct {
   int disconnects;
   int wakes;
   char last_topic[128];
+  uint64_t clock; /* what ev_now() reports */
   /* Decoded output of the last drain. */
   uint8_t *raw;
   size_t raw_len;
@@ -83,8 +84,13 @@ static void ev_wake(void *o) {
   ((fixture_t *)o)->wakes++;
 }
 
+/* The owner's clock, for what the session does outside its calls. */
+static uint64_t ev_now(void *o) {
+  return ((fixture_t *)o)->clock;
+}
+
 static const uvmqtt__session_events_t events = {ev_connack,    ev_message, ev_done, ev_request,
-                                                ev_disconnect, ev_stored,  ev_wake};
+                                                ev_disconnect, ev_stored,  ev_wake, ev_now};
 
 /* Takes the session's output and decodes every packet in it. */
 static int drain(fixture_t *f) {
@@ -788,6 +794,68 @@ START_TEST(session_subscribe_request_roundtrip) {
 }
 END_TEST
 
+/* Output the owner never took did not reach the socket: a QoS 0 message in
+ * it follows its delivery policy at the loss instead of failing. */
+START_TEST(session_unsent_qos0_follows_policy_at_loss) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 0, 0);
+  connack(&f, 0, NULL);
+  publish(&f, "kept", 0, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  publish(&f, "gone", 0, UVMQTT_DELIVERY_DROP, 0, 0, 0);
+  uvmqtt__session_lost(&f.s, UV_EOF, 1);
+  ck_assert_int_eq(f.done, 1);
+  ck_assert_int_eq(f.statuses[0], UV_EOF);
+  reconnect(&f, 1);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBLISH);
+  ck_assert_int_eq(f.out[0].u.publish.topic.len, 4);
+  ck_assert_int_eq(memcmp(f.out[0].u.publish.topic.data, "kept", 4), 0);
+  ck_assert_int_eq(f.done, 2);
+  ck_assert_int_eq(f.statuses[1], 0);
+  teardown(&f);
+}
+END_TEST
+
+/* Publishes once from inside the callback of a dropped message. */
+static int ev_done_republish(void *o, uvmqtt__msg_t *m, int status, uint8_t reason) {
+  fixture_t *f = o;
+  ev_done(o, m, status, reason);
+  if (status == UVMQTT_EDROPPED && f->done == 1) {
+    uvmqtt__publish_t p;
+    memset(&p, 0, sizeof p);
+    p.policy = UVMQTT_DELIVERY_UNTIL_DELIVERED;
+    ck_assert_int_eq(uvmqtt__session_publish(&f->s, "again", "x", 1, &p, 0), 0);
+  }
+  return 0;
+}
+
+static const uvmqtt__session_events_t republish_events = {
+    ev_connack,    ev_message, ev_done_republish, ev_request,
+    ev_disconnect, ev_stored,  ev_wake,           ev_now};
+
+/* Under the drop-oldest rule a publish never fails for room once it dropped
+ * messages to make it, even when a callback of a dropped message publishes
+ * and takes the room meanwhile. */
+START_TEST(session_drop_oldest_room_kept_for_the_publish) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 0, 0);
+  f.s.ev = &republish_events;
+  connack(&f, 0, NULL);
+  f.s.max_inflight = 1;
+  f.s.max_queued = 2;
+  f.s.overflow = UVMQTT_OVERFLOW_DROP_OLDEST;
+  publish(&f, "sent", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);   /* in flight */
+  publish(&f, "queued", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0); /* waits for a slot */
+  publish(&f, "new", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  /* "queued" made room for "new"; the QoS 0 "again" published from its
+   * callback then dropped "new", the oldest unsent: each fate is reported. */
+  ck_assert_int_eq(f.done, 2);
+  ck_assert_int_eq(f.statuses[0], UVMQTT_EDROPPED);
+  ck_assert_int_eq(f.statuses[1], UVMQTT_EDROPPED);
+  teardown(&f);
+}
+END_TEST
+
 START_TEST(session_free_completes_everything) {
   fixture_t f;
   setup_session(&f, UVMQTT_V311, 0, 0);
@@ -799,7 +867,8 @@ START_TEST(session_free_completes_everything) {
   publish(&f, "c", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0); /* queued */
   teardown(&f);
   ck_assert_int_eq(f.done, 3);
-  ck_assert_int_eq(f.statuses[0], UV_EOF); /* QoS 0 lost with the output */
+  /* The QoS 0 message never left the output, so its policy kept it. */
+  ck_assert_int_eq(f.statuses[0], UVMQTT_ECLOSED);
   ck_assert_int_eq(f.statuses[1], UVMQTT_ECLOSED);
   ck_assert_int_eq(f.statuses[2], UVMQTT_ECLOSED);
 }
@@ -914,6 +983,67 @@ START_TEST(session_store_phases_recorded) {
   /* An append confirmed after the session is gone is harmless. */
   ms.done[1](ms.done_arg[1], 0);
   ck_assert_int_eq(f.requests, 1000);
+}
+END_TEST
+
+/* A PUBLISH that waited for the store across a reconnect goes out within the
+ * new CONNACK's Receive Maximum, not the old connection's. */
+START_TEST(session_store_wait_honours_new_receive_maximum) {
+  mem_store_t ms;
+  memset(&ms, 0, sizeof ms);
+  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL};
+  fixture_t f;
+  setup_session(&f, UVMQTT_V5, 0, 0);
+  f.s.store = &store;
+  connack(&f, 0, NULL);
+  publish(&f, "s1", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  publish(&f, "s2", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
+  ck_assert_int_eq(drain(&f), 0); /* both wait for the store */
+  uvmqtt__session_lost(&f.s, UV_EOF, 1);
+  uvmqtt_packet_t c;
+  memset(&c, 0, sizeof c);
+  c.type = UVMQTT_CONNECT;
+  c.u.connect.protocol_level = UVMQTT_V5;
+  c.u.connect.client_id.data = (const uint8_t *)"sess";
+  c.u.connect.client_id.len = 4;
+  ck_assert_int_eq(uvmqtt__session_connect(&f.s, &c, 2), 0);
+  drain(&f);
+  uvmqtt_props_t props;
+  memset(&props, 0, sizeof props);
+  props.has = 1ull << UVMQTT_PROP_RECEIVE_MAXIMUM;
+  props.receive_maximum = 1;
+  connack(&f, 1, &props);
+  ck_assert_int_eq(ms_confirm(&ms), 2);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBLISH);
+  uint16_t id = f.out[0].packet_id;
+  feed_ack(&f, UVMQTT_PUBACK, id, 0, 3);
+  /* The second goes once the first is acknowledged. */
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBLISH);
+  ck_assert_uint_ne(f.out[0].packet_id, id);
+  teardown(&f);
+}
+END_TEST
+
+/* A PUBLISH held back for the store is judged against its deadline when the
+ * store confirms, at the owner's present time. */
+START_TEST(session_store_wait_honours_deadline) {
+  mem_store_t ms;
+  memset(&ms, 0, sizeof ms);
+  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL};
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 0, 0);
+  f.s.store = &store;
+  connack(&f, 0, NULL);
+  publish(&f, "s1", 1, UVMQTT_DELIVERY_DEADLINE, 100, 10, 0);
+  ck_assert_int_eq(drain(&f), 0); /* waits for the store */
+  f.clock = 500;                  /* the deadline (110) passed meanwhile */
+  ck_assert_int_eq(ms_confirm(&ms), 1);
+  ck_assert_int_eq(drain(&f), 0);
+  ck_assert_int_eq(f.done, 1);
+  ck_assert_int_eq(f.last_status, UVMQTT_EEXPIRED);
+  teardown(&f);
 }
 END_TEST
 
@@ -1533,7 +1663,9 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(recon, session_custom_policy_decides_at_loss);
   tcase_add_test(recon, session_drop_policy_fails_at_loss);
   tcase_add_test(recon, session_queue_bounds);
+  tcase_add_test(recon, session_drop_oldest_room_kept_for_the_publish);
   tcase_add_test(recon, session_free_completes_everything);
+  tcase_add_test(recon, session_unsent_qos0_follows_policy_at_loss);
   suite_add_tcase(s, recon);
 
   TCase *bad = tcase_create("bad_input");
@@ -1564,6 +1696,8 @@ Suite *uvmqtt_test_suite(void) {
 
   TCase *store = tcase_create("store");
   tcase_add_test(store, session_store_phases_recorded);
+  tcase_add_test(store, session_store_wait_honours_deadline);
+  tcase_add_test(store, session_store_wait_honours_new_receive_maximum);
   tcase_add_test(store, session_store_restore_resends_pubrel);
   tcase_add_test(store, session_store_close_keeps_unfinished);
   tcase_add_test(store, session_store_refusal_reported_later);

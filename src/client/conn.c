@@ -504,8 +504,13 @@ static void ev_wake(void *owner) {
   uvmqtt__client_schedule_flush(owner);
 }
 
+static uint64_t ev_now(void *owner) {
+  return uvmqtt__now(owner);
+}
+
 const uvmqtt__session_events_t uvmqtt__client_session_events = {
-    ev_connack, ev_message, ev_publish_done, ev_request_done, ev_disconnect, ev_stored, ev_wake};
+    ev_connack,    ev_message, ev_publish_done, ev_request_done,
+    ev_disconnect, ev_stored,  ev_wake,         ev_now};
 
 /* ---- Close
  * ---------------------------------------------------------------------------------------- */

@@ -620,12 +620,31 @@ static void recompute_expiry(uvmqtt__session_t *s) {
   s->next_expiry = next;
 }
 
-static int make_room(uvmqtt__session_t *s, size_t len) {
-  while (s->queued + 1 > s->max_queued || s->queued_bytes + len > s->max_queued_bytes) {
-    if (s->overflow != UVMQTT_OVERFLOW_DROP_OLDEST || s->queue.head == NULL)
+/* Puts messages make_room() took back at the head of the queue, in order. */
+static void undrop(uvmqtt__session_t *s, uvmqtt__msg_list_t *dropped) {
+  if (dropped->head == NULL) return;
+  dropped->tail->next = s->queue.head;
+  s->queue.head = dropped->head;
+  if (s->queue.tail == NULL) s->queue.tail = dropped->tail;
+  dropped->head = dropped->tail = NULL;
+}
+
+/* Takes the oldest unsent messages into `dropped` until one more message of
+ * `len` bytes fits. They stay counted until the caller completes them, once
+ * the new message is queued: a publish from their callbacks must not take
+ * the room they made, or both would be lost. */
+static int make_room(uvmqtt__session_t *s, size_t len, uvmqtt__msg_list_t *dropped) {
+  uint32_t n = s->queued;
+  size_t bytes = s->queued_bytes;
+  while (n + 1 > s->max_queued || bytes + len > s->max_queued_bytes) {
+    if (s->overflow != UVMQTT_OVERFLOW_DROP_OLDEST || s->queue.head == NULL) {
+      undrop(s, dropped);
       return UVMQTT_EQUEUEFULL;
+    }
     uvmqtt__msg_t *old = list_pop(&s->queue);
-    msg_finish(s, old, UVMQTT_EDROPPED, 0);
+    n--;
+    bytes -= old->len;
+    list_push(dropped, old);
   }
   return 0;
 }
@@ -671,14 +690,19 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
   if (size < 0) return (int)size;
   if (connected(s) && s->broker_max_packet && (size_t)size > s->broker_max_packet)
     return UVMQTT_EPKTTOOBIG;
-  int err = make_room(s, (size_t)size);
+  uvmqtt__msg_list_t dropped = {NULL, NULL};
+  int err = make_room(s, (size_t)size, &dropped);
   if (err) return err;
 
   uvmqtt__msg_t *m = uvmqtt__malloc(sizeof *m + (size_t)size);
-  if (m == NULL) return UVMQTT_ENOMEM;
+  if (m == NULL) {
+    undrop(s, &dropped);
+    return UVMQTT_ENOMEM;
+  }
   ssize_t n = uvmqtt__encode_checked(&pkt, s->version, m->data, (size_t)size);
   if (n < 0) {
     uvmqtt__free(m);
+    undrop(s, &dropped);
     return (int)n;
   }
   /* The fixed header is the type byte plus the remaining-length varint. */
@@ -706,6 +730,7 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
     err = store_append(s, m);
     if (err) {
       uvmqtt__free(m);
+      undrop(s, &dropped);
       return err;
     }
   }
@@ -714,6 +739,7 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
   list_push(&s->queue, m);
   if (expirable(m) && (s->next_expiry == 0 || m->deadline < s->next_expiry))
     s->next_expiry = m->deadline;
+  finish_list(s, &dropped, UVMQTT_EDROPPED);
   uvmqtt__session_pump(s, now);
   return 0;
 }
@@ -779,15 +805,30 @@ void uvmqtt__session_pump(uvmqtt__session_t *s, uint64_t now) {
 
 static void check_drained(uvmqtt__session_t *s, uint64_t now);
 
+/* The PUBLISHes in flight on the wire (sent, not yet completed) fill this
+ * connection's Receive Maximum or our own cap. */
+static int window_full(const uvmqtt__session_t *s) {
+  uint32_t sent = 0;
+  for (const uvmqtt__msg_t *m = s->window.head; m; m = m->next)
+    if (m->state == UVMQTT__MSG_WAIT_ACK || m->state == UVMQTT__MSG_WAIT_COMP) sent++;
+  return sent >= s->broker_receive_max || sent >= s->max_inflight;
+}
+
 /* The store confirmed the phase that lets m's next packet go. */
 static void phase_stored(uvmqtt__session_t *s, uvmqtt__msg_t *m) {
-  /* The session has no clock: the latest time it was given stands in. At
-   * worst keepalive sends one PINGREQ early. */
-  uint64_t now = s->last_send > s->last_recv ? s->last_send : s->last_recv;
+  /* The session has no clock: the owner's, or else the latest time it was
+   * given, which may be long past (a deadline would pass unnoticed). */
+  uint64_t now = s->ev->now                    ? s->ev->now(s->owner)
+                 : s->last_send > s->last_recv ? s->last_send
+                                               : s->last_recv;
   if (m->state == UVMQTT__MSG_WAIT_COMP) {
     if (out_ack(s, UVMQTT_PUBREL, m->id, 0, now) != 0) return; /* resent after the next CONNACK */
   } else if (m->state == UVMQTT__MSG_STORING) {
     int g = gate_publish(s, m, 0, now);
+    /* Its slot was counted under the limits of the connection it got its id
+     * on; after a reconnect the new CONNACK's Receive Maximum may be full
+     * with PUBLISHes already sent. */
+    if (g == 0 && window_full(s)) g = 1;
     uvmqtt__msg_t *prev = NULL;
     for (uvmqtt__msg_t *at = s->window.head; at != m; at = at->next)
       prev = at;
@@ -1177,10 +1218,14 @@ static void apply_loss_policy(uvmqtt__session_t *s, uvmqtt__msg_list_t *l, int i
 
 void uvmqtt__session_lost(uvmqtt__session_t *s, int status, uint64_t now) {
   uvmqtt__msg_t *m;
-  /* Output that never reached the socket: QoS 0 messages in it are lost
-   * with the connection (at most once). */
-  while ((m = list_pop(&s->out.msgs)) != NULL)
-    msg_finish(s, m, status, 0);
+  /* Output the owner never took did not reach the socket: its QoS 0
+   * messages were never sent, so they go back to the queue and their
+   * delivery policy decides below, like any unsent message. */
+  while ((m = list_pop(&s->out.msgs)) != NULL) {
+    m->state = UVMQTT__MSG_QUEUED;
+    m->sent = 0;
+    list_insert_by_seq(&s->queue, m);
+  }
   s->out.len = 0;
   s->out.has_ping = 0;
   s->state = UVMQTT__S_OFFLINE;

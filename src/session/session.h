@@ -109,6 +109,12 @@ typedef struct {
   /* Output appeared outside any call into the session (a store confirmed a
    * phase change, a drain finished): the owner should write it. */
   void (*wake)(void *owner);
+  /* The current time (ms, the origin of the times given to the session),
+   * for work that starts outside any call into the session (a store
+   * confirmation): a held-back PUBLISH is judged against its deadline at
+   * the present, not at the last time the session saw. May be NULL (then
+   * that last time stands in). */
+  uint64_t (*now)(void *owner);
 } uvmqtt__session_events_t;
 
 /* A store operation the store has not confirmed yet: an append (msg NULL,
