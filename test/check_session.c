@@ -991,7 +991,7 @@ END_TEST
 START_TEST(session_store_wait_honours_new_receive_maximum) {
   mem_store_t ms;
   memset(&ms, 0, sizeof ms);
-  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL};
+  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL, NULL, NULL};
   fixture_t f;
   setup_session(&f, UVMQTT_V5, 0, 0);
   f.s.store = &store;
@@ -1031,7 +1031,7 @@ END_TEST
 START_TEST(session_store_wait_honours_deadline) {
   mem_store_t ms;
   memset(&ms, 0, sizeof ms);
-  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL};
+  uvmqtt_store_t store = {&ms, ms_append, ms_update, ms_load, NULL, NULL, NULL};
   fixture_t f;
   setup_session(&f, UVMQTT_V311, 0, 0);
   f.s.store = &store;
