@@ -225,7 +225,7 @@ static void cb_connect(uvmqtt_client_t *client, int status, const uvmqtt_connack
   p->connect_status = status;
   p->connect_ms = uv_now(&g_loop) - p->started_ms;
   if (status == 0) {
-    if (p->connect_ok < 8) p->reused[p->connect_ok] = uvmqtt__tls_ctx_reused(client->impl->tls);
+    if (p->connect_ok < 8) p->reused[p->connect_ok] = uvmqtt__tls_ctx_reused(client->impl->cfg->tls);
     p->connect_ok++;
   }
   if (p->connected) p->connected(p, status);

@@ -68,41 +68,30 @@ static char *make_client_id(int *err) {
   return dup_str(id, err);
 }
 
-void uvmqtt__client_free(uvmqtt__client_t *c) {
-  uvmqtt__session_free(&c->sess, UVMQTT_ECLOSED);
-  for (uint32_t i = 0; i < c->uri_count; i++)
-    uvmqtt__free(c->uris[i]);
-  uvmqtt__free(c->uris);
-  uvmqtt__free(c->client_id);
-  uvmqtt__free(c->username);
-  uvmqtt__free(c->password);
-  uvmqtt__free(c->will_topic);
-  uvmqtt__free(c->will_payload);
-  uvmqtt__free(c->will_props);
-  uvmqtt__free(c->connect_props);
-  uvmqtt__free(c->spare_write);
-  uvmqtt__subs_free(c);
-  uvmqtt__tls_ctx_free(c->tls);
-  uvmqtt__free(c);
+static void creds_free(uvmqtt__creds_t *cr) {
+  if (cr == NULL) return;
+  uvmqtt__free(cr->username);
+  uvmqtt__free(cr->password);
+  uvmqtt__free(cr);
 }
 
-static int copy_uris(uvmqtt__client_t *c, const uvmqtt_options_t *o) {
-  size_t n = o->uri_count ? o->uri_count : 1;
-  if (o->uri_count == 0 && o->uri == NULL) return UVMQTT_EINVAL;
-  if (n > 1024) return UVMQTT_EINVAL;
-  c->uris = uvmqtt__calloc(n, sizeof *c->uris);
-  if (c->uris == NULL) return UVMQTT_ENOMEM;
-  for (size_t i = 0; i < n; i++) {
-    const char *u = o->uri_count ? o->uris[i] : o->uri;
-    uvmqtt__uri_t parsed;
-    int err = uvmqtt__uri_parse(u, &parsed);
-    if (err) return err;
-    err = 0;
-    c->uris[i] = dup_str(u, &err);
-    if (err) return err;
-    c->uri_count = (uint32_t)(i + 1);
-  }
-  return 0;
+static void own_uris_free(uvmqtt__client_t *c) {
+  if (c->own_uris == NULL) return;
+  for (uint32_t i = 0; i < c->cfg->uri_count; i++)
+    uvmqtt__free(c->own_uris[i]);
+  uvmqtt__free(c->own_uris);
+  c->own_uris = NULL;
+}
+
+void uvmqtt__client_free(uvmqtt__client_t *c) {
+  uvmqtt__session_free(&c->sess, UVMQTT_ECLOSED);
+  if (c->cfg) own_uris_free(c);
+  uvmqtt__free(c->client_id);
+  creds_free(c->creds);
+  uvmqtt__free(c->spare_write);
+  uvmqtt__subs_free(c);
+  if (c->cfg) uvmqtt__config_put(c->lp, c->cfg);
+  uvmqtt__free(c);
 }
 
 static int validate_options(const uvmqtt_options_t *o) {
@@ -133,61 +122,27 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
   client->loop = loop;
   client->impl = c;
   c->handle = client;
-  if (cbs) c->cbs = *cbs;
-  err = copy_uris(c, opts);
+  c->heap_idx = UINT32_MAX;
+  c->lp = uvmqtt__loop_ref(loop, opts->max_connecting);
+  if (c->lp == NULL) {
+    uvmqtt__free(c);
+    client->impl = NULL;
+    return UVMQTT_ENOMEM;
+  }
+  err = uvmqtt__config_get(c->lp, opts, cbs, &c->cfg);
   if (err == 0) {
-    int copy_err = 0;
-    c->client_id =
-        (opts->client_id && opts->client_id[0])
-            ? dup_str(opts->client_id, &copy_err)
-            : (opts->version == UVMQTT_V5 ? dup_str("", &copy_err) : make_client_id(&copy_err));
-    c->username = dup_str(opts->username, &copy_err);
-    if (opts->password) {
-      c->password = dup_bytes(opts->password, opts->password_len, &copy_err);
-      c->password_len = opts->password_len;
-      c->has_password = 1;
-    }
-    if (opts->will_topic) {
-      c->will_topic = dup_str(opts->will_topic, &copy_err);
-      c->will_payload = dup_bytes(opts->will_payload, opts->will_payload_len, &copy_err);
-      c->will_payload_len = opts->will_payload_len;
-      c->will_props = uvmqtt__props_clone(opts->will_props, &copy_err);
-    }
-    if (copy_err == 0) c->connect_props = uvmqtt__props_clone(opts->connect_props, &copy_err);
-    err = copy_err;
+    c->client_id = (opts->client_id && opts->client_id[0])
+                       ? dup_str(opts->client_id, &err)
+                       : (opts->version == UVMQTT_V5 ? dup_str("", &err) : make_client_id(&err));
   }
-  /* Loading CAs and keys now turns a bad file into an init error. */
-  int want_tls = opts->tls != NULL;
-  for (uint32_t i = 0; err == 0 && !want_tls && i < c->uri_count; i++) {
-    uvmqtt__uri_t parsed;
-    want_tls = uvmqtt__uri_parse(c->uris[i], &parsed) == 0 && parsed.scheme == UVMQTT__SCHEME_TLS;
-  }
-  if (err == 0 && want_tls) err = uvmqtt__tls_ctx_new(opts->tls, &c->tls);
   if (err) {
+    uvmqtt__loop_t *lp = c->lp;
     uvmqtt__client_free(c);
+    uvmqtt__loop_unref(lp);
     client->impl = NULL;
     return err;
   }
-  c->version = opts->version;
-  c->clean_start = opts->clean_start;
-  c->keepalive = opts->keepalive;
-  c->will_qos = opts->will_qos;
-  c->will_retain = opts->will_retain;
-  c->connect_timeout_ms = opts->connect_timeout_ms ? opts->connect_timeout_ms : 10000;
-  c->no_reconnect = opts->no_reconnect;
-  c->no_max_packet_size = opts->no_max_packet_size;
-  c->disconnect_timeout_ms = opts->disconnect_timeout_ms ? opts->disconnect_timeout_ms : 2000;
-  c->reconnect = opts->reconnect;
-  if (c->reconnect.fn == NULL && !c->no_reconnect) {
-    c->default_backoff.min_ms = 500;
-    c->default_backoff.max_ms = 30000;
-    c->reconnect.fn = uvmqtt_reconnect_backoff;
-    c->reconnect.state = &c->default_backoff;
-  }
-  c->delivery = opts->delivery;
-  if (c->delivery.kind == UVMQTT_DELIVERY_DEFAULT)
-    c->delivery.kind = UVMQTT_DELIVERY_UNTIL_DELIVERED;
-  uvmqtt__session_init(&c->sess, c, &uvmqtt__client_session_events, c->version);
+  uvmqtt__session_init(&c->sess, c, &uvmqtt__client_session_events, c->cfg->version);
   if (opts->max_queued) c->sess.max_queued = opts->max_queued;
   if (opts->max_queued_bytes) c->sess.max_queued_bytes = opts->max_queued_bytes;
   c->sess.overflow = opts->overflow;
@@ -202,17 +157,12 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
     c->sess.wall_offset_ms = unix_ms - (int64_t)uv_now(loop);
     err = uvmqtt__session_restore(&c->sess, uv_now(loop));
     if (err) {
+      uvmqtt__loop_t *lp = c->lp;
       uvmqtt__client_free(c);
+      uvmqtt__loop_unref(lp);
       client->impl = NULL;
       return err;
     }
-  }
-  c->heap_idx = UINT32_MAX;
-  c->lp = uvmqtt__loop_ref(loop, opts->max_connecting);
-  if (c->lp == NULL) {
-    uvmqtt__client_free(c);
-    client->impl = NULL;
-    return UVMQTT_ENOMEM;
   }
   return 0;
 }
@@ -246,7 +196,7 @@ int uvmqtt_publish(uvmqtt_client_t *client, const char *topic, const void *paylo
   int err = 0;
   uvmqtt__client_t *c = impl_of(client, &err);
   if (c == NULL) return err;
-  uvmqtt_delivery_t d = c->delivery;
+  uvmqtt_delivery_t d = c->cfg->delivery;
   if (opts && opts->delivery.kind != UVMQTT_DELIVERY_DEFAULT) d = opts->delivery;
   if (d.kind > UVMQTT_DELIVERY_CUSTOM) return UVMQTT_EINVAL;
   if (d.kind == UVMQTT_DELIVERY_CUSTOM && c->sess.decide == NULL) return UVMQTT_EINVAL;
@@ -292,7 +242,7 @@ int uvmqtt_subscribe(uvmqtt_client_t *client, const uvmqtt_topic_sub_t *subs, si
   p.type = UVMQTT_SUBSCRIBE;
   p.u.subscribe.subs = subs;
   p.u.subscribe.count = (uint32_t)count;
-  if (props && c->version == UVMQTT_V5) p.props = *props;
+  if (props && c->cfg->version == UVMQTT_V5) p.props = *props;
   err = uvmqtt__session_request(&c->sess, &p, (uvmqtt__cb_fn)cb, arg, uvmqtt__now(c));
   if (err) {
     uvmqtt__subs_discard(&batch);
@@ -343,8 +293,8 @@ int uvmqtt_disconnect(uvmqtt_client_t *client, uint8_t reason) {
   switch (c->state) {
   case UVMQTT__C_CONNECTED:
     c->state = UVMQTT__C_DISCONNECTING;
-    c->stop_deadline = uvmqtt__now(c) + c->disconnect_timeout_ms;
-    err = uvmqtt__session_stop(&c->sess, c->version == UVMQTT_V5 ? reason : 0, uvmqtt__now(c));
+    c->stop_deadline = uvmqtt__now(c) + c->cfg->disconnect_timeout_ms;
+    err = uvmqtt__session_stop(&c->sess, c->cfg->version == UVMQTT_V5 ? reason : 0, uvmqtt__now(c));
     if (err < 0)
       uvmqtt__client_lost(c, err);
     else
@@ -405,19 +355,19 @@ int uvmqtt_client_set_credentials(uvmqtt_client_t *client, const char *username,
   uvmqtt__client_t *c = impl_of(client, &err);
   if (c == NULL) return err;
   if (password_len && password == NULL) return UVMQTT_EINVAL;
-  char *user = dup_str(username, &err);
-  uint8_t *pass = password ? dup_bytes(password, password_len, &err) : NULL;
+  uvmqtt__creds_t *cr = uvmqtt__calloc(1, sizeof *cr);
+  if (cr == NULL) return UVMQTT_ENOMEM;
+  cr->username = dup_str(username, &err);
+  cr->password = password ? dup_bytes(password, password_len, &err) : NULL;
+  cr->password_len = password_len;
+  cr->has_password = password != NULL;
   if (err) {
-    uvmqtt__free(user);
-    uvmqtt__free(pass);
+    creds_free(cr);
     return err;
   }
-  uvmqtt__free(c->username);
-  uvmqtt__free(c->password);
-  c->username = user;
-  c->password = pass;
-  c->password_len = password_len;
-  c->has_password = password != NULL;
+  /* This client's alone: the options it shares stay as they are. */
+  creds_free(c->creds);
+  c->creds = cr;
   return 0;
 }
 
@@ -430,8 +380,19 @@ int uvmqtt_client_set_uri(uvmqtt_client_t *client, const char *uri) {
   if (err) return err;
   char *copy = dup_str(uri, &err);
   if (err) return err;
-  uint32_t i = c->uri_index % c->uri_count;
-  uvmqtt__free(c->uris[i]);
-  c->uris[i] = copy;
+  if (c->own_uris == NULL) {
+    /* A private server list, so the clients sharing the options keep theirs. */
+    c->own_uris = uvmqtt__calloc(c->cfg->uri_count, sizeof *c->own_uris);
+    for (uint32_t i = 0; c->own_uris && err == 0 && i < c->cfg->uri_count; i++)
+      c->own_uris[i] = dup_str(c->cfg->uris[i], &err);
+    if (c->own_uris == NULL || err) {
+      own_uris_free(c);
+      uvmqtt__free(copy);
+      return UVMQTT_ENOMEM;
+    }
+  }
+  uint32_t i = c->uri_index % c->cfg->uri_count;
+  uvmqtt__free(c->own_uris[i]);
+  c->own_uris[i] = copy;
   return 0;
 }

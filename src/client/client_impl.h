@@ -40,6 +40,43 @@ typedef struct uvmqtt__write_s {
   uvmqtt__output_t out;
 } uvmqtt__write_t;
 
+/* Options as the client keeps them: copied once per distinct set of
+ * options in a loop and shared by reference (config.c). */
+typedef struct uvmqtt__config_s {
+  struct uvmqtt__config_s *next; /* the loop's configurations */
+  uint32_t refs;
+  uint64_t hash;
+  uint8_t *key; /* the options reduced to bytes, for finding an equal set */
+  size_t key_len;
+  char **uris;
+  uint32_t uri_count;
+  char *username;
+  uint8_t *password;
+  size_t password_len;
+  char *will_topic;
+  uint8_t *will_payload;
+  size_t will_payload_len;
+  uvmqtt_props_t *will_props;
+  uvmqtt_props_t *connect_props;
+  uint32_t connect_timeout_ms;
+  uint32_t disconnect_timeout_ms;
+  uint16_t keepalive;
+  uint8_t version;
+  uint8_t clean_start;
+  uint8_t will_qos;
+  uint8_t will_retain;
+  uint8_t has_password;
+  uint8_t no_reconnect;
+  uint8_t no_max_packet_size;
+  uvmqtt_reconnect_policy_t reconnect;
+  uvmqtt_backoff_t default_backoff;
+  uvmqtt_delivery_t delivery;
+  uvmqtt_callbacks_t cbs;
+  /* TLS: the SSL_CTX built from the options and the last session, for
+   * resumption (transport/tls.h); NULL until a TLS server needs it. */
+  struct uvmqtt__tls_ctx_s *tls;
+} uvmqtt__config_t;
+
 /* Where a client stands in its loop's connection pacing (loop.c). */
 typedef enum {
   UVMQTT__PACE_NONE = 0,
@@ -56,6 +93,7 @@ typedef struct uvmqtt__loop_s {
   uv_loop_t *loop;
   uint32_t refs;
   uint8_t closing;
+  uint8_t timer_open; /* the timer is initialised (from the first deadline on) */
   uv_timer_t timer;
   uint64_t timer_due;
   uvmqtt__client_t **heap; /* clients with a deadline, earliest first */
@@ -63,6 +101,7 @@ typedef struct uvmqtt__loop_s {
   uint32_t connecting; /* attempts holding a slot */
   uint32_t max_connecting;
   uvmqtt__client_t *wait_head, *wait_tail; /* attempts waiting for a slot */
+  uvmqtt__config_t *configs;
 } uvmqtt__loop_t;
 
 struct uvmqtt__client_s {
@@ -73,34 +112,13 @@ struct uvmqtt__client_s {
   uint32_t heap_idx;
   uint8_t pace; /* uvmqtt__pace_t */
   uvmqtt__client_t *pace_next;
-  uvmqtt_callbacks_t cbs;
-
-  /* Options (owned copies). */
-  char **uris;
-  uint32_t uri_count;
-  uint32_t uri_index;
+  uvmqtt__config_t *cfg; /* the options, shared with the loop's clients that have the same */
+  /* Per client: the id (the broker may assign one), the place in the server
+   * list, and what pre_connect hooks replaced for this client alone. */
   char *client_id;
-  char *username;
-  uint8_t *password;
-  size_t password_len;
-  char *will_topic;
-  uint8_t *will_payload;
-  size_t will_payload_len;
-  uvmqtt_props_t *will_props;
-  uvmqtt_props_t *connect_props;
-  uint32_t connect_timeout_ms;
-  uint16_t keepalive;
-  uint8_t version;
-  uint8_t clean_start;
-  uint8_t will_qos;
-  uint8_t will_retain;
-  uint8_t has_password;
-  uint8_t no_reconnect;
-  uint8_t no_max_packet_size;
-  uint32_t disconnect_timeout_ms;
-  uvmqtt_reconnect_policy_t reconnect;
-  uvmqtt_backoff_t default_backoff;
-  uvmqtt_delivery_t delivery;
+  uint32_t uri_index;
+  char **own_uris;               /* a private copy of cfg->uris after uvmqtt_client_set_uri */
+  struct uvmqtt__creds_s *creds; /* after uvmqtt_client_set_credentials */
 
   /* State. */
   uint8_t state;
@@ -127,10 +145,21 @@ struct uvmqtt__client_s {
   uint32_t sub_batches;
   uvmqtt_close_cb close_cb;
   uvmqtt_stats_t stats;
-  /* TLS: the SSL_CTX built from the options and the last session, for
-   * resumption (transport_tls.h); NULL until a TLS server needs it. */
-  struct uvmqtt__tls_ctx_s *tls;
 };
+
+/* Credentials a pre_connect hook set for one client. */
+typedef struct uvmqtt__creds_s {
+  char *username;
+  uint8_t *password;
+  size_t password_len;
+  uint8_t has_password;
+} uvmqtt__creds_t;
+
+/* The current server of the list. */
+static inline const char *uvmqtt__client_uri(const uvmqtt__client_t *c) {
+  uint32_t i = c->uri_index % c->cfg->uri_count;
+  return c->own_uris ? c->own_uris[i] : c->cfg->uris[i];
+}
 
 /* Subscriptions (subs.c). A subscribe first prepares its entries (every
  * allocation), then queues the SUBSCRIBE, then commits them, so that a call
@@ -167,6 +196,13 @@ void uvmqtt__client_schedule_flush(uvmqtt__client_t *c);
 void uvmqtt__client_arm(uvmqtt__client_t *c);
 /* The loop's timer reached the client's deadline. */
 void uvmqtt__client_on_timer(uvmqtt__client_t *c, uint64_t now);
+
+/* Finds the loop's configuration equal to these options, or makes one
+ * (loading TLS files then). Returns 0 or UVMQTT_EINVAL, UVMQTT_EBADURI,
+ * UVMQTT_ENOMEM, UVMQTT_ETLSCONFIG. */
+int uvmqtt__config_get(uvmqtt__loop_t *lp, const uvmqtt_options_t *o, const uvmqtt_callbacks_t *cbs,
+                       uvmqtt__config_t **out);
+void uvmqtt__config_put(uvmqtt__loop_t *lp, uvmqtt__config_t *cfg);
 
 /* The loop context (loop.c). ref returns NULL when out of memory. */
 uvmqtt__loop_t *uvmqtt__loop_ref(uv_loop_t *loop, uint32_t max_connecting);

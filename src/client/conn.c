@@ -64,7 +64,7 @@ static void close_transport(uvmqtt__client_t *c) {
  * sent instead of receiving a reset. */
 static void half_close(uvmqtt__client_t *c) {
   c->shut = 1;
-  c->stop_deadline = uvmqtt__now(c) + c->disconnect_timeout_ms;
+  c->stop_deadline = uvmqtt__now(c) + c->cfg->disconnect_timeout_ms;
   if (uvmqtt__transport_shutdown(&c->tr) != 0) close_transport(c);
 }
 
@@ -119,34 +119,36 @@ static void build_connect(uvmqtt__client_t *c, uvmqtt_packet_t *p) {
   memset(p, 0, sizeof *p);
   p->type = UVMQTT_CONNECT;
   uvmqtt_connect_t *cn = &p->u.connect;
-  cn->protocol_level = c->version;
-  cn->clean_start = c->clean_start;
-  cn->keep_alive = c->keepalive;
+  cn->protocol_level = c->cfg->version;
+  cn->clean_start = c->cfg->clean_start;
+  cn->keep_alive = c->cfg->keepalive;
   cn->client_id.data = (const uint8_t *)c->client_id;
   cn->client_id.len = (uint32_t)strlen(c->client_id);
-  if (c->will_topic) {
+  if (c->cfg->will_topic) {
     cn->will = 1;
-    cn->will_qos = c->will_qos;
-    cn->will_retain = c->will_retain;
-    cn->will_topic.data = (const uint8_t *)c->will_topic;
-    cn->will_topic.len = (uint32_t)strlen(c->will_topic);
-    cn->will_payload.data = c->will_payload;
-    cn->will_payload.len = (uint32_t)c->will_payload_len;
-    if (c->will_props && c->version == UVMQTT_V5) cn->will_props = *c->will_props;
+    cn->will_qos = c->cfg->will_qos;
+    cn->will_retain = c->cfg->will_retain;
+    cn->will_topic.data = (const uint8_t *)c->cfg->will_topic;
+    cn->will_topic.len = (uint32_t)strlen(c->cfg->will_topic);
+    cn->will_payload.data = c->cfg->will_payload;
+    cn->will_payload.len = (uint32_t)c->cfg->will_payload_len;
+    if (c->cfg->will_props && c->cfg->version == UVMQTT_V5) cn->will_props = *c->cfg->will_props;
   }
-  if (c->username) {
+  /* Credentials a pre_connect hook set win over the options. */
+  const char *username = c->creds ? c->creds->username : c->cfg->username;
+  if (username) {
     cn->has_username = 1;
-    cn->username.data = (const uint8_t *)c->username;
-    cn->username.len = (uint32_t)strlen(c->username);
+    cn->username.data = (const uint8_t *)username;
+    cn->username.len = (uint32_t)strlen(username);
   }
-  if (c->has_password) {
+  if (c->creds ? c->creds->has_password : c->cfg->has_password) {
     cn->has_password = 1;
-    cn->password.data = c->password;
-    cn->password.len = (uint32_t)c->password_len;
+    cn->password.data = c->creds ? c->creds->password : c->cfg->password;
+    cn->password.len = (uint32_t)(c->creds ? c->creds->password_len : c->cfg->password_len);
   }
-  if (c->version == UVMQTT_V5) {
-    if (c->connect_props) p->props = *c->connect_props;
-    if (!c->no_max_packet_size && !UVMQTT_HAS(&p->props, UVMQTT_PROP_MAXIMUM_PACKET_SIZE)) {
+  if (c->cfg->version == UVMQTT_V5) {
+    if (c->cfg->connect_props) p->props = *c->cfg->connect_props;
+    if (!c->cfg->no_max_packet_size && !UVMQTT_HAS(&p->props, UVMQTT_PROP_MAXIMUM_PACKET_SIZE)) {
       p->props.has |= 1ull << UVMQTT_PROP_MAXIMUM_PACKET_SIZE;
       p->props.maximum_packet_size = c->sess.our_max_packet;
     }
@@ -162,18 +164,18 @@ static void run_attempt(uvmqtt__client_t *c) {
   c->fail_status = 0;
   c->shut = 0;
   c->state = UVMQTT__C_CONNECTING;
-  if (c->cbs.pre_connect) c->cbs.pre_connect(c->handle, c->attempt);
+  if (c->cfg->cbs.pre_connect) c->cfg->cbs.pre_connect(c->handle, c->attempt);
   if (c->closing || c->state != UVMQTT__C_CONNECTING) return; /* the hook closed or stopped us */
   uvmqtt__uri_t uri;
-  int err = uvmqtt__uri_parse(c->uris[c->uri_index % c->uri_count], &uri);
+  int err = uvmqtt__uri_parse(uvmqtt__client_uri(c), &uri);
   if (err == 0 && uri.scheme != UVMQTT__SCHEME_TCP && uri.scheme != UVMQTT__SCHEME_TLS)
     err = UVMQTT_EBADURI;
   /* The timeout starts now, not when the attempt was queued. */
-  c->connect_deadline = uvmqtt__now(c) + c->connect_timeout_ms;
+  c->connect_deadline = uvmqtt__now(c) + c->cfg->connect_timeout_ms;
   if (err == 0) {
     if (uri.scheme == UVMQTT__SCHEME_TLS)
       err = uvmqtt__transport_tls_init(&c->tr, c->handle->loop, &uvmqtt__client_transport_cbs,
-                                       &c->tls);
+                                       &c->cfg->tls);
     else
       uvmqtt__transport_tcp_init(&c->tr, c->handle->loop, &uvmqtt__client_transport_cbs);
     c->tr.data = c;
@@ -213,12 +215,12 @@ static void after_loss(uvmqtt__client_t *c) {
   info.connected_ms = was_connected ? now - c->connected_at : 0;
   info.down_ms = now - c->down_since;
   c->connected_at = 0;
-  if (!was_connected && c->cbs.on_connect) {
+  if (!was_connected && c->cfg->cbs.on_connect) {
     uvmqtt_connack_t ack;
     memset(&ack, 0, sizeof ack);
     ack.reason = c->last_reason;
-    ack.server = c->uris[c->uri_index % c->uri_count];
-    c->cbs.on_connect(c->handle, c->last_status, &ack);
+    ack.server = uvmqtt__client_uri(c);
+    c->cfg->cbs.on_connect(c->handle, c->last_status, &ack);
     if (c->closing) return;
     if (c->state == UVMQTT__C_STOPPED) {
       /* uvmqtt_disconnect() from on_connect: no retry. */
@@ -227,14 +229,15 @@ static void after_loss(uvmqtt__client_t *c) {
       d.status = c->last_status;
       d.reason = c->last_reason;
       d.attempt = c->failures;
-      if (c->cbs.on_disconnect) c->cbs.on_disconnect(c->handle, &d);
+      if (c->cfg->cbs.on_disconnect) c->cfg->cbs.on_disconnect(c->handle, &d);
       return;
     }
   }
   /* The next attempt goes to the next server of the list. */
-  c->uri_index = (c->uri_index + 1) % c->uri_count;
+  c->uri_index = (c->uri_index + 1) % c->cfg->uri_count;
   int64_t delay = -1;
-  if (!c->no_reconnect && c->reconnect.fn) delay = c->reconnect.fn(c->reconnect.state, &info);
+  if (!c->cfg->no_reconnect && c->cfg->reconnect.fn)
+    delay = c->cfg->reconnect.fn(c->cfg->reconnect.state, &info);
   uvmqtt_disconnect_t d;
   memset(&d, 0, sizeof d);
   d.status = c->last_status;
@@ -247,9 +250,9 @@ static void after_loss(uvmqtt__client_t *c) {
     d.retry_in_ms = (uint64_t)delay;
   } else {
     c->state = UVMQTT__C_STOPPED;
-    if (!c->no_reconnect && c->reconnect.fn) d.status = UVMQTT_EGAVEUP;
+    if (!c->cfg->no_reconnect && c->cfg->reconnect.fn) d.status = UVMQTT_EGAVEUP;
   }
-  if (c->cbs.on_disconnect) c->cbs.on_disconnect(c->handle, &d);
+  if (c->cfg->cbs.on_disconnect) c->cfg->cbs.on_disconnect(c->handle, &d);
 }
 
 void uvmqtt__client_lost(uvmqtt__client_t *c, int status) {
@@ -345,11 +348,11 @@ static void tr_on_close(uvmqtt__transport_t *t) {
     c->connected_at = 0;
     c->stats.connected = 0;
     uvmqtt__session_lost(&c->sess, UVMQTT_ENOTCONN, uvmqtt__now(c));
-    if (was_connected && c->cbs.on_disconnect && !c->closing) {
+    if (was_connected && c->cfg->cbs.on_disconnect && !c->closing) {
       /* The end of a uvmqtt_disconnect(): status 0, no retry. */
       uvmqtt_disconnect_t d;
       memset(&d, 0, sizeof d);
-      c->cbs.on_disconnect(c->handle, &d);
+      c->cfg->cbs.on_disconnect(c->handle, &d);
       if (c->closing) return;
     }
   } else if (c->state == UVMQTT__C_DROPPING) {
@@ -386,7 +389,7 @@ void uvmqtt__client_on_timer(uvmqtt__client_t *c, uint64_t now) {
       close_transport(c); /* the broker did not close in time (or the socket is stuck) */
     } else {
       (void)uvmqtt__session_stop_now(&c->sess, now); /* the drain ran out of time */
-      c->stop_deadline = now + c->disconnect_timeout_ms;
+      c->stop_deadline = now + c->cfg->disconnect_timeout_ms;
     }
   }
   if (c->closing) return;
@@ -423,7 +426,8 @@ static int ev_connack(void *owner, const uvmqtt_packet_t *p) {
   c->stats.connected = 1;
   if (c->ever_connected) c->stats.reconnects++;
   c->ever_connected = 1;
-  if (c->version == UVMQTT_V5 && UVMQTT_HAS(&p->props, UVMQTT_PROP_ASSIGNED_CLIENT_IDENTIFIER)) {
+  if (c->cfg->version == UVMQTT_V5 &&
+      UVMQTT_HAS(&p->props, UVMQTT_PROP_ASSIGNED_CLIENT_IDENTIFIER)) {
     uvmqtt_bytes_t id = p->props.assigned_client_identifier;
     char *copy = uvmqtt__malloc(id.len + 1);
     if (copy) {
@@ -433,14 +437,14 @@ static int ev_connack(void *owner, const uvmqtt_packet_t *p) {
       c->client_id = copy;
     }
   }
-  if (!p->session_present || c->clean_start) uvmqtt__subs_resend(c, now);
-  if (c->cbs.on_connect) {
+  if (!p->session_present || c->cfg->clean_start) uvmqtt__subs_resend(c, now);
+  if (c->cfg->cbs.on_connect) {
     uvmqtt_connack_t ack;
     ack.reason = 0;
     ack.session_present = p->session_present;
-    ack.props = c->version == UVMQTT_V5 ? &p->props : NULL;
-    ack.server = c->uris[c->uri_index % c->uri_count];
-    c->cbs.on_connect(c->handle, 0, &ack);
+    ack.props = c->cfg->version == UVMQTT_V5 ? &p->props : NULL;
+    ack.server = uvmqtt__client_uri(c);
+    c->cfg->cbs.on_connect(c->handle, 0, &ack);
   }
   uvmqtt__client_schedule_flush(c);
   return c->closing;
@@ -455,12 +459,12 @@ static int ev_message(void *owner, const uvmqtt_packet_t *p, uvmqtt_bytes_t topi
   m.retain = p->u.publish.retain;
   m.dup = p->u.publish.dup;
   m.packet_id = p->packet_id;
-  m.props = c->version == UVMQTT_V5 ? &p->props : NULL;
+  m.props = c->cfg->version == UVMQTT_V5 ? &p->props : NULL;
   uvmqtt__sub_t *s = c->subs ? uvmqtt__subs_match(c, topic) : NULL;
   if (s)
     s->on_message(c->handle, &m, s->arg);
-  else if (c->cbs.on_message)
-    c->cbs.on_message(c->handle, &m, NULL);
+  else if (c->cfg->cbs.on_message)
+    c->cfg->cbs.on_message(c->handle, &m, NULL);
   return c->closing;
 }
 
@@ -468,8 +472,8 @@ static int ev_publish_done(void *owner, uvmqtt__msg_t *m, int status, uint8_t re
   uvmqtt__client_t *c = owner;
   if (m->cb)
     ((uvmqtt_publish_cb)m->cb)(c->handle, status, reason, m->arg);
-  else if (m->restored && c->cbs.on_restored_done && !c->closing)
-    c->cbs.on_restored_done(c->handle, status, reason, NULL);
+  else if (m->restored && c->cfg->cbs.on_restored_done && !c->closing)
+    c->cfg->cbs.on_restored_done(c->handle, status, reason, NULL);
   return c->closing;
 }
 
@@ -497,7 +501,7 @@ static int ev_disconnect(void *owner, const uvmqtt_packet_t *p) {
 
 static void ev_stored(void *owner, void *arg, int status) {
   uvmqtt__client_t *c = owner;
-  if (c->cbs.on_stored && !c->closing) c->cbs.on_stored(c->handle, status, arg);
+  if (c->cfg->cbs.on_stored && !c->closing) c->cfg->cbs.on_stored(c->handle, status, arg);
 }
 
 static void ev_wake(void *owner) {

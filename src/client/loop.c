@@ -12,6 +12,7 @@
  *
  * The first client on a loop creates its context; the last one to close
  * closes its timer, and the context is freed in that close callback. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -81,6 +82,14 @@ static void on_loop_timer(uv_timer_t *timer);
 
 static void rearm(uvmqtt__loop_t *lp) {
   if (lp->closing) return;
+  /* The timer exists from the first deadline on, so a client that is made
+   * and dropped without ever connecting leaves nothing in the loop. */
+  if (!lp->timer_open) {
+    if (lp->heap_len == 0) return;
+    uv_timer_init(lp->loop, &lp->timer);
+    lp->timer.data = lp;
+    lp->timer_open = 1;
+  }
   if (lp->heap_len == 0) {
     if (lp->timer_due) uv_timer_stop(&lp->timer);
     lp->timer_due = 0;
@@ -156,8 +165,6 @@ uvmqtt__loop_t *uvmqtt__loop_ref(uv_loop_t *loop, uint32_t max_connecting) {
     if (lp != NULL) {
       lp->loop = loop;
       lp->max_connecting = DEFAULT_MAX_CONNECTING;
-      uv_timer_init(loop, &lp->timer);
-      lp->timer.data = lp;
       lp->next = registry;
       registry = lp;
     }
@@ -171,7 +178,7 @@ uvmqtt__loop_t *uvmqtt__loop_ref(uv_loop_t *loop, uint32_t max_connecting) {
 }
 
 static void on_loop_timer_closed(uv_handle_t *h) {
-  uvmqtt__loop_t *lp = h->data;
+  uvmqtt__loop_t *lp = (uvmqtt__loop_t *)((char *)h - offsetof(uvmqtt__loop_t, timer));
   uvmqtt__free(lp->heap);
   uvmqtt__free(lp);
 }
@@ -190,7 +197,10 @@ void uvmqtt__loop_unref(uvmqtt__loop_t *lp) {
   uv_mutex_unlock(&registry_lock);
   if (!last) return;
   lp->closing = 1;
-  uv_close((uv_handle_t *)&lp->timer, on_loop_timer_closed);
+  if (lp->timer_open)
+    uv_close((uv_handle_t *)&lp->timer, on_loop_timer_closed);
+  else
+    on_loop_timer_closed((uv_handle_t *)&lp->timer);
 }
 
 /* ---- Pacing ----------------------------------------------------------------------- */

@@ -58,7 +58,7 @@ int uvmqtt__subs_prepare(uvmqtt__client_t *c, const uvmqtt_topic_sub_t *subs, si
     s->arg = arg;
     s->batch = batch;
     s->is_new = find(c, in->filter.data, in->filter.len, NULL) == NULL;
-    if (props && c->version == UVMQTT_V5) s->props = uvmqtt__props_clone(props, &err);
+    if (props && c->cfg->version == UVMQTT_V5) s->props = uvmqtt__props_clone(props, &err);
   }
   if (err) uvmqtt__subs_discard(b);
   return err;
@@ -114,8 +114,8 @@ void uvmqtt__subs_acked(uvmqtt__client_t *c, uint16_t req_id) {
 }
 
 static void report(uvmqtt__client_t *c, const uvmqtt__sub_t *s, int status, uint8_t reason) {
-  if (c->cbs.on_resubscribe && !c->closing)
-    c->cbs.on_resubscribe(c->handle, status, s->filter, reason);
+  if (c->cfg->cbs.on_resubscribe && !c->closing)
+    c->cfg->cbs.on_resubscribe(c->handle, status, s->filter, reason);
 }
 
 void uvmqtt__subs_resubscribed(uvmqtt__client_t *c, uint16_t req_id, int status,
@@ -169,7 +169,7 @@ static ssize_t chunk_size(uvmqtt__client_t *c, const uvmqtt_topic_sub_t *list, s
   p.u.subscribe.subs = list;
   p.u.subscribe.count = (uint32_t)n;
   if (props) p.props = *props;
-  return uvmqtt_encode_size(&p, c->version);
+  return uvmqtt_encode_size(&p, c->cfg->version);
 }
 
 void uvmqtt__subs_resend(uvmqtt__client_t *c, uint64_t now) {
