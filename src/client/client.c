@@ -334,7 +334,9 @@ void uvmqtt_client_stats(const uvmqtt_client_t *client, uvmqtt_stats_t *out) {
   memset(out, 0, sizeof *out);
   if (client == NULL || client->impl == NULL) return;
   const uvmqtt__client_t *c = client->impl;
-  *out = c->stats;
+  out->connected = c->stat_connected;
+  out->attempts = c->stat_attempts;
+  out->reconnects = c->stat_reconnects;
   out->inflight = c->sess.inflight;
   uint32_t queued = 0;
   for (const uvmqtt__msg_t *m = c->sess.queue.head; m; m = m->next)

@@ -144,7 +144,10 @@ struct uvmqtt__client_s {
   uvmqtt__sub_t *subs;
   uint32_t sub_batches;
   uvmqtt_close_cb close_cb;
-  uvmqtt_stats_t stats;
+  /* What uvmqtt_client_stats() cannot derive. */
+  uint32_t stat_attempts;
+  uint32_t stat_reconnects;
+  uint8_t stat_connected;
 };
 
 /* Credentials a pre_connect hook set for one client. */

@@ -158,7 +158,7 @@ static void build_connect(uvmqtt__client_t *c, uvmqtt_packet_t *p) {
 /* The attempt proper, once the loop gave it a connect slot. */
 static void run_attempt(uvmqtt__client_t *c) {
   c->attempt++;
-  c->stats.attempts++;
+  c->stat_attempts++;
   if (c->down_since == 0) c->down_since = uvmqtt__now(c);
   c->last_reason = 0;
   c->fail_status = 0;
@@ -264,7 +264,7 @@ void uvmqtt__client_lost(uvmqtt__client_t *c, int status) {
   /* A failed write of the DISCONNECT naming an error is not the cause. */
   if (c->fail_status) status = c->fail_status;
   c->last_status = status;
-  c->stats.connected = 0;
+  c->stat_connected = 0;
   c->state = graceful ? UVMQTT__C_DISCONNECTING : UVMQTT__C_DROPPING;
   if (c->connected_at) c->down_since = uvmqtt__now(c);
   uvmqtt__session_lost(&c->sess, graceful ? UVMQTT_ENOTCONN : status, uvmqtt__now(c));
@@ -346,7 +346,7 @@ static void tr_on_close(uvmqtt__transport_t *t) {
     int was_connected = c->connected_at != 0;
     c->state = UVMQTT__C_STOPPED;
     c->connected_at = 0;
-    c->stats.connected = 0;
+    c->stat_connected = 0;
     uvmqtt__session_lost(&c->sess, UVMQTT_ENOTCONN, uvmqtt__now(c));
     if (was_connected && c->cfg->cbs.on_disconnect && !c->closing) {
       /* The end of a uvmqtt_disconnect(): status 0, no retry. */
@@ -423,8 +423,8 @@ static int ev_connack(void *owner, const uvmqtt_packet_t *p) {
   c->attempt = 0;
   c->failures = 0;
   c->down_since = 0;
-  c->stats.connected = 1;
-  if (c->ever_connected) c->stats.reconnects++;
+  c->stat_connected = 1;
+  if (c->ever_connected) c->stat_reconnects++;
   c->ever_connected = 1;
   if (c->cfg->version == UVMQTT_V5 &&
       UVMQTT_HAS(&p->props, UVMQTT_PROP_ASSIGNED_CLIENT_IDENTIFIER)) {
@@ -533,7 +533,7 @@ static void finish_close(uvmqtt__client_t *c) {
 
 void uvmqtt__client_begin_close(uvmqtt__client_t *c) {
   c->closing = 1;
-  c->stats.connected = 0;
+  c->stat_connected = 0;
   uvmqtt__loop_release(c->lp, c);
   if (c->transport_active)
     close_transport(c);

@@ -399,7 +399,16 @@ void uvmqtt__session_init(uvmqtt__session_t *s, void *owner, const uvmqtt__sessi
   s->max_queued = DEFAULT_MAX_QUEUED;
   s->max_queued_bytes = DEFAULT_MAX_QUEUED_BYTES;
   s->our_max_packet = DEFAULT_MAX_PACKET;
-  uvmqtt_decoder_init(&s->dec, version, 0, &dec_mem);
+  s->dec_max = DEFAULT_MAX_PACKET;
+}
+
+/* Drops a split packet's state (a new connection, a loss, the end). */
+static void dec_drop(uvmqtt__session_t *s) {
+  /* A loss reported from a callback inside recv: recv drops it on return. */
+  if (s->dec == NULL || s->receiving) return;
+  uvmqtt_decoder_reset(s->dec);
+  uvmqtt__free(s->dec);
+  s->dec = NULL;
 }
 
 static void msg_finish(uvmqtt__session_t *s, uvmqtt__msg_t *m, int status, uint8_t reason) {
@@ -455,7 +464,7 @@ void uvmqtt__session_free(uvmqtt__session_t *s, int status) {
   s->rx_qos2 = NULL;
   s->rx_qos2_count = s->rx_qos2_cap = 0;
   aliases_free(s);
-  uvmqtt_decoder_reset(&s->dec);
+  dec_drop(s);
   uvmqtt__free(s->out.buf);
   memset(&s->out, 0, sizeof s->out);
   store_detach(s);
@@ -466,7 +475,7 @@ void uvmqtt__session_free(uvmqtt__session_t *s, int status) {
 int uvmqtt__session_connect(uvmqtt__session_t *s, const uvmqtt_packet_t *connect, uint64_t now) {
   if (connect->type != UVMQTT_CONNECT || connect->u.connect.protocol_level != s->version)
     return UVMQTT_EINVAL;
-  uvmqtt_decoder_reset(&s->dec);
+  dec_drop(s);
   s->out.len = 0;
   s->out.has_ping = 0;
   s->conn++;
@@ -484,7 +493,7 @@ int uvmqtt__session_connect(uvmqtt__session_t *s, const uvmqtt_packet_t *connect
   }
   /* Never unbounded: the decoder buffers a split packet at its declared
    * size, so a limit is what keeps five bytes from costing 256 MiB. */
-  s->dec.max_packet_size =
+  s->dec_max =
       (s->version == UVMQTT_V5 && UVMQTT_HAS(&connect->props, UVMQTT_PROP_MAXIMUM_PACKET_SIZE))
           ? connect->props.maximum_packet_size
           : s->our_max_packet;
@@ -1130,14 +1139,13 @@ static int handle_packet(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_
   }
 }
 
-int uvmqtt__session_recv(uvmqtt__session_t *s, const uint8_t *data, size_t len, uint64_t now) {
-  if (s->state == UVMQTT__S_TERMINATING || s->state == UVMQTT__S_OFFLINE) return 0;
-  if (len) s->last_recv = now; /* any byte is a sign of life, also half a packet */
+static int recv_packets(uvmqtt__session_t *s, uvmqtt_decoder_t *dec, const uint8_t *data,
+                        size_t len, uint64_t now) {
   size_t off = 0;
   while (off < len) {
     uvmqtt_packet_t pkt;
     int got = 0;
-    ssize_t n = uvmqtt_decode(&s->dec, data + off, len - off, &pkt, &got);
+    ssize_t n = uvmqtt_decode(dec, data + off, len - off, &pkt, &got);
     int err = n < 0 ? (int)n : 0;
     if (err == 0 && got) err = handle_packet(s, &pkt, now);
     if (err == 1) return 0; /* the owner is closing: stop quietly */
@@ -1152,10 +1160,42 @@ int uvmqtt__session_recv(uvmqtt__session_t *s, const uint8_t *data, size_t len, 
       if (s->state != UVMQTT__S_OFFLINE) s->state = UVMQTT__S_TERMINATING;
       return err;
     }
-    if (s->state == UVMQTT__S_TERMINATING) return 0; /* a drain ended: the rest is not ours */
+    /* A drain ended, or a callback ended the connection: the rest is not ours. */
+    if (s->state == UVMQTT__S_TERMINATING || s->state == UVMQTT__S_OFFLINE) return 0;
     off += (size_t)n;
   }
   return 0;
+}
+
+int uvmqtt__session_recv(uvmqtt__session_t *s, const uint8_t *data, size_t len, uint64_t now) {
+  if (s->state == UVMQTT__S_TERMINATING || s->state == UVMQTT__S_OFFLINE) return 0;
+  if (len) s->last_recv = now; /* any byte is a sign of life, also half a packet */
+  /* Between packets a decoder on the stack serves; it is kept only if the
+   * input ends inside a packet. */
+  uvmqtt_decoder_t local, *dec = s->dec;
+  if (dec == NULL) {
+    uvmqtt_decoder_init(&local, s->version, s->dec_max, &dec_mem);
+    dec = &local;
+  }
+  s->receiving = 1;
+  int err = recv_packets(s, dec, data, len, now);
+  s->receiving = 0;
+  int keep = err == 0 && uvmqtt_decoder_busy(dec) && s->state != UVMQTT__S_TERMINATING &&
+             s->state != UVMQTT__S_OFFLINE;
+  if (dec == &local) {
+    if (keep) {
+      s->dec = uvmqtt__malloc(sizeof *s->dec);
+      if (s->dec != NULL) {
+        *s->dec = local; /* its buffer, if any, moves with it */
+        return 0;
+      }
+      err = UVMQTT_ENOMEM;
+    }
+    uvmqtt_decoder_reset(&local);
+  } else if (!keep) {
+    dec_drop(s);
+  }
+  return err;
 }
 
 /* ---- Connection loss and time ----------------------------------------------------------- */
@@ -1230,7 +1270,7 @@ void uvmqtt__session_lost(uvmqtt__session_t *s, int status, uint64_t now) {
   s->out.has_ping = 0;
   s->state = UVMQTT__S_OFFLINE;
   s->ping = 0;
-  uvmqtt_decoder_reset(&s->dec);
+  dec_drop(s);
   /* PUBLISHes sent on this connection wait to be resent on the next; what
    * is past PUBREC keeps its slot (its PUBREL goes again), and so does what
    * waits for the store. */

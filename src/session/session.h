@@ -189,7 +189,11 @@ typedef struct uvmqtt__session_s {
   uint64_t last_written; /* when an output write last completed */
   uint64_t ping_sent;
   uint64_t next_expiry; /* earliest deadline among unsent messages; 0: none */
-  uvmqtt_decoder_t dec;
+  /* The decoder's state lives here only while a packet is split across
+   * reads: between packets an idle connection holds none. */
+  uvmqtt_decoder_t *dec;
+  uint32_t dec_max;  /* the largest packet accepted on this connection */
+  uint8_t receiving; /* inside uvmqtt__session_recv: the decoder is in use */
   uvmqtt__output_t out;
   uvmqtt__msg_list_t queue;  /* QUEUED, in publish order */
   uvmqtt__msg_list_t resend; /* READY, in first-send order */
