@@ -186,6 +186,14 @@ typedef struct {
    * timing out while the kernel works through their connect() calls. The
    * latest client created with a non-zero value sets it. 0: 128. */
   uint32_t max_connecting;
+  /* The local address to connect from: "192.0.2.7", "2001:db8::7", or
+   * with a port, "192.0.2.7:40000" / "[2001:db8::7]:40000". NULL: the
+   * system's choice. Without a port the kernel picks one per destination
+   * at connect time (IP_BIND_ADDRESS_NO_PORT), so a gateway that spreads
+   * thousands of clients over a few local addresses does not exhaust or
+   * search the ephemeral ports. Servers of the other address family are
+   * skipped. A malformed address fails init with UVMQTT_EINVAL. */
+  const char *bind_address;
   /* QoS 1/2 messages handed to the socket and not yet acknowledged, at
    * most; a v5 broker's Receive Maximum lowers it. 0: 20 (libmosquitto's
    * default; Mosquitto stalls 3.1.1 publishers with far more in flight). */

@@ -11,6 +11,7 @@
 typedef struct {
   uv_loop_t loop;
   fake_broker_t fb;
+  const char *bind_address;
   uvmqtt_client_t client;
   uv_timer_t watchdog;
   uv_timer_t ack_timer;
@@ -301,6 +302,7 @@ static void fx_start(fx_t *f, uint8_t version, uint16_t keepalive, int no_reconn
   o.connect_timeout_ms = 400;
   o.clean_start = (uint8_t)f->clean_start;
   o.no_max_packet_size = (uint8_t)f->no_max_packet_size;
+  o.bind_address = f->bind_address;
   o.connect_props = connect_props;
   o.reconnect.fn = uvmqtt_reconnect_fixed;
   o.reconnect.state = &fast_retry;
@@ -913,6 +915,54 @@ START_TEST(fake_graceful_disconnect_half_closes) {
 }
 END_TEST
 
+/* A client bound to a local address connects from it, with a port the
+ * kernel chose at connect time; an address of the other family cannot
+ * reach an IPv4 server; a malformed one fails init. */
+START_TEST(fake_bind_address_used) {
+  fx_t *f = calloc(1, sizeof *f);
+  f->bind_address = _i ? "127.0.0.7:0" : "127.0.0.7";
+  fx_start(f, UVMQTT_V311, 30, 1, NULL);
+  RUN_UNTIL(f, f->connects == 1, 2000);
+  ck_assert_int_eq(f->connects, 1);
+  const struct sockaddr_in *peer = (const struct sockaddr_in *)&f->fb.last_peer;
+  ck_assert_int_eq(peer->sin_family, AF_INET);
+  char ip[32];
+  uv_ip4_name(peer, ip, sizeof ip);
+  ck_assert_str_eq(ip, "127.0.0.7");
+  ck_assert_int_ne(ntohs(peer->sin_port), 0);
+  finish(f);
+  fx_end(f);
+  free(f);
+
+  uv_loop_t loop;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  uvmqtt_client_t c;
+  uvmqtt_options_t o;
+  uvmqtt_options_init(&o);
+  o.uri = "mqtt://127.0.0.1:1";
+  const char *bad[] = {"127.0.0", "127.0.0.7:", "127.0.0.7:70000", "[::1", "host.example"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    o.bind_address = bad[i];
+    ck_assert_msg(uvmqtt_client_init(&loop, &c, &o, NULL) == UVMQTT_EINVAL, "%s accepted", bad[i]);
+  }
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+}
+END_TEST
+
+START_TEST(fake_bind_address_other_family_fails) {
+  fx_t *f = calloc(1, sizeof *f);
+  f->bind_address = "::1";
+  fx_start(f, UVMQTT_V311, 30, 1, NULL);
+  RUN_UNTIL(f, f->connect_status != 0, 2000);
+  ck_assert_int_eq(f->connects, 0);
+  ck_assert_int_eq(f->connect_status, UV_EAFNOSUPPORT);
+  ck_assert_int_eq(f->fb.connections, 0);
+  finish(f);
+  fx_end(f);
+  free(f);
+}
+END_TEST
+
 Suite *uvmqtt_test_suite(void) {
   Suite *s = suite_create("fake_broker");
   TCase *tc = tcase_create("faults");
@@ -936,6 +986,8 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_loop_test(tc, fake_bad_packet_cause_survives_reset, 0, 2);
   tcase_add_loop_test(tc, fake_session_present_to_clean_start_refused, 0, 2);
   tcase_add_loop_test(tc, fake_minimal_connect_v5, 0, 2);
+  tcase_add_loop_test(tc, fake_bind_address_used, 0, 2);
+  tcase_add_test(tc, fake_bind_address_other_family_fails);
   tcase_add_loop_test(tc, fake_keepalive_slow_uplink, 0, 2);
   tcase_add_loop_test(tc, fake_graceful_disconnect_half_closes, 0, 2);
   suite_add_tcase(s, tc);

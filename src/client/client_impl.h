@@ -75,6 +75,8 @@ typedef struct uvmqtt__config_s {
   /* TLS: the SSL_CTX built from the options and the last session, for
    * resumption (transport/tls.h); NULL until a TLS server needs it. */
   struct uvmqtt__tls_ctx_s *tls;
+  struct sockaddr_storage bind; /* with has_bind: the local address to connect from */
+  uint8_t has_bind;
 } uvmqtt__config_t;
 
 /* Where a client stands in its loop's connection pacing (loop.c). */

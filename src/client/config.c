@@ -8,6 +8,7 @@
  * reduced to a key (their bytes, strings by content) and looked up among
  * the loop's configurations: a client with options seen before takes a
  * reference to that configuration, TLS context included. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "base/alloc.h"
@@ -149,6 +150,7 @@ static int build_key(const uvmqtt_options_t *o, const uvmqtt_callbacks_t *cbs, k
   key_put(k, &n, sizeof n);
   for (size_t i = 0; i < n; i++)
     key_str(k, o->uri_count ? o->uris[i] : o->uri);
+  key_str(k, o->bind_address);
   key_str(k, o->username);
   key_bytes(k, o->password, o->password ? o->password_len : 0);
   key_str(k, o->will_topic);
@@ -236,12 +238,52 @@ static int copy_uris(uvmqtt__config_t *g, const uvmqtt_options_t *o) {
   return 0;
 }
 
+/* "a.b.c.d", "a.b.c.d:port", "v6" or "[v6]:port". */
+static int parse_bind(const char *s, struct sockaddr_storage *out) {
+  char host[64];
+  long port = 0;
+  const char *colon = strrchr(s, ':');
+  size_t n;
+  if (s[0] == '[') {
+    const char *close = strchr(s, ']');
+    if (close == NULL || (close[1] != '\0' && close[1] != ':')) return UVMQTT_EINVAL;
+    n = (size_t)(close - s - 1);
+    if (n == 0 || n >= sizeof host) return UVMQTT_EINVAL;
+    memcpy(host, s + 1, n);
+    host[n] = '\0';
+    colon = close[1] == ':' ? close + 1 : NULL;
+  } else if (colon != NULL && strchr(s, ':') == colon) {
+    n = (size_t)(colon - s); /* IPv4 with a port */
+    if (n == 0 || n >= sizeof host) return UVMQTT_EINVAL;
+    memcpy(host, s, n);
+    host[n] = '\0';
+  } else {
+    n = strlen(s); /* IPv4, or a bare IPv6 address */
+    if (n == 0 || n >= sizeof host) return UVMQTT_EINVAL;
+    memcpy(host, s, n + 1);
+    colon = NULL;
+  }
+  if (colon != NULL) {
+    char *end;
+    port = strtol(colon + 1, &end, 10);
+    if (colon[1] == '\0' || *end != '\0' || port < 0 || port > 65535) return UVMQTT_EINVAL;
+  }
+  memset(out, 0, sizeof *out);
+  if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)out) == 0) return 0;
+  if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)out) == 0) return 0;
+  return UVMQTT_EINVAL;
+}
+
 static int config_new(const uvmqtt_options_t *o, const uvmqtt_callbacks_t *cbs,
                       uvmqtt__config_t **out) {
   uvmqtt__config_t *g = uvmqtt__calloc(1, sizeof *g);
   if (g == NULL) return UVMQTT_ENOMEM;
   if (cbs) g->cbs = *cbs;
   int err = copy_uris(g, o);
+  if (err == 0 && o->bind_address) {
+    err = parse_bind(o->bind_address, &g->bind);
+    g->has_bind = err == 0;
+  }
   if (err == 0) {
     g->username = dup_str(o->username, &err);
     if (o->password) {

@@ -179,6 +179,7 @@ static void run_attempt(uvmqtt__client_t *c) {
     else
       uvmqtt__transport_tcp_init(&c->tr, c->handle->loop, &uvmqtt__client_transport_cbs);
     c->tr.data = c;
+    c->tr.bind = c->cfg->has_bind ? (const struct sockaddr *)&c->cfg->bind : NULL;
     if (err == 0) err = uvmqtt__transport_connect(&c->tr, uri.host, uri.port);
     if (err == 0) c->transport_active = 1;
   }

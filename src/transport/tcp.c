@@ -108,20 +108,50 @@ static void connect_cb(uv_connect_t *req, int status) {
   t->cb->on_connect(t, 0);
 }
 
+/* Binds the socket to the local address the owner chose before it
+ * connects. With the port left 0, IP_BIND_ADDRESS_NO_PORT lets the kernel
+ * pick the port at connect() for the 4-tuple, rather than reserving one per
+ * local address at bind(): thousands of connections from a few local
+ * addresses to one broker would otherwise run out of ports, or make the
+ * kernel search its port range for every connection. */
+static int bind_local(uvmqtt__transport_t *t) {
+  uv_os_fd_t fd;
+  int on = 1;
+  int port = t->bind->sa_family == AF_INET6 ? ((const struct sockaddr_in6 *)t->bind)->sin6_port
+                                            : ((const struct sockaddr_in *)t->bind)->sin_port;
+#ifdef IP_BIND_ADDRESS_NO_PORT
+  if (port == 0 && uv_fileno((uv_handle_t *)&t->tcp, &fd) == 0)
+    (void)setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &on, sizeof on);
+#else
+  (void)fd;
+  (void)on;
+  (void)port;
+#endif
+  return uv_tcp_bind(&t->tcp, t->bind, 0);
+}
+
 static void try_next_addr(uvmqtt__transport_t *t) {
   while (t->next_addr != NULL) {
     struct addrinfo *ai = t->next_addr;
     t->next_addr = ai->ai_next;
     if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6) continue;
-    int r = uv_tcp_init(t->loop, &t->tcp);
+    /* A local address of another family cannot reach this one. */
+    if (t->bind != NULL && t->bind->sa_family != ai->ai_family) {
+      t->last_error = UV_EAFNOSUPPORT;
+      continue;
+    }
+    int r = uv_tcp_init_ex(t->loop, &t->tcp, (unsigned)ai->ai_family);
     if (r < 0) {
       t->last_error = r;
       continue;
     }
     t->tcp.data = t;
     t->tcp_open = 1;
-    uv_connect_t *req = uvmqtt__malloc(sizeof(*req));
-    if (req == NULL) {
+    if (t->bind != NULL) r = bind_local(t);
+    uv_connect_t *req = r < 0 ? NULL : uvmqtt__malloc(sizeof(*req));
+    if (r < 0) {
+      /* the bind failed: this address is out of reach */
+    } else if (req == NULL) {
       r = UVMQTT_ENOMEM;
     } else {
       req->data = t;

@@ -83,7 +83,8 @@ struct uvmqtt__transport_s {
   struct addrinfo *next_addr;
   uv_connect_t *connect_req; /* during a connection attempt only */
   int last_error;
-  uint64_t acked;      /* the peer's acknowledged byte count when last asked */
+  const struct sockaddr *bind; /* the local address to connect from, or NULL (the owner's) */
+  uint64_t acked;              /* the peer's acknowledged byte count when last asked */
   uint64_t sent_total; /* bytes accepted by write() on this connection */
   uv_tcp_t tcp;
 };

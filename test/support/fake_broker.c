@@ -211,6 +211,9 @@ static void connection_cb(uv_stream_t *server, int status) {
     fake_conn_close(conn);
     return;
   }
+  int plen = sizeof fb->last_peer;
+  memset(&fb->last_peer, 0, sizeof fb->last_peer);
+  (void)uv_tcp_getpeername(&conn->tcp, (struct sockaddr *)&fb->last_peer, &plen);
   fb->connections++;
 }
 

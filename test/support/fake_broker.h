@@ -41,6 +41,8 @@ struct fake_broker_s {
    * most sizeof first_read), for tests that decode the CONNECT themselves. */
   uint8_t first_read[2048];
   size_t first_read_len;
+  /* The address the last accepted connection came from. */
+  struct sockaddr_storage last_peer;
   /* private */
   uv_tcp_t server;
   fake_conn_t *conns;
