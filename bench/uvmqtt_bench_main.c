@@ -140,6 +140,7 @@ static int drv_connect(bench_t *b, bench_client_t *cl) {
   opts.reconnect.fn = uvmqtt_reconnect_backoff;
   opts.reconnect.state = &ds->backoff;
   if (b->o->tls) opts.tls = &ds->tls;
+  opts.bind_address = cl->bind_addr;
   int rc = uvmqtt_client_init(b->loop, &u->client, &opts, &callbacks);
   if (rc < 0) {
     fprintf(stderr, "uvmqtt_client_init: %s\n", uvmqtt_strerror(rc));
@@ -239,8 +240,6 @@ static const bench_driver_t driver = {
     .close = drv_close,
     .teardown = drv_teardown,
     .lib_heap = lib_heap,
-    .ifaddr_unsupported = "uvmqtt_options_t has no local-address field, so the client cannot "
-                          "bind a source address",
 };
 
 int main(int argc, char **argv) {
