@@ -563,6 +563,11 @@ static int outputs_match(const test_broker_t *b, scratch_t *s, const char *commo
   return same;
 }
 
+/* Both subscribers ask for subscription identifier 9, so that %S and the
+ * JSON show one. */
+#define RETAINED_SUB "-q 1 -D subscribe subscription-identifier 9 -t 'fmt/ret/#' -C 4 -W 10"
+#define LIVE_SUB     "-q 1 -D subscribe subscription-identifier 9 -t 'fmt/live/#' -C 3 -W 10"
+
 /* Every case, first on retained messages (QoS 0 and 1, v5 properties,
  * binary and JSON payloads), then on live ones queued in a session (QoS 1
  * and 2, an empty payload). A case gets a second try only because the
@@ -605,11 +610,10 @@ START_TEST(cli_sub_output_matches_mosquitto_sub) {
 
   for (size_t i = 0; i < sizeof format_cases / sizeof format_cases[0]; i++) {
     const format_case_t *c = &format_cases[i];
-    int ok = outputs_match(&b, &s, "-q 1 -t 'fmt/ret/#' -C 4 -W 10", c, NULL) ||
-             outputs_match(&b, &s, "-q 1 -t 'fmt/ret/#' -C 4 -W 10", c, NULL);
+    int ok = outputs_match(&b, &s, RETAINED_SUB, c, NULL) ||
+             outputs_match(&b, &s, RETAINED_SUB, c, NULL);
     ck_assert_msg(ok, "retained messages: '%s' prints differently", c->args);
-    ok = outputs_match(&b, &s, "-q 1 -t 'fmt/live/#' -C 3 -W 10", c, live) ||
-         outputs_match(&b, &s, "-q 1 -t 'fmt/live/#' -C 3 -W 10", c, live);
+    ok = outputs_match(&b, &s, LIVE_SUB, c, live) || outputs_match(&b, &s, LIVE_SUB, c, live);
     ck_assert_msg(ok, "live messages: '%s' prints differently", c->args);
   }
   test_broker_cleanup(&b);
