@@ -282,7 +282,10 @@ static int parse_string(jparse_t *j, int key, int count) {
       continue;
     }
     unsigned cp, lo;
-    if (c != 'u' || end - i < 6 || hex4(j->p + i + 2, &cp) != 0) goto fail;
+    if (c != 'u' || end - i < 6) goto fail;
+    /* cJSON reads bad hex digits in the first unit as U+0000, which then
+     * ends the string, rather than as an error. */
+    if (hex4(j->p + i + 2, &cp) != 0) cp = 0;
     i += 6;
     if (cp >= 0xDC00 && cp <= 0xDFFF) goto fail;
     if (cp >= 0xD800 && cp <= 0xDBFF) {
