@@ -1,8 +1,9 @@
 /* uvmqtt-pub and uvmqtt-sub against a real Mosquitto and its own
  * mosquitto_pub / mosquitto_sub: interop both ways, the single-message
  * modes, -C/-W, failures, delivery deadlines, broker restarts, TLS
- * (certificates made at test time with the openssl command) and the
- * message store (--store, --drain) across a SIGKILL. */
+ * (certificates made at test time with the openssl command), the
+ * message store (--store, --drain) across a SIGKILL, and uvmqtt-sub's
+ * output (-v, -N, -F, %j) against mosquitto_sub's for the same messages. */
 #include <arpa/inet.h>
 #include <check.h>
 #include <errno.h>
