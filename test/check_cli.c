@@ -495,6 +495,7 @@ static const format_case_t format_cases[] = {
     {"-F '%10t|%-10t|%5.2t|%010l|%-5l|%8x|%08X|%3p|%-p|%0.5C|%5C|%-5A|%05S|%5E|%-8R|%-3m'",
      MASK_NONE},
     {"-N -F '<\\t\\\\\\a\\e\\r\\v\\0\\n@@%%>'", MASK_NONE},
+    {"-v -F '%t=%p'", MASK_NONE},
     {"-F %j", MASK_TST},
     {"-F %j --pretty", MASK_TST},
     {"-F %J", MASK_TST},
