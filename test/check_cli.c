@@ -1,8 +1,9 @@
 /* uvmqtt-pub and uvmqtt-sub against a real Mosquitto and its own
  * mosquitto_pub / mosquitto_sub: interop both ways, the single-message
  * modes, -C/-W, failures, delivery deadlines, broker restarts, TLS
- * (certificates made at test time with the openssl command) and the
- * message store (--store, --drain) across a SIGKILL. */
+ * (certificates made at test time with the openssl command), the
+ * message store (--store, --drain) across a SIGKILL, and uvmqtt-sub's
+ * output (-v, -N, -F, %j) against mosquitto_sub's for the same messages. */
 #include <arpa/inet.h>
 #include <check.h>
 #include <errno.h>
@@ -394,7 +395,8 @@ END_TEST
 
 START_TEST(cli_pub_null_message) {
   roundtrip("mqttv311", "-n", "-v -C 1 -W 10", "single/t (null)\n", 16);
-  roundtrip("mqttv5", "-n", "-C 1 -W 10", "\n", 1);
+  /* Without -v an empty payload prints nothing, as with mosquitto_sub. */
+  roundtrip("mqttv5", "-n", "-C 1 -W 10", "", 0);
 }
 END_TEST
 
@@ -465,6 +467,186 @@ START_TEST(cli_pub_v5_properties_and_url) {
   assert_file_eq(out, expected, sizeof expected - 1);
   test_broker_cleanup(&b);
   scratch_cleanup(&s);
+}
+END_TEST
+
+/* ---- Output like mosquitto_sub's --------------------------------------------------------- */
+
+/* The same options given to uvmqtt-sub and to mosquitto_sub, run side by
+ * side against one broker, must print the same bytes. What depends on the
+ * clock is masked first: MASK_TST blanks the digits of JSON "tst" values,
+ * MASK_DIGITS every digit. */
+#define MASK_NONE   0
+#define MASK_TST    1
+#define MASK_DIGITS 2
+
+typedef struct {
+  const char *args;
+  int mask;
+} format_case_t;
+
+static const format_case_t format_cases[] = {
+    {"", MASK_NONE},
+    {"-v", MASK_NONE},
+    {"-N", MASK_NONE},
+    {"-v -N", MASK_NONE},
+    {"-F '%t|%p|%q|%r|%m|%l|%x|%X|%%'", MASK_NONE},
+    {"-F '%P|%C|%D|%E|%F|%R|%S|%A'", MASK_NONE},
+    {"-F '%10t|%-10t|%5.2t|%010l|%-5l|%8x|%08X|%3p|%-p|%0.5C|%5C|%-5A|%05S|%5E|%-8R|%-3m'",
+     MASK_NONE},
+    {"-N -F '<\\t\\\\\\a\\e\\r\\v\\0\\n@@%%>'", MASK_NONE},
+    {"-v -F '%t=%p'", MASK_NONE},
+    {"-F %j", MASK_TST},
+    {"-F %j --pretty", MASK_TST},
+    {"-F %J", MASK_TST},
+    {"-F %J --pretty", MASK_TST},
+    {"-F '%I|%U|@Y-@m-@dT@H:@M:@S.@N|%20I|'", MASK_DIGITS},
+};
+
+static void mask_output(char *text, size_t len, int mask) {
+  if (mask == MASK_DIGITS) {
+    for (size_t i = 0; i < len; i++)
+      if (text[i] >= '0' && text[i] <= '9') text[i] = '0';
+    return;
+  }
+  if (mask != MASK_TST) return;
+  for (char *p = text; (p = strstr(p, "\"tst\":")) != NULL;) {
+    p += 6;
+    if (*p == '\t') p++;
+    if (*p++ != '"') continue;
+    for (; *p && *p != '"'; p++)
+      if (*p >= '0' && *p <= '9') *p = '0';
+  }
+}
+
+/* Runs both subscribers at once with `common` and the case's options, and
+ * compares what they print. Returns 1 when it is the same. */
+static int outputs_match(const test_broker_t *b, scratch_t *s, const char *common,
+                         const format_case_t *c, const char *before_each) {
+  const char *outs[2] = {scratch_file(s, "uvmqtt.out"), scratch_file(s, "mosquitto.out")};
+  const char *progs[2] = {tool("uvmqtt-sub"), "mosquitto_sub"};
+  const char *ids[2] = {"fmt-uvmqtt", "fmt-mosquitto"};
+  pid_t pids[2];
+  char cmd[1024];
+  if (before_each != NULL) {
+    /* As make_session(), with the output dropped: a message whose
+     * acknowledgement the last run did not finish comes again here. */
+    for (int i = 0; i < 2; i++) {
+      snprintf(cmd, sizeof cmd,
+               "mosquitto_sub -h 127.0.0.1 -p %d -V mqttv5 -c -i %s -q 1 -t 'fmt/live/#' -E "
+               "> /dev/null",
+               b->port, ids[i]);
+      ck_assert_int_eq(test_run(cmd, 10), 0);
+    }
+    ck_assert_int_eq(test_run(before_each, 20), 0);
+  }
+  for (int i = 0; i < 2; i++) {
+    /* The case's options come last, so that they win over `common`. */
+    snprintf(cmd, sizeof cmd, "exec %s -h 127.0.0.1 -p %d -V mqttv5 %s%s %s %s > %s 2> /dev/null",
+             progs[i], b->port, before_each ? "-c -i " : "", before_each ? ids[i] : "", common,
+             c->args, outs[i]);
+    pids[i] = spawn(cmd, -1, -1);
+  }
+  for (int i = 0; i < 2; i++)
+    ck_assert_int_eq(wait_exit(pids[i], 20000), 0);
+  size_t len[2];
+  char *text[2];
+  for (int i = 0; i < 2; i++) {
+    text[i] = slurp(outs[i], &len[i]);
+    mask_output(text[i], len[i], c->mask);
+  }
+  int same = len[0] == len[1] && memcmp(text[0], text[1], len[0]) == 0 && len[0] > 0;
+  if (!same)
+    fprintf(stderr, "'%s' (%s):\n-- uvmqtt-sub, %zu bytes:\n%s\n-- mosquitto_sub, %zu bytes:\n%s\n",
+            c->args, common, len[0], text[0], len[1], text[1]);
+  free(text[0]);
+  free(text[1]);
+  s->used -= 2;
+  return same;
+}
+
+/* Both subscribers ask for subscription identifier 9, so that %S and the
+ * JSON show one; over MQTT 3.1.1 (the -V after the -V mqttv5 wins) there
+ * are no properties at all. */
+#define RETAINED_SUB      "-q 1 -D subscribe subscription-identifier 9 -t 'fmt/ret/#' -C 6 -W 10"
+#define RETAINED_SUB_V311 "-V mqttv311 -q 1 -t 'fmt/ret/#' -C 6 -W 10"
+#define LIVE_SUB          "-q 1 -D subscribe subscription-identifier 9 -t 'fmt/live/#' -C 3 -W 10"
+
+/* Every case, first on retained messages (QoS 0 and 1, v5 properties,
+ * binary and JSON payloads), then on live ones queued in a session (QoS 1
+ * and 2, an empty payload). A case gets a second try only because the
+ * broker counts message expiry down in whole seconds, and the two
+ * subscribers may straddle a second. */
+START_TEST(cli_sub_output_matches_mosquitto_sub) {
+  test_broker_t b;
+  scratch_t s;
+  scratch_init(&s);
+  start_broker(&b, BROKER_UNLIMITED);
+  const char *bin = scratch_file(&s, "binary.bin");
+  /* A NUL too: cJSON, and so %j, stops the payload there; %p does not. */
+  static const char binary[] = "\x01\x02\xff\x7f bytes \"\\ \xc3\xa9\0after";
+  write_file(bin, binary, sizeof binary - 1);
+  char cmd[2048], live[2048];
+  const char *ret[] = {
+      "-t fmt/ret/1 -q 0 -m 'plain text'",
+      "-t fmt/ret/2 -q 1 -m 'quote \" back\\ slash\ttab'",
+      "-t fmt/ret/3 -q 1 -D publish user-property k1 v1 -D publish user-property k1 v2 "
+      "-D publish user-property other 'with space' -D publish content-type application/json "
+      "-D publish response-topic fmt/reply -D publish correlation-data corr-1 "
+      "-D publish payload-format-indicator 1 -D publish message-expiry-interval 3600 "
+      "-m '{\"n\": [1, 2.50, -0, 1e3, 3000000000, 0.1], \"s\": \"\\u00e9\\/\", "
+      "\"t\": true, \"z\": null, \"o\": {}, \"a\": [{\"d\": 1}, []]}'",
+      /* JSON that cJSON reads its own way: bad hex digits in \u, and
+       * a number between blanks. */
+      "-t fmt/ret/5 -q 0 -m '[\"\\u00zz\", 1e400, 0.30000000000000004]'",
+      "-t fmt/ret/6 -q 1 -m ' 12.5e-3 '",
+      NULL,
+  };
+  for (int i = 0; ret[i] != NULL; i++) {
+    snprintf(cmd, sizeof cmd, "mosquitto_pub -h 127.0.0.1 -p %d -V mqttv5 -r %s", b.port, ret[i]);
+    ck_assert_int_eq(test_run(cmd, 10), 0);
+  }
+  snprintf(cmd, sizeof cmd, "mosquitto_pub -h 127.0.0.1 -p %d -r -t fmt/ret/4 -f %s", b.port, bin);
+  ck_assert_int_eq(test_run(cmd, 10), 0);
+  snprintf(live, sizeof live,
+           "mosquitto_pub -h 127.0.0.1 -p %d -V mqttv5 -q 1 -t fmt/live/1 -m 'live one' "
+           "-D publish user-property who live -D publish content-type text/plain "
+           "-D publish response-topic fmt/back -D publish correlation-data 'c\"2' "
+           "-D publish message-expiry-interval 600 && "
+           "mosquitto_pub -h 127.0.0.1 -p %d -V mqttv5 -q 1 -t fmt/live/2 -n && "
+           "mosquitto_pub -h 127.0.0.1 -p %d -V mqttv5 -q 2 -t fmt/live/3 -m '[1,{\"a\":\"b\"}]'",
+           b.port, b.port, b.port);
+
+  for (size_t i = 0; i < sizeof format_cases / sizeof format_cases[0]; i++) {
+    const format_case_t *c = &format_cases[i];
+    int ok = outputs_match(&b, &s, RETAINED_SUB, c, NULL) ||
+             outputs_match(&b, &s, RETAINED_SUB, c, NULL);
+    ck_assert_msg(ok, "retained messages: '%s' prints differently", c->args);
+    ok = outputs_match(&b, &s, RETAINED_SUB_V311, c, NULL) ||
+         outputs_match(&b, &s, RETAINED_SUB_V311, c, NULL);
+    ck_assert_msg(ok, "retained messages over MQTT 3.1.1: '%s' prints differently", c->args);
+    ok = outputs_match(&b, &s, LIVE_SUB, c, live) || outputs_match(&b, &s, LIVE_SUB, c, live);
+    ck_assert_msg(ok, "live messages: '%s' prints differently", c->args);
+  }
+  test_broker_cleanup(&b);
+  scratch_cleanup(&s);
+}
+END_TEST
+
+/* A format mosquitto_sub refuses is refused before connecting. */
+START_TEST(cli_sub_bad_format_fails) {
+  static const char *const formats[] = {"%z", "a%", "%5", "%-", "@", "a\\", "\\q"};
+  int port = test_free_port();
+  ck_assert_int_gt(port, 0);
+  for (size_t i = 0; i < sizeof formats / sizeof formats[0]; i++) {
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s -h 127.0.0.1 -p %d -t x -F '%s' 2> /dev/null", tool("uvmqtt-sub"),
+             port, formats[i]);
+    ck_assert_msg(test_run(cmd, 10) == 1, "-F '%s' should fail with status 1", formats[i]);
+    snprintf(cmd, sizeof cmd, "mosquitto_sub -h 127.0.0.1 -p %d -t x -F '%s' 2> /dev/null", port,
+             formats[i]);
+    ck_assert_msg(test_run(cmd, 10) != 0, "mosquitto_sub accepts -F '%s'", formats[i]);
+  }
 }
 END_TEST
 
@@ -1132,6 +1314,12 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(single, cli_pub_v5_properties_and_url);
   tcase_add_test(single, cli_sub_count_and_timeout);
   suite_add_tcase(s, single);
+
+  TCase *output = tcase_create("output");
+  tcase_set_timeout(output, 120);
+  tcase_add_test(output, cli_sub_output_matches_mosquitto_sub);
+  tcase_add_test(output, cli_sub_bad_format_fails);
+  suite_add_tcase(s, output);
 
   TCase *failures = tcase_create("failures");
   tcase_set_timeout(failures, 60);

@@ -1,6 +1,7 @@
 /* Option parsing for uvmqtt-pub and uvmqtt-sub, with mosquitto_pub's and
  * mosquitto_sub's flags and meanings, plus the shared printing helpers. */
 #include "cli_common.h"
+#include "cli_format.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -40,6 +41,8 @@ enum {
   OPT_TIMEOUT,
   OPT_VERBOSE,
   OPT_NO_EOL,
+  OPT_FORMAT,
+  OPT_PRETTY,
   OPT_DEBUG,
   OPT_EXPIRY,
   OPT_PROPERTY,
@@ -96,6 +99,8 @@ static const option_t options[] = {
     {OPT_TIMEOUT, 'W', "timeout", 1, TOOL_BOTH},
     {OPT_VERBOSE, 'v', "verbose", 0, TOOL_SUB},
     {OPT_NO_EOL, 'N', "no-eol", 0, TOOL_SUB},
+    {OPT_FORMAT, 'F', "format", 1, TOOL_SUB},
+    {OPT_PRETTY, 0, "pretty", 0, TOOL_SUB},
     {OPT_DEBUG, 'd', "debug", 0, TOOL_BOTH},
     {OPT_EXPIRY, 'x', "session-expiry-interval", 1, TOOL_BOTH},
     {OPT_PROPERTY, 'D', "property", 1, TOOL_BOTH},
@@ -241,7 +246,17 @@ static void usage_pub(void) {
 static void usage_sub(void) {
   printf(" -C COUNT              exit after COUNT messages\n"
          " -v, --verbose         print \"topic payload\"\n"
-         " -N                    no newline after each payload\n");
+         " -N, --no-eol          no newline after each message\n"
+         " -F, --format FORMAT   print each message as FORMAT, as mosquitto_sub:\n"
+         "                       %%t topic, %%p payload, %%x/%%X payload in hex, %%l its\n"
+         "                       length, %%q QoS, %%r retain, %%m message id, %%I ISO 8601\n"
+         "                       time, %%U Unix time, %%j JSON, %%J JSON with a JSON\n"
+         "                       payload, v5 %%A alias, %%C content type, %%D correlation\n"
+         "                       data, %%E expiry, %%F payload format, %%P user properties,\n"
+         "                       %%R response topic, %%S subscription id, %%%% a %%;\n"
+         "                       %%[-][0][WIDTH][.PRECISION]; @X strftime's %%X, @N\n"
+         "                       nanoseconds, @@ a @; \\n \\t \\r \\v \\a \\e \\0 \\\\\n"
+         " --pretty              JSON of %%j and %%J on several lines\n");
 }
 
 static void usage(const cli_opts_t *o) {
@@ -254,7 +269,7 @@ static void usage(const cli_opts_t *o) {
            o->prog, o->prog);
   } else {
     printf("Usage: %s {[-h host] [-p port] -t topic... | -L mqtt[s]://host[:port]/topic}\n"
-           "          [-C count] [-W seconds] [-v] [-N] [options]\n"
+           "          [-C count] [-W seconds] [-v] [-N] [-F format] [options]\n"
            "Subscribes to MQTT topics and prints the messages that arrive.\n\n",
            o->prog);
   }
@@ -749,6 +764,17 @@ static int apply(cli_opts_t *o, const option_t *opt, int argc, char **argv, int 
     return 0;
   case OPT_VERBOSE: o->verbose = 1; return 0;
   case OPT_NO_EOL: o->no_newline = 1; return 0;
+  case OPT_FORMAT: {
+    char why[80];
+    /* Checked now, as mosquitto_sub does, so a typo fails before connecting. */
+    if (cli_format_check(v, why, sizeof why) != 0) {
+      cli_error(o, "%s: %s in '%s'", flag, why, v);
+      return -1;
+    }
+    o->format = v;
+    return 0;
+  }
+  case OPT_PRETTY: o->pretty = 1; return 0;
   case OPT_DEBUG: o->debug = 1; return 0;
   case OPT_EXPIRY:
     if (parse_expiry(v, &o->session_expiry) != 0) {

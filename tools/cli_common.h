@@ -70,6 +70,8 @@ typedef struct {
   long timeout_s;      /* -W */
   uint8_t verbose;
   uint8_t no_newline;
+  const char *format; /* -F */
+  uint8_t pretty;     /* --pretty: JSON of -F %j and %J over several lines */
   uint8_t debug;
   uint8_t json;
   uint8_t has_session_expiry;

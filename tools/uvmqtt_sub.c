@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli_app.h"
+#include "cli_format.h"
 
 typedef struct {
   cli_app_t app;
@@ -21,27 +22,8 @@ static sub_t *sub_of(cli_app_t *app) {
   return app->data;
 }
 
-static void write_bytes(const uvmqtt_bytes_t *b) {
-  if (b->len) fwrite(b->data, 1, b->len, stdout);
-}
-
-/* mosquitto_sub's format: "payload" or "topic payload", a newline unless
- * -N, and "topic (null)" for an empty payload with -v. */
 static int print_message(const cli_opts_t *o, const uvmqtt_message_t *m) {
-  if (o->verbose) {
-    if (m->payload.len) {
-      write_bytes(&m->topic);
-      fputc(' ', stdout);
-      write_bytes(&m->payload);
-      if (!o->no_newline) fputc('\n', stdout);
-    } else if (!o->no_newline) {
-      write_bytes(&m->topic);
-      fputs(" (null)\n", stdout);
-    }
-  } else {
-    write_bytes(&m->payload);
-    if (!o->no_newline) fputc('\n', stdout);
-  }
+  cli_format_message(stdout, o, m);
   /* Flushed before the acknowledgement goes out, so a message the broker
    * considers delivered is already in the output. */
   if (fflush(stdout) != 0 || ferror(stdout)) return errno ? -errno : UV_EIO;
