@@ -12,6 +12,16 @@ typedef struct {
   uv_loop_t loop;
   fake_broker_t fb;
   const char *bind_address;
+  void (*on_resubscribe)(uvmqtt_client_t *c, int status, const char *filter, uint8_t reason);
+  /* SUBSCRIBEs as the broker saw them: filters, Subscription Identifier,
+   * encoded size; and what on_resubscribe reported. */
+  int sub_filters[16];
+  uint32_t sub_id[16];
+  size_t sub_size[16];
+  int nsub_rx;
+  int resub_reports;
+  int resub_refused;
+  int resub_errors;
   uvmqtt_client_t client;
   uv_timer_t watchdog;
   uv_timer_t ack_timer;
@@ -209,6 +219,18 @@ static void broker_packet(fake_broker_t *fb, fake_conn_t *conn, const uvmqtt_pac
   case UVMQTT_SUBSCRIBE: {
     f->broker_subscribes++;
     uint8_t codes[8] = {0};
+    if (f->nsub_rx < 16) {
+      f->sub_filters[f->nsub_rx] = (int)pkt->u.subscribe.count;
+      f->sub_id[f->nsub_rx] = pkt->props.subscription_id;
+      f->sub_size[f->nsub_rx] = (size_t)uvmqtt_encode_size(pkt, f->version);
+    }
+    f->nsub_rx++;
+    /* Filters under deny/ are refused (0x87, not authorized). */
+    size_t off = 0;
+    uvmqtt_topic_sub_t sub;
+    for (uint32_t i = 0;
+         i < 8 && uvmqtt_subs_next(UVMQTT_SUBSCRIBE, pkt->u.subscribe.raw, &off, &sub) == 1; i++)
+      if (sub.filter.len >= 5 && memcmp(sub.filter.data, "deny/", 5) == 0) codes[i] = 0x87;
     uvmqtt_packet_t ack;
     memset(&ack, 0, sizeof ack);
     ack.type = UVMQTT_SUBACK;
@@ -311,6 +333,7 @@ static void fx_start(fx_t *f, uint8_t version, uint16_t keepalive, int no_reconn
   cb.on_connect = client_connect_cb;
   cb.on_disconnect = client_disconnect_cb;
   cb.on_message = client_message_cb;
+  cb.on_resubscribe = f->on_resubscribe;
   f->client.data = f;
   ck_assert_int_eq(uvmqtt_client_init(&f->loop, &f->client, &o, &cb), 0);
   ck_assert_int_eq(uvmqtt_connect(&f->client), 0);
@@ -963,6 +986,68 @@ START_TEST(fake_bind_address_other_family_fails) {
 }
 END_TEST
 
+static void resub_cb(uvmqtt_client_t *c, int status, const char *filter, uint8_t reason) {
+  fx_t *f = fx_of_client(c);
+  f->resub_reports++;
+  if (status < 0) f->resub_errors++;
+  if (status == 0 && reason >= 0x80) {
+    ck_assert_str_eq(filter, "deny/x");
+    f->resub_refused++;
+  }
+}
+
+/* Defect 10: after a session loss the client subscribes again with each
+ * call's properties (its Subscription Identifier), split to fit the new
+ * connection's Maximum Packet Size, and reports each filter's outcome: a
+ * refusal reaches on_resubscribe instead of leaving the client silently
+ * without the subscription. */
+START_TEST(fake_resubscribe_keeps_props_splits_reports) {
+  fx_t *f = calloc(1, sizeof *f);
+  f->on_resubscribe = resub_cb;
+  fx_start(f, UVMQTT_V5, 30, 0, NULL);
+  RUN_UNTIL(f, f->connects == 1, 2000);
+  uvmqtt_topic_sub_t a[4] = {{{(const uint8_t *)"a/1", 3}, 1},
+                             {{(const uint8_t *)"a/2", 3}, 1},
+                             {{(const uint8_t *)"a/3", 3}, 1},
+                             {{(const uint8_t *)"a/4", 3}, 1}};
+  uvmqtt_topic_sub_t d = {{(const uint8_t *)"deny/x", 6}, 0};
+  uvmqtt_props_t pa, pd;
+  memset(&pa, 0, sizeof pa);
+  memset(&pd, 0, sizeof pd);
+  pa.has = 1ull << UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER;
+  pa.subscription_id = 7;
+  pd.has = 1ull << UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER;
+  pd.subscription_id = 9;
+  ck_assert_int_eq(uvmqtt_subscribe(&f->client, a, 4, &pa, NULL, NULL, NULL), 0);
+  ck_assert_int_eq(uvmqtt_subscribe(&f->client, &d, 1, &pd, NULL, NULL, NULL), 0);
+  RUN_UNTIL(f, f->broker_subscribes == 2, 2000);
+  ck_assert_int_eq(f->sub_filters[0], 4);
+  ck_assert_uint_eq(f->sub_id[0], 7);
+  /* The next connection finds no session and allows 20-byte packets. */
+  f->connack_props.has = 1ull << UVMQTT_PROP_MAXIMUM_PACKET_SIZE;
+  f->connack_props.maximum_packet_size = 20;
+  fake_conn_close(f->conn);
+  RUN_UNTIL(f, f->connects == 2 && f->resub_reports == 5, 3000);
+  ck_assert_int_eq(f->connects, 2);
+  ck_assert_int_eq(f->resub_reports, 5);
+  ck_assert_int_eq(f->resub_refused, 1);
+  ck_assert_int_eq(f->resub_errors, 0);
+  int filters_a = 0, filters_d = 0;
+  for (int i = 2; i < f->nsub_rx && i < 16; i++) {
+    ck_assert_uint_le(f->sub_size[i], 20);
+    ck_assert_msg(f->sub_id[i] == 7 || f->sub_id[i] == 9, "SUBSCRIBE %d lost its identifier", i);
+    if (f->sub_id[i] == 7) filters_a += f->sub_filters[i];
+    if (f->sub_id[i] == 9) filters_d += f->sub_filters[i];
+  }
+  ck_assert_int_gt(f->nsub_rx - 2, 2); /* split: more SUBSCRIBEs than calls */
+  ck_assert_int_eq(filters_a, 4);
+  ck_assert_int_eq(filters_d, 1);
+  finish(f);
+  fx_end(f);
+  free(f);
+}
+END_TEST
+
 Suite *uvmqtt_test_suite(void) {
   Suite *s = suite_create("fake_broker");
   TCase *tc = tcase_create("faults");
@@ -988,6 +1073,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_loop_test(tc, fake_minimal_connect_v5, 0, 2);
   tcase_add_loop_test(tc, fake_bind_address_used, 0, 2);
   tcase_add_test(tc, fake_bind_address_other_family_fails);
+  tcase_add_test(tc, fake_resubscribe_keeps_props_splits_reports);
   tcase_add_loop_test(tc, fake_keepalive_slow_uplink, 0, 2);
   tcase_add_loop_test(tc, fake_graceful_disconnect_half_closes, 0, 2);
   suite_add_tcase(s, tc);

@@ -670,7 +670,8 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
   const uvmqtt_props_t *props = s->version == UVMQTT_V5 ? p->props : NULL;
   uint16_t alias = props && UVMQTT_HAS(props, UVMQTT_PROP_TOPIC_ALIAS) ? props->topic_alias : 0;
   /* [MQTT-3.3.4-6]: only the broker sets Subscription Identifiers. */
-  if (props && UVMQTT_HAS(props, UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER)) return UVMQTT_EBADPROP;
+  if (props && (UVMQTT_HAS(props, UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER) || props->sub_id_count))
+    return UVMQTT_EBADPROP;
   size_t topic_len = strlen(topic);
   if (topic_len > 65535) return UVMQTT_EBADTOPIC;
   /* An alias without a topic needs the mapping of the connection it is
