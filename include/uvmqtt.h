@@ -225,6 +225,19 @@ typedef struct {
    * file cannot be read. Handshake failures reach on_connect as
    * UVMQTT_ETLS* errors. */
   const uvmqtt_tls_options_t *tls;
+
+  /* WebSocket ("ws://host[:port][/path]", port 80, and "wss://", port 443,
+   * which uses `tls` like "mqtts://"): MQTT in binary frames with the
+   * "mqtt" subprotocol (RFC 6455). The upgrade must answer 101 with the
+   * right Sec-WebSocket-Accept and subprotocol, else the attempt fails with
+   * a UVMQTT_EWS* error. ws_path: the request target; NULL: the URI's path,
+   * else "/mqtt". ws_headers: extra header lines for the upgrade request,
+   * without line ends ("Authorization: Bearer ..."). ws_origin: an Origin
+   * header, NULL for none. All are copied. */
+  const char *ws_path;
+  const char *const *ws_headers;
+  size_t ws_header_count;
+  const char *ws_origin;
 } uvmqtt_options_t;
 
 /* Fills `opts` with the defaults. */

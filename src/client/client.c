@@ -83,7 +83,36 @@ void uvmqtt__client_free(uvmqtt__client_t *c) {
   uvmqtt__free(c->spare_write);
   uvmqtt__subs_free(c);
   uvmqtt__tls_ctx_free(c->tls);
+  uvmqtt__free(c->ws_path);
+  uvmqtt__free(c->ws_origin);
+  for (size_t i = 0; i < c->ws_header_count; i++)
+    uvmqtt__free(c->ws_headers[i]);
+  uvmqtt__free(c->ws_headers);
   uvmqtt__free(c);
+}
+
+/* The WebSocket options, checked as the upgrade request will use them, so
+ * a header line holding a line break fails init rather than every attempt. */
+static int copy_ws_options(uvmqtt__client_t *c, const uvmqtt_options_t *o) {
+  if (o->ws_header_count > 0 && o->ws_headers == NULL) return UVMQTT_EINVAL;
+  if (o->ws_header_count > 256) return UVMQTT_EINVAL;
+  if (o->ws_path != NULL && (o->ws_path[0] != '/' || strpbrk(o->ws_path, " \t\r\n")))
+    return UVMQTT_EINVAL;
+  if (o->ws_origin != NULL && strpbrk(o->ws_origin, "\r\n")) return UVMQTT_EINVAL;
+  int err = 0;
+  c->ws_path = dup_str(o->ws_path, &err);
+  c->ws_origin = dup_str(o->ws_origin, &err);
+  if (err || o->ws_header_count == 0) return err;
+  c->ws_headers = uvmqtt__calloc(o->ws_header_count, sizeof *c->ws_headers);
+  if (c->ws_headers == NULL) return UVMQTT_ENOMEM;
+  for (size_t i = 0; i < o->ws_header_count; i++) {
+    const char *h = o->ws_headers[i];
+    if (h == NULL || strpbrk(h, "\r\n") || strchr(h, ':') == NULL) return UVMQTT_EINVAL;
+    c->ws_headers[i] = dup_str(h, &err);
+    if (err) return err;
+    c->ws_header_count = i + 1;
+  }
+  return 0;
 }
 
 static int copy_uris(uvmqtt__client_t *c, const uvmqtt_options_t *o) {
@@ -160,8 +189,10 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
   int want_tls = opts->tls != NULL;
   for (uint32_t i = 0; err == 0 && !want_tls && i < c->uri_count; i++) {
     uvmqtt__uri_t parsed;
-    want_tls = uvmqtt__uri_parse(c->uris[i], &parsed) == 0 && parsed.scheme == UVMQTT__SCHEME_TLS;
+    want_tls = uvmqtt__uri_parse(c->uris[i], &parsed) == 0 &&
+               (parsed.scheme == UVMQTT__SCHEME_TLS || parsed.scheme == UVMQTT__SCHEME_WSS);
   }
+  if (err == 0) err = copy_ws_options(c, opts);
   if (err == 0 && want_tls) err = uvmqtt__tls_ctx_new(opts->tls, &c->tls);
   if (err) {
     uvmqtt__client_free(c);

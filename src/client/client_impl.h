@@ -101,6 +101,11 @@ struct uvmqtt__client_s {
   /* TLS: the SSL_CTX built from the options and the last session, for
    * resumption (transport_tls.h); NULL until a TLS server needs it. */
   struct uvmqtt__tls_ctx_s *tls;
+  /* WebSocket options (copies; NULL when not given). */
+  char *ws_path;
+  char *ws_origin;
+  char **ws_headers;
+  size_t ws_header_count;
 };
 
 typedef struct uvmqtt__client_s uvmqtt__client_t;

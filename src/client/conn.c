@@ -5,6 +5,7 @@
 #include "base/alloc.h"
 #include "client/client_impl.h"
 #include "transport/tls.h"
+#include "transport/ws.h"
 #include "client/uri.h"
 
 /* Stop taking output while this much is already queued in the socket. */
@@ -167,15 +168,20 @@ void uvmqtt__client_start_attempt(uvmqtt__client_t *c) {
   if (c->closing || c->state != UVMQTT__C_CONNECTING) return; /* the hook closed or stopped us */
   uvmqtt__uri_t uri;
   int err = uvmqtt__uri_parse(c->uris[c->uri_index % c->uri_count], &uri);
-  if (err == 0 && uri.scheme != UVMQTT__SCHEME_TCP && uri.scheme != UVMQTT__SCHEME_TLS)
-    err = UVMQTT_EBADURI;
   c->connect_deadline = uvmqtt__now(c) + c->connect_timeout_ms;
   if (err == 0) {
-    if (uri.scheme == UVMQTT__SCHEME_TLS)
+    if (uri.scheme == UVMQTT__SCHEME_TLS) {
       err = uvmqtt__transport_tls_init(&c->tr, c->handle->loop, &uvmqtt__client_transport_cbs,
                                        &c->tls);
-    else
+    } else if (uri.scheme == UVMQTT__SCHEME_WS || uri.scheme == UVMQTT__SCHEME_WSS) {
+      /* The strings are read by connect() below, while the URI is alive. */
+      uvmqtt__ws_options_t wo = {c->ws_path != NULL ? c->ws_path : uri.path, c->ws_origin,
+                                 (const char *const *)c->ws_headers, c->ws_header_count};
+      err = uvmqtt__transport_ws_init(&c->tr, c->handle->loop, &uvmqtt__client_transport_cbs,
+                                      uri.scheme == UVMQTT__SCHEME_WSS ? &c->tls : NULL, &wo);
+    } else {
       uvmqtt__transport_tcp_init(&c->tr, c->handle->loop, &uvmqtt__client_transport_cbs);
+    }
     c->tr.data = c;
     if (err == 0) err = uvmqtt__transport_connect(&c->tr, uri.host, uri.port);
     if (err == 0) c->transport_active = 1;

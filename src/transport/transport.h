@@ -1,6 +1,6 @@
 /* The transport interface: a byte stream to the broker over libuv.
  *
- * One small vtable that TCP fills now and TLS and WebSocket fill later. The
+ * One small vtable that TCP, TLS and WebSocket fill. The
  * transport has no timer of its own: the client enforces the connect timeout
  * by closing it, so an idle connection costs one uv_tcp_t and no more.
  */
@@ -83,6 +83,9 @@ struct uvmqtt__transport_s {
   struct addrinfo *next_addr;
   uv_connect_t *connect_req; /* during a connection attempt only */
   int last_error;
+  /* The WebSocket layer's state while it sits on top. It cannot live behind
+   * t->cb as TLS's does, because over TLS t->cb is TLS's. */
+  void *outer;
   uv_tcp_t tcp;
 };
 
