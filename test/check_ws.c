@@ -23,6 +23,7 @@
 #include "broker.h"
 #include "certs.h"
 #include "node_server.h"
+#include "transport/http.h"
 #include "uvmqtt.h"
 
 #define WATCHDOG_MS     60000
@@ -325,9 +326,92 @@ START_TEST(ws_upgrade_refused) {
 }
 END_TEST
 
+/* ---- The upgrade-response parser alone ------------------------------------------------------ */
+
+static const char ACCEPT[] = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+static int ws_parse(const char *head) {
+  size_t len = 0;
+  return uvmqtt__ws_parse_response(head, strlen(head), ACCEPT, &len);
+}
+
+START_TEST(ws_parser_rules) {
+#define OK_HEAD                                                                                    \
+  "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"              \
+  "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: mqtt\r\n"
+  size_t len = 0;
+  const char frames[] = OK_HEAD "\r\n\x82\x02";
+  ck_assert_int_eq(uvmqtt__ws_parse_response(frames, sizeof frames - 1, ACCEPT, &len), 1);
+  ck_assert_uint_eq(len, sizeof frames - 3);
+  /* Every byte short of the blank line: not yet. */
+  for (size_t n = 0; n < sizeof frames - 3; n++)
+    ck_assert_int_eq(uvmqtt__ws_parse_response(frames, n, ACCEPT, &len), 0);
+  /* Names are case-insensitive, Upgrade and Connection are token lists. */
+  ck_assert_int_eq(ws_parse("HTTP/1.1 101 x\r\nupgrade: h2c, WebSocket\r\nCONNECTION: keep-alive, "
+                            "upgrade\r\nsec-websocket-accept:s3pPLMBiTxaQ9kYGzzhZRbK+xOo=  \r\n"
+                            "sec-websocket-protocol: mqtt\r\n\r\n"),
+                   1);
+  ck_assert_int_eq(ws_parse("HTTP/1.1 200 OK\r\n\r\n"), UVMQTT_EWSHANDSHAKE);
+  ck_assert_int_eq(ws_parse("HTTP/1.1 401 Unauthorized\r\nbad line\r\n\r\n"), UVMQTT_EWSHANDSHAKE);
+  ck_assert_int_eq(ws_parse("HTTP/1.1 101 x\r\nConnection: Upgrade\r\n\r\n"), UVMQTT_EWSUPGRADE);
+  ck_assert_int_eq(ws_parse("HTTP/1.1 101 x\r\nUpgrade: websocketx\r\nConnection: Upgrade\r\n\r\n"),
+                   UVMQTT_EWSUPGRADE);
+  ck_assert_int_eq(ws_parse("HTTP/1.1 101 x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                            "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo\r\n\r\n"),
+                   UVMQTT_EWSACCEPT);
+  /* Twice, even if both are right: one value was expected. */
+  ck_assert_int_eq(ws_parse(OK_HEAD "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"),
+                   UVMQTT_EWSACCEPT);
+  ck_assert_int_eq(ws_parse(OK_HEAD "Sec-WebSocket-Protocol: mqttv3.1\r\n\r\n"),
+                   UVMQTT_EWSPROTOCOL);
+  ck_assert_int_eq(ws_parse("HTTP/1.1 101 x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                            "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
+                            "Sec-WebSocket-Protocol: MQTT\r\n\r\n"),
+                   UVMQTT_EWSPROTOCOL);
+  ck_assert_int_eq(ws_parse(OK_HEAD "Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"),
+                   UVMQTT_EWSHEADER);
+  /* Malformed: a bare LF, a folded line, a space before the colon, a bad
+   * status line, a control character. */
+  ck_assert_int_eq(ws_parse(OK_HEAD "X: a\nY: b\r\n\r\n"), UVMQTT_EWSHEADER);
+  ck_assert_int_eq(ws_parse(OK_HEAD " folded\r\n\r\n"), UVMQTT_EWSHEADER);
+  ck_assert_int_eq(ws_parse(OK_HEAD "X : a\r\n\r\n"), UVMQTT_EWSHEADER);
+  ck_assert_int_eq(ws_parse("HTTP/2 101 x\r\n\r\n"), UVMQTT_EWSHEADER);
+  ck_assert_int_eq(ws_parse("HTTP/1.1 1010 x\r\n\r\n"), UVMQTT_EWSHEADER);
+  ck_assert_int_eq(ws_parse(OK_HEAD "X: a\x01b\r\n\r\n"), UVMQTT_EWSHEADER);
+  /* The size bound: 8 KiB without a blank line is refused, whatever comes. */
+  static char big[UVMQTT__HTTP_HEAD_MAX + 100];
+  memset(big, 'a', sizeof big);
+  memcpy(big, OK_HEAD, strlen(OK_HEAD));
+  ck_assert_int_eq(uvmqtt__ws_parse_response(big, UVMQTT__HTTP_HEAD_MAX - 1, ACCEPT, &len), 0);
+  ck_assert_int_eq(uvmqtt__ws_parse_response(big, UVMQTT__HTTP_HEAD_MAX, ACCEPT, &len),
+                   UVMQTT_EWSHEADER);
+  ck_assert_int_eq(uvmqtt__ws_parse_response(big, sizeof big, ACCEPT, &len), UVMQTT_EWSHEADER);
+#undef OK_HEAD
+}
+END_TEST
+
+START_TEST(proxy_parser_rules) {
+  size_t len = 0;
+  const char ok[] = "HTTP/1.1 200 Connection established\r\nProxy-Agent: x\r\n\r\n\x10";
+  ck_assert_int_eq(uvmqtt__proxy_parse_response(ok, sizeof ok - 1, &len), 1);
+  ck_assert_uint_eq(len, sizeof ok - 2);
+  ck_assert_int_eq(uvmqtt__proxy_parse_response(ok, 20, &len), 0);
+  const char *auth = "HTTP/1.0 407 Proxy Authentication Required\r\n\r\n";
+  ck_assert_int_eq(uvmqtt__proxy_parse_response(auth, strlen(auth), &len), UVMQTT_EPROXYAUTH);
+  const char *denied = "HTTP/1.1 403 Access violation\r\n\r\n";
+  ck_assert_int_eq(uvmqtt__proxy_parse_response(denied, strlen(denied), &len), UVMQTT_EPROXY);
+  const char *junk = "SSH-2.0-OpenSSH\r\n\r\n";
+  ck_assert_int_eq(uvmqtt__proxy_parse_response(junk, strlen(junk), &len), UVMQTT_EPROXYHEADER);
+}
+END_TEST
+
 Suite *uvmqtt_test_suite(void) {
   Suite *s = suite_create("ws");
-  TCase *tc = tcase_create("brokers");
+  TCase *tc = tcase_create("parser");
+  tcase_add_test(tc, ws_parser_rules);
+  tcase_add_test(tc, proxy_parser_rules);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("brokers");
   tcase_set_timeout(tc, TCASE_TIMEOUT_S);
   tcase_add_unchecked_fixture(tc, certs_make, certs_remove);
   tcase_add_loop_test(tc, ws_stream_qos1, 0, 4);
