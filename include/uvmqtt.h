@@ -238,6 +238,20 @@ typedef struct {
   const char *const *ws_headers;
   size_t ws_header_count;
   const char *ws_origin;
+
+  /* An HTTP proxy for every server: "http://[user:password@]host[:port]"
+   * (port 1080 by default; user and password percent-encoded when needed,
+   * sent with Basic authentication). The client asks it with CONNECT for a
+   * tunnel to the server, then speaks TLS or WebSocket through it as
+   * usual. A refusal fails the attempt with UVMQTT_EPROXY (UVMQTT_EPROXYAUTH
+   * for 407). Copied; init fails with UVMQTT_EBADURI when it does not
+   * parse. */
+  const char *proxy;
+  /* 1: without `proxy`, take it from the environment at each attempt, as
+   * curl does: https_proxy (or HTTPS_PROXY) for mqtts:// and wss://,
+   * http_proxy for mqtt:// and ws://, except for hosts no_proxy (or
+   * NO_PROXY) names ("*", hosts, or domains such as ".example.com"). */
+  uint8_t proxy_from_env;
 } uvmqtt_options_t;
 
 /* Fills `opts` with the defaults. */

@@ -82,7 +82,7 @@ extern "C" {
   XX(EWSFRAME, -30095, 0, "WebSocket: bad frame, or a text frame, from the server")                \
   XX(EWSCLOSED, -30096, 0, "WebSocket: connection closed during the upgrade")                      \
   XX(EPROXY, -30100, 0, "HTTP proxy refused the CONNECT (status not 200)")                         \
-  XX(EPROXYAUTH, -30101, 0, "HTTP proxy wants (other) credentials (status 407)")                   \
+  XX(EPROXYAUTH, -30101, 0, "HTTP proxy wants (other) credentials (status 407 or 401)")            \
   XX(EPROXYHEADER, -30102, 0, "HTTP proxy response too large or malformed")                        \
   XX(EPROXYCLOSED, -30103, 0, "HTTP proxy closed the connection before answering")
 

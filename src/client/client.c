@@ -8,6 +8,7 @@
 #include "base/alloc.h"
 #include "client/client_impl.h"
 #include "client/props_clone.h"
+#include "transport/proxy.h"
 #include "transport/tls.h"
 #include "client/uri.h"
 
@@ -88,7 +89,17 @@ void uvmqtt__client_free(uvmqtt__client_t *c) {
   for (size_t i = 0; i < c->ws_header_count; i++)
     uvmqtt__free(c->ws_headers[i]);
   uvmqtt__free(c->ws_headers);
+  uvmqtt__free(c->proxy);
+  uvmqtt__free(c->env_proxy);
   uvmqtt__free(c);
+}
+
+static int copy_proxy(uvmqtt__client_t *c, const uvmqtt_options_t *o) {
+  c->proxy_from_env = o->proxy_from_env;
+  if (o->proxy == NULL) return 0;
+  c->proxy = uvmqtt__malloc(sizeof *c->proxy);
+  if (c->proxy == NULL) return UVMQTT_ENOMEM;
+  return uvmqtt__proxy_parse(o->proxy, c->proxy);
 }
 
 /* The WebSocket options, checked as the upgrade request will use them, so
@@ -193,6 +204,7 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
                (parsed.scheme == UVMQTT__SCHEME_TLS || parsed.scheme == UVMQTT__SCHEME_WSS);
   }
   if (err == 0) err = copy_ws_options(c, opts);
+  if (err == 0) err = copy_proxy(c, opts);
   if (err == 0 && want_tls) err = uvmqtt__tls_ctx_new(opts->tls, &c->tls);
   if (err) {
     uvmqtt__client_free(c);

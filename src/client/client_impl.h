@@ -106,6 +106,11 @@ struct uvmqtt__client_s {
   char *ws_origin;
   char **ws_headers;
   size_t ws_header_count;
+  /* The `proxy` option, parsed; the one taken from the environment for the
+   * current attempt (proxy_from_env). */
+  struct uvmqtt__proxy_config_s *proxy;
+  struct uvmqtt__proxy_config_s *env_proxy;
+  uint8_t proxy_from_env;
 };
 
 typedef struct uvmqtt__client_s uvmqtt__client_t;

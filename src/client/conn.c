@@ -4,6 +4,7 @@
 
 #include "base/alloc.h"
 #include "client/client_impl.h"
+#include "transport/proxy.h"
 #include "transport/tls.h"
 #include "transport/ws.h"
 #include "client/uri.h"
@@ -155,6 +156,22 @@ static void build_connect(uvmqtt__client_t *c, uvmqtt_packet_t *p) {
   }
 }
 
+/* The proxy for this attempt: the option, else (proxy_from_env) what the
+ * environment says for this server, else none. */
+static int pick_proxy(uvmqtt__client_t *c, const uvmqtt__uri_t *uri,
+                      const uvmqtt__proxy_config_t **out) {
+  *out = c->proxy;
+  if (c->proxy != NULL || !c->proxy_from_env) return 0;
+  int tls = uri->scheme == UVMQTT__SCHEME_TLS || uri->scheme == UVMQTT__SCHEME_WSS;
+  const char *url = uvmqtt__proxy_from_env(tls, uri->host);
+  if (url == NULL) return 0;
+  if (c->env_proxy == NULL) c->env_proxy = uvmqtt__malloc(sizeof *c->env_proxy);
+  if (c->env_proxy == NULL) return UVMQTT_ENOMEM;
+  int err = uvmqtt__proxy_parse(url, c->env_proxy);
+  *out = c->env_proxy;
+  return err;
+}
+
 void uvmqtt__client_start_attempt(uvmqtt__client_t *c) {
   if (c->closing) return;
   c->attempt++;
@@ -169,6 +186,8 @@ void uvmqtt__client_start_attempt(uvmqtt__client_t *c) {
   uvmqtt__uri_t uri;
   int err = uvmqtt__uri_parse(c->uris[c->uri_index % c->uri_count], &uri);
   c->connect_deadline = uvmqtt__now(c) + c->connect_timeout_ms;
+  const uvmqtt__proxy_config_t *proxy = NULL;
+  if (err == 0) err = pick_proxy(c, &uri, &proxy);
   if (err == 0) {
     if (uri.scheme == UVMQTT__SCHEME_TLS) {
       err = uvmqtt__transport_tls_init(&c->tr, c->handle->loop, &uvmqtt__client_transport_cbs,
@@ -183,6 +202,7 @@ void uvmqtt__client_start_attempt(uvmqtt__client_t *c) {
       uvmqtt__transport_tcp_init(&c->tr, c->handle->loop, &uvmqtt__client_transport_cbs);
     }
     c->tr.data = c;
+    if (err == 0) uvmqtt__transport_tcp_set_proxy(&c->tr, proxy);
     if (err == 0) err = uvmqtt__transport_connect(&c->tr, uri.host, uri.port);
     if (err == 0) c->transport_active = 1;
   }

@@ -182,7 +182,9 @@ int uvmqtt__proxy_parse_response(const char *buf, size_t len, size_t *head_len) 
   int r;
   while ((r = next_header(&p, end, &h)) == 1) {
   }
-  if (code == 407) return UVMQTT_EPROXYAUTH;
+  /* 407 asks for credentials; some proxies (tinyproxy among them) answer
+   * wrong ones with 401 instead. */
+  if (code == 407 || code == 401) return UVMQTT_EPROXYAUTH;
   if (code < 200 || code > 299) return UVMQTT_EPROXY;
   if (r < 0) return UVMQTT_EPROXYHEADER;
   return 1;

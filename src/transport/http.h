@@ -26,7 +26,7 @@ int uvmqtt__ws_parse_response(const char *buf, size_t len, const char *accept, s
 
 /* Checks the head of a proxy's response to CONNECT. Returns 1 for a 2xx
  * status (*head_len as above; the tunnel's bytes may follow), 0 when more
- * bytes are needed, or UVMQTT_EPROXYHEADER, UVMQTT_EPROXYAUTH (407) or
+ * bytes are needed, or UVMQTT_EPROXYHEADER, UVMQTT_EPROXYAUTH (407, or 401) or
  * UVMQTT_EPROXY (any other status). */
 int uvmqtt__proxy_parse_response(const char *buf, size_t len, size_t *head_len);
 

@@ -86,6 +86,11 @@ struct uvmqtt__transport_s {
   /* The WebSocket layer's state while it sits on top. It cannot live behind
    * t->cb as TLS's does, because over TLS t->cb is TLS's. */
   void *outer;
+  /* The HTTP proxy to tunnel through (the owner's, see
+   * uvmqtt__transport_tcp_set_proxy), and the CONNECT step's state while
+   * it runs. */
+  const struct uvmqtt__proxy_config_s *proxy_cfg;
+  struct uvmqtt__proxy_step_s *proxy;
   uv_tcp_t tcp;
 };
 
@@ -100,6 +105,16 @@ void uvmqtt__transport_tcp_init(uvmqtt__transport_t *t, uv_loop_t *loop,
  * outlive the attempt. Returns 0, UVMQTT_EINVAL for a list without an IPv4
  * or IPv6 address, or UVMQTT_EBUSY when the transport is not idle. */
 int uvmqtt__transport_tcp_connect_addrs(uvmqtt__transport_t *t, struct addrinfo *list);
+
+/* Makes the next connect() go through the HTTP proxy `cfg` (NULL: none):
+ * it reaches the proxy instead, asks it with CONNECT for host:port, and
+ * reports on_connect only once the proxy answered 2xx (or with
+ * UVMQTT_EPROXY, UVMQTT_EPROXYAUTH, UVMQTT_EPROXYHEADER or
+ * UVMQTT_EPROXYCLOSED). TLS and WebSocket layered above then run through
+ * the tunnel unchanged. Call after the init functions (TCP, TLS or
+ * WebSocket), before connect(); `cfg` must outlive the attempt. */
+void uvmqtt__transport_tcp_set_proxy(uvmqtt__transport_t *t,
+                                     const struct uvmqtt__proxy_config_s *cfg);
 
 #define uvmqtt__transport_connect(t, host, port) ((t)->vt->connect((t), (host), (port)))
 #define uvmqtt__transport_write(t, b, n, a)      ((t)->vt->write((t), (b), (n), (a)))

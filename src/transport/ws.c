@@ -49,7 +49,10 @@ typedef struct {
   const uint8_t *in; /* frame bytes of the current read that wslay has not taken */
   size_t in_len;
   write_rec_t *last_rec; /* the newest record queued during the current write() */
-  int io_error;          /* why the layer below refused a write */
+  write_rec_t *out;      /* frame bytes gathered during one wslay_event_send() */
+  size_t out_len;
+  size_t out_cap;
+  int io_error; /* why the layer below refused a write */
   uint8_t over_tls;
   uint8_t established; /* the upgrade succeeded and the owner was told */
   uint8_t done;        /* the owner heard of a failure or the end: nothing more */
@@ -84,41 +87,62 @@ static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
   return (ssize_t)n;
 }
 
-/* Hands frame bytes to the layer below. Always takes all of them, copying
- * what waits, so wslay_event_send() empties its queue in one call and the
- * owner's buffers are free when write() returns. */
+/* Gathers the frame bytes wslay produces during one wslay_event_send()
+ * (a header and a payload arrive apart) so that they go down as one write:
+ * two small segments in a row would meet Nagle's algorithm on a proxy or
+ * relay in between and wait for a delayed ACK. Always takes everything, so
+ * wslay_event_send() empties its queue in one call and the owner's buffers
+ * are free when write() returns. */
 static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
                        void *user) {
   (void)flags;
   conn_t *s = user;
-  uvmqtt__transport_t *t = s->t;
-  if (t->state != UVMQTT__T_OPEN) {
+  if (s->t->state != UVMQTT__T_OPEN) {
     s->io_error = UVMQTT_ENOTCONN;
     wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
     return -1;
   }
-  write_rec_t *w = uvmqtt__malloc(sizeof *w + len);
-  if (w == NULL) {
-    s->io_error = UVMQTT_ENOMEM;
-    wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
-    return -1;
+  if (s->out_len + len > s->out_cap) {
+    size_t cap = s->out_cap ? s->out_cap : 256;
+    while (cap < s->out_len + len)
+      cap *= 2;
+    write_rec_t *w = uvmqtt__realloc(s->out, sizeof *w + cap);
+    if (w == NULL) {
+      s->io_error = UVMQTT_ENOMEM;
+      wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+      return -1;
+    }
+    s->out = w;
+    s->out_cap = cap;
   }
-  memcpy(w->data, data, len);
+  memcpy(s->out->data + s->out_len, data, len);
+  s->out_len += len;
+  return (ssize_t)len;
+}
+
+/* Hands the gathered frame bytes to the layer below, which keeps the record
+ * until its write completes when it cannot send it at once. */
+static int send_out(conn_t *s) {
+  write_rec_t *w = s->out;
+  size_t len = s->out_len;
+  s->out = NULL;
+  s->out_len = 0;
+  s->out_cap = 0;
+  if (w == NULL) return 0;
+  if (len == 0) {
+    uvmqtt__free(w);
+    return 0;
+  }
   w->arg = NULL;
   w->has_arg = 0;
   uv_buf_t buf = uv_buf_init((char *)w->data, (unsigned)len);
-  int r = s->lower->write(t, &buf, 1, w);
-  if (r == 1) {
-    uvmqtt__free(w);
-  } else if (r < 0) {
-    uvmqtt__free(w);
-    s->io_error = r;
-    wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
-    return -1;
-  } else {
+  int r = s->lower->write(s->t, &buf, 1, w);
+  if (r == 0) {
     s->last_rec = w;
+    return 0;
   }
-  return (ssize_t)len;
+  uvmqtt__free(w);
+  return r < 0 ? r : 0;
 }
 
 /* RFC 6455 wants masking keys an intermediary cannot predict. */
@@ -179,12 +203,14 @@ static void fail_upgrade(conn_t *s, int err) {
   s->owner->on_connect(s->t, err);
 }
 
-/* Sends what wslay queued (pongs, the answer to a close). 0 or an error. */
+/* Sends what wslay queued (messages, pongs, the answer to a close). 0 or an
+ * error. */
 static int flush_frames(conn_t *s) {
   if (!wslay_event_want_write(s->ws)) return 0;
   s->io_error = 0;
   int r = wslay_event_send(s->ws);
-  if (r == 0) return 0;
+  int err = send_out(s);
+  if (r == 0) return err;
   return s->io_error != 0 ? s->io_error : UVMQTT_EWSFRAME;
 }
 
@@ -296,6 +322,7 @@ static void conn_free(conn_t *s) {
   if (s->ws != NULL) wslay_event_context_free(s->ws);
   uvmqtt__free(s->request);
   uvmqtt__free(s->head);
+  uvmqtt__free(s->out);
   uvmqtt__free(s);
 }
 
