@@ -85,6 +85,7 @@ static struct {
   const char *const *want; /* the scripted scenarios: the payloads expected */
   int want_count;
   int stop_after_messages; /* close (not disconnect) once all arrived */
+  uint32_t connect_timeout_ms; /* 0: FAIL_TIMEOUT_MS */
   uint64_t started;
   uint64_t elapsed_ms;
 } g;
@@ -168,7 +169,7 @@ static void client_start(const char *uri, uint8_t version, int tls, uvmqtt_callb
   o.uri = uri;
   o.version = version;
   o.no_reconnect = 1;
-  o.connect_timeout_ms = FAIL_TIMEOUT_MS;
+  o.connect_timeout_ms = g.connect_timeout_ms ? g.connect_timeout_ms : FAIL_TIMEOUT_MS;
   if (tls) o.tls = &t;
   cbs->on_disconnect = on_disconnect;
   int rc = uvmqtt_client_init(&g_loop, &g.client, &o, cbs);
@@ -274,7 +275,7 @@ static void run_fake(const char *scenario, int connect_status, const char *const
     ck_assert_msg(g.disconnect_status == disconnect_status, "%s: disconnect %s, want %s", scenario,
                   uvmqtt_err_name(g.disconnect_status), uvmqtt_err_name(disconnect_status));
   }
-  if (connect_status != 0)
+  if (connect_status != 0 && connect_status != UVMQTT_ECONNTIMEDOUT)
     ck_assert_msg(g.elapsed_ms < FAIL_TIMEOUT_MS, "the failure took %llu ms",
                   (unsigned long long)g.elapsed_ms);
   ck_assert_int_eq(g.closed, 1);
@@ -310,6 +311,15 @@ END_TEST
 
 START_TEST(ws_text_frame_refused) {
   run_fake("text", 0, NULL, 0, 0, UVMQTT_EWSFRAME);
+}
+END_TEST
+
+/* A server that hangs up on the upgrade request: UVMQTT_EWSCLOSED. One that
+ * never answers: the connect timeout. */
+START_TEST(ws_upgrade_unanswered) {
+  g.connect_timeout_ms = 1000;
+  run_fake(_i == 0 ? "hangup" : "silent", _i == 0 ? UVMQTT_EWSCLOSED : UVMQTT_ECONNTIMEDOUT, NULL,
+           0, 0, _i == 0 ? UVMQTT_EWSCLOSED : UVMQTT_ECONNTIMEDOUT);
 }
 END_TEST
 
@@ -430,6 +440,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(tc, ws_server_close_frame);
   tcase_add_test(tc, ws_text_frame_refused);
   tcase_add_loop_test(tc, ws_upgrade_refused, 0, 5);
+  tcase_add_loop_test(tc, ws_upgrade_unanswered, 0, 2);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -171,6 +171,13 @@ const server = net.createServer((sock) => {
     state.head += data.toString('latin1');
     const end = state.head.indexOf('\r\n\r\n');
     if (end < 0) return;
+    // Refusals without an answer: silence (the client's connect timeout
+    // ends it) or a hang-up.
+    if (scenario === 'silent') return;
+    if (scenario === 'hangup') {
+      sock.destroy();
+      return;
+    }
     const m = /\r\nSec-WebSocket-Key: *([^\r]*)\r\n/i.exec(state.head);
     if (!/\r\nSec-WebSocket-Protocol: *mqtt\r\n/i.test(state.head)) fail('no mqtt subprotocol');
     sock.write(upgradeResponse(m ? m[1] : ''));
