@@ -149,8 +149,10 @@ typedef struct {
 /* ---- Options ----------------------------------------------------------------- */
 
 typedef struct {
-  /* Server(s): "mqtt://host:port" (port 1883 by default); host may be a name,
-   * an IPv4 address or "[v6]". With several, attempts go round the list. */
+  /* Server(s): "mqtt://host:port" (port 1883 by default), "mqtts://" (TLS,
+   * 8883), "ws://host:port/path" and "wss://" (WebSocket, see ws_path);
+   * host may be a name, an IPv4 address or "[v6]". With several, attempts
+   * go round the list. */
   const char *uri;
   const char *const *uris;
   size_t uri_count;
