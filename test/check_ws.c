@@ -185,6 +185,7 @@ static void client_start(const char *uri, uint8_t version, int tls, uvmqtt_callb
  * 2 wss:// MQTT 3.1.1, 3 wss:// MQTT 5. The certificate is verified
  * (127.0.0.1 is in the server certificate). */
 START_TEST(ws_stream_qos1) {
+  memset(&g, 0, sizeof g);
   int v5 = _i & 1, tls = _i >= 2;
   const char *crt = cert("server.crt"), *key = cert("server.key");
   if (v5) {
@@ -251,6 +252,10 @@ static void on_fake_message(uvmqtt_client_t *client, const uvmqtt_message_t *m, 
  * ended the connection. */
 static void run_fake(const char *scenario, int connect_status, const char *const *want,
                      int want_count, int stop_after_messages, int disconnect_status) {
+  uint32_t timeout = g.connect_timeout_ms;
+  /* Fresh counters, also when the cases share one process (CK_FORK=no). */
+  memset(&g, 0, sizeof g);
+  g.connect_timeout_ms = timeout;
   const char *args[] = {scenario, NULL};
   node_start("ws_fake.js", args, 0);
   test_loop_start(&g_loop, &g_watchdog, WATCHDOG_MS, NULL);
