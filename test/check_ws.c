@@ -25,6 +25,7 @@
 #include "certs.h"
 #include "node_server.h"
 #include "transport/http.h"
+#include "transport/ws.h"
 #include "uvmqtt.h"
 
 #define WATCHDOG_MS     60000
@@ -84,7 +85,7 @@ static struct {
   int out_of_order;
   const char *const *want; /* the scripted scenarios: the payloads expected */
   int want_count;
-  int stop_after_messages; /* close (not disconnect) once all arrived */
+  int stop_after_messages;     /* close (not disconnect) once all arrived */
   uint32_t connect_timeout_ms; /* 0: FAIL_TIMEOUT_MS */
   uint64_t started;
   uint64_t elapsed_ms;
@@ -342,6 +343,103 @@ START_TEST(ws_upgrade_refused) {
 }
 END_TEST
 
+/* ---- The transport alone: closing in every state ------------------------------------------- */
+
+static struct {
+  uvmqtt__transport_t t;
+  int mode;
+  int connects;
+  int connect_status;
+  int reads;
+  int read_end; /* the nread < 0 that ended the stream, if any */
+  int writes;
+  int closes;
+} tr;
+
+static void tr_close(void) {
+  uvmqtt__transport_close(&tr.t);
+  /* Twice is allowed and changes nothing. */
+  uvmqtt__transport_close(&tr.t);
+}
+
+static void tr_on_connect(uvmqtt__transport_t *t, int status) {
+  (void)t;
+  tr.connects++;
+  tr.connect_status = status;
+  if (status != 0 || tr.mode == 1) {
+    tr_close();
+    return;
+  }
+  /* Any binary frame is a CONNECT to the script, which answers with one
+   * frame holding four packets. */
+  static const uint8_t connect_bytes[] = {0x10, 0x00};
+  uv_buf_t buf = uv_buf_init((char *)connect_bytes, sizeof connect_bytes);
+  int rc = uvmqtt__transport_write(&tr.t, &buf, 1, NULL);
+  ck_assert_int_ge(rc, 0);
+  if (rc == 0) tr.writes++;
+}
+
+static void tr_on_read(uvmqtt__transport_t *t, ssize_t nread, const uint8_t *data) {
+  (void)t;
+  (void)data;
+  if (nread < 0) {
+    tr.read_end = (int)nread;
+    tr_close();
+    return;
+  }
+  tr.reads++;
+  /* Mode 2 closes inside the first chunk wslay hands over; mode 3 half-
+   * closes (a close frame, then FIN) and reads until the server closes. */
+  if (tr.mode == 2) tr_close();
+  if (tr.mode == 3 && tr.reads == 1) ck_assert_int_eq(uvmqtt__transport_shutdown(&tr.t), 0);
+}
+
+static void tr_on_write(uvmqtt__transport_t *t, int status, void *arg) {
+  (void)t;
+  (void)status;
+  (void)arg;
+  tr.writes--;
+}
+
+static void tr_on_close(uvmqtt__transport_t *t) {
+  (void)t;
+  tr.closes++;
+}
+
+static const uvmqtt__transport_cbs_t tr_cbs = {tr_on_connect, tr_on_read, tr_on_write, tr_on_close};
+
+/* _i: 0 close while resolving (right after connect()), 1 in on_connect,
+ * 2 in on_read in the middle of a frame, 3 shutdown after the first read
+ * (the script answers the close frame and hangs up: UV_EOF), 4 an upgrade
+ * the server hangs up on (UVMQTT_EWSCLOSED). Each ends with exactly one
+ * on_close, every handle closed and, under the sanitizers, nothing leaked. */
+START_TEST(ws_transport_close_in_every_state) {
+  memset(&tr, 0, sizeof tr);
+  tr.mode = _i;
+  const char *args[] = {_i == 4 ? "hangup" : "many", NULL};
+  node_start("ws_fake.js", args, 0);
+  test_loop_start(&g_loop, &g_watchdog, WATCHDOG_MS, NULL);
+  uvmqtt__ws_options_t o = {"/mqtt", "http://localhost", NULL, 0};
+  ck_assert_int_eq(uvmqtt__transport_ws_init(&tr.t, &g_loop, &tr_cbs, NULL, &o), 0);
+  ck_assert_int_eq(uvmqtt__transport_connect(&tr.t, "127.0.0.1", (uint16_t)g_node.port), 0);
+  if (_i == 0) tr_close();
+  uv_run(&g_loop, UV_RUN_DEFAULT);
+  test_loop_finish(&g_loop, &g_watchdog);
+  ck_assert_int_eq(tr.closes, 1);
+  ck_assert_int_eq(tr.writes, 0);
+  ck_assert_int_eq(tr.connects, _i == 0 ? 0 : 1);
+  if (_i == 4) ck_assert_int_eq(tr.connect_status, UVMQTT_EWSCLOSED);
+  if (_i == 2) ck_assert_int_eq(tr.reads, 1);
+  if (_i == 3) {
+    ck_assert_int_ge(tr.reads, 1);
+    ck_assert_int_eq(tr.read_end, UV_EOF);
+  }
+  /* The transport is plain TCP again, ready for another init. */
+  ck_assert_ptr_null(tr.t.outer);
+  ck_assert_int_eq(test_node_stop(&g_node), 0);
+}
+END_TEST
+
 /* ---- The upgrade-response parser alone ------------------------------------------------------ */
 
 static const char ACCEPT[] = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
@@ -446,6 +544,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(tc, ws_text_frame_refused);
   tcase_add_loop_test(tc, ws_upgrade_refused, 0, 5);
   tcase_add_loop_test(tc, ws_upgrade_unanswered, 0, 2);
+  tcase_add_loop_test(tc, ws_transport_close_in_every_state, 0, 5);
   suite_add_tcase(s, tc);
   return s;
 }
