@@ -301,8 +301,8 @@ START_TEST(proxy_mqtts_stream) {
 }
 END_TEST
 
-/* ws:// to aedes and wss:// to the relay in front of Mosquitto (MQTT 5),
- * through the proxy. */
+/* Through the proxy: _i 0 ws:// to aedes (MQTT 3.1.1), 1 wss:// and 2 ws://
+ * to the relay in front of Mosquitto (MQTT 5). */
 START_TEST(proxy_websocket_stream) {
   const char *crt = path_in_dir("server.crt"), *key = path_in_dir("server.key");
   if (_i == 0) {
@@ -312,11 +312,11 @@ START_TEST(proxy_websocket_stream) {
     ck_assert_msg(test_broker_start(&g_broker, "") == 0, "mosquitto did not start");
     char target[16];
     snprintf(target, sizeof target, "%d", g_broker.port);
-    const char *args[] = {target, "--tls", crt, key, NULL};
+    const char *args[] = {target, _i == 1 ? "--tls" : NULL, crt, key, NULL};
     ck_assert(test_node_start(&g_node, "ws_relay.js", args, 1) == 0);
   }
   proxy_start(g_node.port, NULL);
-  run(url(_i == 0 ? "ws" : "wss", NULL, g_node.port), url("http", NULL, g_proxy.port),
+  run(url(_i == 1 ? "wss" : "ws", NULL, g_node.port), url("http", NULL, g_proxy.port),
       _i == 0 ? UVMQTT_V311 : UVMQTT_V5, 1000, 0);
   finish();
 }
@@ -373,7 +373,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_set_timeout(tc, TCASE_TIMEOUT_S);
   tcase_add_unchecked_fixture(tc, certs_make, certs_remove);
   tcase_add_test(tc, proxy_mqtts_stream);
-  tcase_add_loop_test(tc, proxy_websocket_stream, 0, 2);
+  tcase_add_loop_test(tc, proxy_websocket_stream, 0, 3);
   tcase_add_test(tc, proxy_refuses_port);
   tcase_add_loop_test(tc, proxy_basic_auth, 0, 3);
   tcase_add_loop_test(tc, proxy_from_environment, 0, 3);
