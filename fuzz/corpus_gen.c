@@ -4,7 +4,8 @@
  *
  * Usage: uvmqtt-fuzz-corpus OUTDIR
  * Creates OUTDIR/fuzz_decode/ and OUTDIR/fuzz_roundtrip/ in the input
- * layouts those targets document. */
+ * layouts those targets document, and OUTDIR/fuzz_ws_handshake/ with a few
+ * HTTP response heads. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +40,24 @@ static int write_file(const char *dir, const char *name, const uint8_t *a, size_
   return ok ? 0 : -1;
 }
 
+/* HTTP response heads for fuzz_ws_handshake: byte 0 picks the parser (bit
+ * 0: proxy) and the read size (bits 1-7). */
+static const struct {
+  const char *name;
+  const char *text;
+} http_seeds[] = {
+    {"upgrade", "\x00HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: "
+                "Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
+                "Sec-WebSocket-Protocol: mqtt\r\n\r\n\x82\x02\x20\x02"},
+    {"upgrade-lists", "\x0eHTTP/1.1 101 OK\r\nupgrade: WebSocket, h2c\r\nconnection: keep-alive, "
+                      "upgrade\r\nsec-websocket-accept:s3pPLMBiTxaQ9kYGzzhZRbK+xOo=  \r\n"
+                      "Sec-WebSocket-Protocol: mqtt\r\nSec-WebSocket-Extensions:\r\n\r\n"},
+    {"refused", "\x00HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\n\r\n"},
+    {"proxy-ok", "\x01HTTP/1.1 200 Connection established\r\nProxy-Agent: tinyproxy\r\n\r\n"},
+    {"proxy-407", "\x03HTTP/1.0 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic "
+                  "realm=\"p\"\r\n\r\n"},
+};
+
 static ssize_t encode_random(pm_gen_t *g, pm_rng_t *r, uint8_t type, uint8_t version, uint8_t *out,
                              size_t cap) {
   pm_random_packet(g, r, type, version);
@@ -59,6 +78,16 @@ int main(int argc, char **argv) {
   snprintf(dec_dir, sizeof dec_dir, "%s/fuzz_decode", argv[1]);
   snprintf(rt_dir, sizeof rt_dir, "%s/fuzz_roundtrip", argv[1]);
   if (make_dir(argv[1]) || make_dir(dec_dir) || make_dir(rt_dir)) return 1;
+  char http_dir[4096];
+  snprintf(http_dir, sizeof http_dir, "%s/fuzz_ws_handshake", argv[1]);
+  if (make_dir(http_dir)) return 1;
+  for (size_t i = 0; i < sizeof http_seeds / sizeof http_seeds[0]; i++) {
+    const char *t = http_seeds[i].text;
+    /* Byte 0 may be NUL: it is written apart from the text after it. */
+    if (write_file(http_dir, http_seeds[i].name, (const uint8_t *)t, 1, (const uint8_t *)t + 1,
+                   strlen(t + 1)))
+      return 1;
+  }
 
   pm_gen_t *g = calloc(1, sizeof *g);
   uint8_t *buf = malloc(1u << 16);

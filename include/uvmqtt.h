@@ -149,8 +149,10 @@ typedef struct {
 /* ---- Options ----------------------------------------------------------------- */
 
 typedef struct {
-  /* Server(s): "mqtt://host:port" (port 1883 by default); host may be a name,
-   * an IPv4 address or "[v6]". With several, attempts go round the list. */
+  /* Server(s): "mqtt://host:port" (port 1883 by default), "mqtts://" (TLS,
+   * 8883), "ws://host:port/path" and "wss://" (WebSocket, see ws_path);
+   * host may be a name, an IPv4 address or "[v6]". With several, attempts
+   * go round the list. */
   const char *uri;
   const char *const *uris;
   size_t uri_count;
@@ -240,6 +242,33 @@ typedef struct {
    * file cannot be read. Handshake failures reach on_connect as
    * UVMQTT_ETLS* errors. */
   const uvmqtt_tls_options_t *tls;
+
+  /* WebSocket ("ws://host[:port][/path]", port 80, and "wss://", port 443,
+   * which uses `tls` like "mqtts://"): MQTT in binary frames with the
+   * "mqtt" subprotocol (RFC 6455). The upgrade must answer 101 with the
+   * right Sec-WebSocket-Accept and subprotocol, else the attempt fails with
+   * a UVMQTT_EWS* error. ws_path: the request target; NULL: the URI's path,
+   * else "/mqtt". ws_headers: extra header lines for the upgrade request,
+   * without line ends ("Authorization: Bearer ..."). ws_origin: an Origin
+   * header, NULL for none. All are copied. */
+  const char *ws_path;
+  const char *const *ws_headers;
+  size_t ws_header_count;
+  const char *ws_origin;
+
+  /* An HTTP proxy for every server: "http://[user:password@]host[:port]"
+   * (port 1080 by default; user and password percent-encoded when needed,
+   * sent with Basic authentication). The client asks it with CONNECT for a
+   * tunnel to the server, then speaks TLS or WebSocket through it as
+   * usual. A refusal fails the attempt with UVMQTT_EPROXY (UVMQTT_EPROXYAUTH
+   * for 407). Copied; init fails with UVMQTT_EBADURI when it does not
+   * parse. */
+  const char *proxy;
+  /* 1: without `proxy`, take it from the environment at each attempt, as
+   * curl does: https_proxy (or HTTPS_PROXY) for mqtts:// and wss://,
+   * http_proxy for mqtt:// and ws://, except for hosts no_proxy (or
+   * NO_PROXY) names ("*", hosts, or domains such as ".example.com"). */
+  uint8_t proxy_from_env;
 } uvmqtt_options_t;
 
 /* Fills `opts` with the defaults. */

@@ -25,6 +25,7 @@
 
 #include "broker.h"
 #include "certs.h"
+#include "node_server.h"
 
 #define LINES_INTEROP 1000
 #define LINES_RESTART 2000
@@ -650,6 +651,35 @@ START_TEST(cli_sub_bad_format_fails) {
 }
 END_TEST
 
+/* -L ws://: uvmqtt-pub and uvmqtt-sub through a WebSocket relay in front of
+ * Mosquitto (test/support/ws_relay.js), with a persistent session. */
+START_TEST(cli_websocket_url) {
+  test_broker_t b;
+  scratch_t s;
+  scratch_init(&s);
+  start_broker(&b, BROKER_UNLIMITED);
+  const char *out = scratch_file(&s, "out.txt");
+  make_session(&b, "mqttv311", "cli-ws", "ws/t", 1);
+  test_node_t relay;
+  char target[16];
+  snprintf(target, sizeof target, "%d", b.port);
+  const char *args[] = {target, NULL};
+  ck_assert_msg(test_node_start(&relay, "ws_relay.js", args, 1) == 0, "relay did not start");
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "%s -L ws://127.0.0.1:%d/ws/t -q 1 -m 'over websocket'",
+           tool("uvmqtt-pub"), relay.port);
+  ck_assert_int_eq(test_run(cmd, 20), 0);
+  snprintf(cmd, sizeof cmd,
+           "%s -L ws://127.0.0.1:%d/ws/t --ws-path /mqtt -c -i cli-ws -q 1 -C 1 -W 10 > %s",
+           tool("uvmqtt-sub"), relay.port, out);
+  ck_assert_int_eq(test_run(cmd, 20), 0);
+  assert_file_eq(out, "over websocket\n", 15);
+  test_node_stop(&relay);
+  test_broker_cleanup(&b);
+  scratch_cleanup(&s);
+}
+END_TEST
+
 /* ---- -C and -W -------------------------------------------------------------------------- */
 
 START_TEST(cli_sub_count_and_timeout) {
@@ -760,6 +790,8 @@ START_TEST(cli_bad_options_fail) {
       "uvmqtt-sub -t a --keyform der",         /* only PEM keys */
       "uvmqtt-sub -t a --tls-version tlsv1.1", /* too old */
       "uvmqtt-pub -t a -m x --cert c.crt",     /* a certificate without its key */
+      "uvmqtt-sub -t a --ws-path /x",          /* a WebSocket path without ws:// */
+      "uvmqtt-sub -L ws://h/t --ws-path x",    /* a path must start with '/' */
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char cmd[1024];
@@ -1303,6 +1335,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(interop, cli_pub_lines_reach_mosquitto_sub_v311);
   tcase_add_test(interop, cli_pub_lines_reach_mosquitto_sub_v5);
   tcase_add_test(interop, cli_pub_lines_from_pipe);
+  tcase_add_test(interop, cli_websocket_url);
   suite_add_tcase(s, interop);
 
   TCase *single = tcase_create("single");

@@ -66,6 +66,9 @@ enum {
   OPT_OS_CERTS,
   OPT_STORE,
   OPT_DRAIN,
+  OPT_WS_PATH,
+  OPT_PROXY,
+  OPT_PROXY_ENV,
   OPT_HELP
 };
 
@@ -124,6 +127,9 @@ static const option_t options[] = {
     {OPT_OS_CERTS, 0, "tls-use-os-certs", 0, TOOL_BOTH},
     {OPT_STORE, 0, "store", 1, TOOL_PUB},
     {OPT_DRAIN, 0, "drain", 0, TOOL_PUB},
+    {OPT_WS_PATH, 0, "ws-path", 1, TOOL_BOTH},
+    {OPT_PROXY, 0, "proxy", 1, TOOL_BOTH},
+    {OPT_PROXY_ENV, 0, "proxy-from-env", 0, TOOL_BOTH},
     {OPT_HELP, 0, "help", 0, TOOL_BOTH},
 };
 
@@ -262,13 +268,13 @@ static void usage_sub(void) {
 static void usage(const cli_opts_t *o) {
   int pub = o->tool == CLI_PUB;
   if (pub) {
-    printf("Usage: %s {[-h host] [-p port] -t topic | -L mqtt[s]://host[:port]/topic}\n"
+    printf("Usage: %s {[-h host] [-p port] -t topic | -L {mqtt,ws}[s]://host[:port]/topic}\n"
            "          {-m message | -f file | -l | -s | -n} [options]\n"
            "       %s [-h host] [-p port] --store DIR -i ID --drain [options]\n"
            "Publishes MQTT messages from the command line, a file or stdin.\n\n",
            o->prog, o->prog);
   } else {
-    printf("Usage: %s {[-h host] [-p port] -t topic... | -L mqtt[s]://host[:port]/topic}\n"
+    printf("Usage: %s {[-h host] [-p port] -t topic... | -L {mqtt,ws}[s]://host[:port]/topic}\n"
            "          [-C count] [-W seconds] [-v] [-N] [-F format] [options]\n"
            "Subscribes to MQTT topics and prints the messages that arrive.\n\n",
            o->prog);
@@ -276,7 +282,11 @@ static void usage(const cli_opts_t *o) {
   printf(" -h, --host HOST       broker host (default localhost)\n"
          " -p, --port PORT       broker port (default 1883, 8883 with TLS)\n"
          " -t, --topic TOPIC     topic to %s\n"
-         " -L, --url URL         mqtt[s]://[user[:password]@]host[:port]/topic\n"
+         " -L, --url URL         mqtt[s]://[user[:password]@]host[:port]/topic, or\n"
+         "                       ws[s]://... for MQTT over WebSocket (ports 80, 443)\n"
+         " --ws-path PATH        WebSocket request path (default /mqtt)\n"
+         " --proxy URL           HTTP CONNECT proxy: http://[user:pass@]host[:port]\n"
+         " --proxy-from-env      proxy from https_proxy/http_proxy, except no_proxy\n"
          " -q, --qos QOS         quality of service, 0, 1 or 2 (default 0)\n"
          " -i, --id ID           client id (default: generated)\n"
          " -I, --id-prefix P     client id: P followed by the process id\n"
@@ -559,7 +569,9 @@ static int add_topic(cli_opts_t *o, const char *t) {
 }
 
 /* mqtt[s]://[username[:password]@]host[:port]/topic, split in place.
- * mqtts:// turns TLS on (port 8883 by default). */
+ * mqtts:// turns TLS on (port 8883 by default). ws:// and wss:// (ports 80
+ * and 443) connect over WebSocket; the path is the topic there too, and
+ * --ws-path gives the WebSocket path (default /mqtt). */
 static int parse_url(cli_opts_t *o, const char *url) {
   size_t skip;
   if (strncmp(url, "mqtts://", 8) == 0) {
@@ -567,8 +579,15 @@ static int parse_url(cli_opts_t *o, const char *url) {
     skip = 8;
   } else if (strncmp(url, "mqtt://", 7) == 0) {
     skip = 7;
+  } else if (strncmp(url, "wss://", 6) == 0) {
+    o->tls = 1;
+    o->ws = 1;
+    skip = 6;
+  } else if (strncmp(url, "ws://", 5) == 0) {
+    o->ws = 1;
+    skip = 5;
   } else {
-    cli_error(o, "-L: the URL must start with mqtt:// or mqtts://");
+    cli_error(o, "-L: the URL must start with mqtt://, mqtts://, ws:// or wss://");
     return -1;
   }
   if (strlen(url) >= sizeof o->url) {
@@ -579,7 +598,8 @@ static int parse_url(cli_opts_t *o, const char *url) {
   char *authority = o->url;
   char *slash = strchr(authority, '/');
   if (slash == NULL || slash[1] == '\0') {
-    cli_error(o, "-L: the URL needs a topic: mqtt://host[:port]/topic");
+    cli_error(o, "-L: the URL needs a topic: %s://host[:port]/topic",
+              o->ws ? (o->tls ? "wss" : "ws") : (o->tls ? "mqtts" : "mqtt"));
     return -1;
   }
   *slash = '\0';
@@ -809,6 +829,15 @@ static int apply(cli_opts_t *o, const option_t *opt, int argc, char **argv, int 
     return 0;
   case OPT_STORE: o->store_dir = v; return 0;
   case OPT_DRAIN: o->drain = 1; return 0;
+  case OPT_WS_PATH:
+    if (v[0] != '/') {
+      cli_error(o, "%s: the path must start with '/', not '%s'", flag, v);
+      return -1;
+    }
+    o->ws_path = v;
+    return 0;
+  case OPT_PROXY: o->proxy = v; return 0;
+  case OPT_PROXY_ENV: o->proxy_from_env = 1; return 0;
   default: return apply_tls(o, opt->id, flag, v);
   }
 }
@@ -844,6 +873,7 @@ static int finish_tls(cli_opts_t *o) {
     cli_error(o, "--cert and --key must be given together");
     return -1;
   }
+  if (o->port == 0 && o->ws) o->port = o->tls ? 443 : 80;
   if (o->port == 0) o->port = o->tls ? CLI_PORT_MQTTS : CLI_PORT_MQTT;
   t->insecure = o->insecure;
   if (t->alpn_count > 0) t->alpn = o->alpn;
@@ -907,8 +937,17 @@ static int finish(cli_opts_t *o) {
   }
   const char *host = o->host != NULL ? o->host : "localhost";
   int v6 = strchr(host, ':') != NULL;
-  int n = snprintf(o->uri, sizeof o->uri, "%s://%s%s%s:%d", o->tls ? "mqtts" : "mqtt",
-                   v6 ? "[" : "", host, v6 ? "]" : "", o->port);
+  const char *scheme = o->ws ? (o->tls ? "wss" : "ws") : (o->tls ? "mqtts" : "mqtt");
+  if (o->ws_path != NULL && !o->ws) {
+    cli_error(o, "--ws-path needs a ws:// or wss:// URL (-L)");
+    return -1;
+  }
+  if (o->proxy != NULL && o->proxy_from_env) {
+    cli_error(o, "--proxy and --proxy-from-env cannot be used together");
+    return -1;
+  }
+  int n = snprintf(o->uri, sizeof o->uri, "%s://%s%s%s:%d", scheme, v6 ? "[" : "", host,
+                   v6 ? "]" : "", o->port);
   if (n < 0 || (size_t)n >= sizeof o->uri) {
     cli_error(o, "host name too long");
     return -1;
@@ -978,6 +1017,9 @@ void cli_client_options(const cli_opts_t *o, uvmqtt_options_t *out) {
   if (o->tool == CLI_PUB) out->delivery = o->delivery;
   if (o->tls) out->tls = &o->tls_opts;
   out->store = o->store;
+  out->ws_path = o->ws_path;
+  out->proxy = o->proxy;
+  out->proxy_from_env = o->proxy_from_env;
 }
 
 int cli_fatal_before_connect(int status) {
@@ -988,7 +1030,15 @@ int cli_fatal_before_connect(int status) {
   case UVMQTT_ETLSEXPIRED:
   case UVMQTT_ETLSCERT:
   case UVMQTT_ETLSPEERCERT:
-  case UVMQTT_ETLSCONFIG: return 1;
+  case UVMQTT_ETLSCONFIG:
+  /* A server that refuses the WebSocket upgrade, or a proxy that refuses
+   * the tunnel, answers the same way next time. */
+  case UVMQTT_EWSHANDSHAKE:
+  case UVMQTT_EWSACCEPT:
+  case UVMQTT_EWSPROTOCOL:
+  case UVMQTT_EWSUPGRADE:
+  case UVMQTT_EPROXY:
+  case UVMQTT_EPROXYAUTH: return 1;
   default: return 0;
   }
 }

@@ -107,6 +107,12 @@ typedef struct {
   uint8_t drain;
   const uvmqtt_store_t *store;
 
+  /* WebSocket (a ws:// or wss:// URL) and the HTTP proxy. */
+  uint8_t ws;
+  const char *ws_path;
+  const char *proxy;
+  uint8_t proxy_from_env;
+
   char url[1024]; /* -L, split in place into host, credentials and topic */
   char uri[320];
 } cli_opts_t;

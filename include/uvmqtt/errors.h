@@ -73,7 +73,18 @@ extern "C" {
   XX(ESESSIONLOST, -30069, 0,                                                                      \
      "the broker lost the session before the QoS 2 exchange ended: delivery unknown")              \
   XX(ESTORELOCKED, -30080, 0, "message store in use by another process or store")                  \
-  XX(ESTORECORRUPT, -30081, 0, "message store file is corrupt (damaged record or bad header)")
+  XX(ESTORECORRUPT, -30081, 0, "message store file is corrupt (damaged record or bad header)")     \
+  XX(EWSHANDSHAKE, -30090, 0, "WebSocket upgrade refused (status not 101)")                        \
+  XX(EWSACCEPT, -30091, 0, "WebSocket: bad or missing Sec-WebSocket-Accept")                       \
+  XX(EWSPROTOCOL, -30092, 0, "WebSocket: the server did not select the mqtt subprotocol")          \
+  XX(EWSHEADER, -30093, 0, "WebSocket response header too large or malformed")                     \
+  XX(EWSUPGRADE, -30094, 0, "WebSocket response lacks Upgrade: websocket or Connection: Upgrade")  \
+  XX(EWSFRAME, -30095, 0, "WebSocket: bad frame, or a text frame, from the server")                \
+  XX(EWSCLOSED, -30096, 0, "WebSocket: connection closed during the upgrade")                      \
+  XX(EPROXY, -30100, 0, "HTTP proxy refused the CONNECT (status not 200)")                         \
+  XX(EPROXYAUTH, -30101, 0, "HTTP proxy wants (other) credentials (status 407 or 401)")            \
+  XX(EPROXYHEADER, -30102, 0, "HTTP proxy response too large or malformed")                        \
+  XX(EPROXYCLOSED, -30103, 0, "HTTP proxy closed the connection before answering")
 
 typedef enum {
 #define UVMQTT_ERR_ENUM(name, val, reason, msg) UVMQTT_##name = (val),

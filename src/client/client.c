@@ -8,6 +8,7 @@
 #include "base/alloc.h"
 #include "client/client_impl.h"
 #include "client/props_clone.h"
+#include "transport/proxy.h"
 #include "transport/tls.h"
 #include "client/uri.h"
 
@@ -88,6 +89,7 @@ void uvmqtt__client_free(uvmqtt__client_t *c) {
   if (c->cfg) own_uris_free(c);
   uvmqtt__free(c->client_id);
   creds_free(c->creds);
+  uvmqtt__free(c->env_proxy);
   uvmqtt__free(c->spare_write);
   uvmqtt__subs_free(c);
   if (c->cfg) uvmqtt__config_put(c->lp, c->cfg);

@@ -77,6 +77,15 @@ typedef struct uvmqtt__config_s {
   struct uvmqtt__tls_ctx_s *tls;
   struct sockaddr_storage bind; /* with has_bind: the local address to connect from */
   uint8_t has_bind;
+  /* WebSocket options (copies; NULL when not given). */
+  char *ws_path;
+  char *ws_origin;
+  char **ws_headers;
+  size_t ws_header_count;
+  /* The `proxy` option, parsed; proxy_from_env: read it from the
+   * environment at each attempt. */
+  struct uvmqtt__proxy_config_s *proxy;
+  uint8_t proxy_from_env;
 } uvmqtt__config_t;
 
 /* Where a client stands in its loop's connection pacing (loop.c). */
@@ -150,6 +159,9 @@ struct uvmqtt__client_s {
   uint32_t stat_attempts;
   uint32_t stat_reconnects;
   uint8_t stat_connected;
+  /* The proxy the environment names for the current attempt
+   * (proxy_from_env), parsed. */
+  struct uvmqtt__proxy_config_s *env_proxy;
 };
 
 /* Credentials a pre_connect hook set for one client. */

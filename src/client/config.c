@@ -15,6 +15,7 @@
 #include "client/client_impl.h"
 #include "client/props_clone.h"
 #include "client/uri.h"
+#include "transport/proxy.h"
 #include "transport/tls.h"
 
 /* ---- The key ---------------------------------------------------------------- */
@@ -62,7 +63,7 @@ typedef struct {
   uint64_t max_queued_bytes;
   uint16_t keepalive, max_inflight;
   uint8_t version, clean_start, will_qos, will_retain, overflow, no_reconnect, no_max_packet_size;
-  uint8_t has_password, has_will, delivery_kind, has_tls;
+  uint8_t has_password, has_will, delivery_kind, has_tls, proxy_from_env;
   uint32_t deadline_ms;
   uvmqtt_reconnect_policy_t reconnect;
   uvmqtt_delivery_decide_fn decide;
@@ -135,6 +136,7 @@ static int build_key(const uvmqtt_options_t *o, const uvmqtt_callbacks_t *cbs, k
   sc.decide = o->decide;
   sc.decide_state = o->decide_state;
   sc.store = o->store;
+  sc.proxy_from_env = o->proxy_from_env;
   if (cbs) sc.cbs = *cbs;
   if (o->tls) {
     sc.has_tls = 1;
@@ -151,6 +153,12 @@ static int build_key(const uvmqtt_options_t *o, const uvmqtt_callbacks_t *cbs, k
   for (size_t i = 0; i < n; i++)
     key_str(k, o->uri_count ? o->uris[i] : o->uri);
   key_str(k, o->bind_address);
+  key_str(k, o->ws_path);
+  key_str(k, o->ws_origin);
+  key_put(k, &o->ws_header_count, sizeof o->ws_header_count);
+  for (size_t i = 0; o->ws_headers && i < o->ws_header_count; i++)
+    key_str(k, o->ws_headers[i]);
+  key_str(k, o->proxy);
   key_str(k, o->username);
   key_bytes(k, o->password, o->password ? o->password_len : 0);
   key_str(k, o->will_topic);
@@ -215,6 +223,12 @@ static void config_free(uvmqtt__config_t *g) {
   uvmqtt__free(g->will_props);
   uvmqtt__free(g->connect_props);
   uvmqtt__tls_ctx_free(g->tls);
+  uvmqtt__free(g->ws_path);
+  uvmqtt__free(g->ws_origin);
+  for (size_t i = 0; i < g->ws_header_count; i++)
+    uvmqtt__free(g->ws_headers[i]);
+  uvmqtt__free(g->ws_headers);
+  uvmqtt__free(g->proxy);
   uvmqtt__free(g->key);
   uvmqtt__free(g);
 }
@@ -274,6 +288,38 @@ static int parse_bind(const char *s, struct sockaddr_storage *out) {
   return UVMQTT_EINVAL;
 }
 
+static int copy_proxy(uvmqtt__config_t *g, const uvmqtt_options_t *o) {
+  g->proxy_from_env = o->proxy_from_env;
+  if (o->proxy == NULL) return 0;
+  g->proxy = uvmqtt__malloc(sizeof *g->proxy);
+  if (g->proxy == NULL) return UVMQTT_ENOMEM;
+  return uvmqtt__proxy_parse(o->proxy, g->proxy);
+}
+
+/* The WebSocket options, checked as the upgrade request will use them, so
+ * a header line holding a line break fails init rather than every attempt. */
+static int copy_ws_options(uvmqtt__config_t *g, const uvmqtt_options_t *o) {
+  if (o->ws_header_count > 0 && o->ws_headers == NULL) return UVMQTT_EINVAL;
+  if (o->ws_header_count > 256) return UVMQTT_EINVAL;
+  if (o->ws_path != NULL && (o->ws_path[0] != '/' || strpbrk(o->ws_path, " \t\r\n")))
+    return UVMQTT_EINVAL;
+  if (o->ws_origin != NULL && strpbrk(o->ws_origin, "\r\n")) return UVMQTT_EINVAL;
+  int err = 0;
+  g->ws_path = dup_str(o->ws_path, &err);
+  g->ws_origin = dup_str(o->ws_origin, &err);
+  if (err || o->ws_header_count == 0) return err;
+  g->ws_headers = uvmqtt__calloc(o->ws_header_count, sizeof *g->ws_headers);
+  if (g->ws_headers == NULL) return UVMQTT_ENOMEM;
+  for (size_t i = 0; i < o->ws_header_count; i++) {
+    const char *h = o->ws_headers[i];
+    if (h == NULL || strpbrk(h, "\r\n") || strchr(h, ':') == NULL) return UVMQTT_EINVAL;
+    g->ws_headers[i] = dup_str(h, &err);
+    if (err) return err;
+    g->ws_header_count = i + 1;
+  }
+  return 0;
+}
+
 static int config_new(const uvmqtt_options_t *o, const uvmqtt_callbacks_t *cbs,
                       uvmqtt__config_t **out) {
   uvmqtt__config_t *g = uvmqtt__calloc(1, sizeof *g);
@@ -303,8 +349,11 @@ static int config_new(const uvmqtt_options_t *o, const uvmqtt_callbacks_t *cbs,
   int want_tls = o->tls != NULL;
   for (uint32_t i = 0; err == 0 && !want_tls && i < g->uri_count; i++) {
     uvmqtt__uri_t parsed;
-    want_tls = uvmqtt__uri_parse(g->uris[i], &parsed) == 0 && parsed.scheme == UVMQTT__SCHEME_TLS;
+    want_tls = uvmqtt__uri_parse(g->uris[i], &parsed) == 0 &&
+               (parsed.scheme == UVMQTT__SCHEME_TLS || parsed.scheme == UVMQTT__SCHEME_WSS);
   }
+  if (err == 0) err = copy_ws_options(g, o);
+  if (err == 0) err = copy_proxy(g, o);
   if (err == 0 && want_tls) err = uvmqtt__tls_ctx_new(o->tls, &g->tls);
   if (err) {
     config_free(g);

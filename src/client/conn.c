@@ -4,7 +4,9 @@
 
 #include "base/alloc.h"
 #include "client/client_impl.h"
+#include "transport/proxy.h"
 #include "transport/tls.h"
+#include "transport/ws.h"
 #include "client/uri.h"
 
 /* Stop taking output while this much is already queued in the socket. */
@@ -155,6 +157,22 @@ static void build_connect(uvmqtt__client_t *c, uvmqtt_packet_t *p) {
   }
 }
 
+/* The proxy for this attempt: the option, else (proxy_from_env) what the
+ * environment says for this server, else none. */
+static int pick_proxy(uvmqtt__client_t *c, const uvmqtt__uri_t *uri,
+                      const uvmqtt__proxy_config_t **out) {
+  *out = c->cfg->proxy;
+  if (c->cfg->proxy != NULL || !c->cfg->proxy_from_env) return 0;
+  int tls = uri->scheme == UVMQTT__SCHEME_TLS || uri->scheme == UVMQTT__SCHEME_WSS;
+  const char *url = uvmqtt__proxy_from_env(tls, uri->host);
+  if (url == NULL) return 0;
+  if (c->env_proxy == NULL) c->env_proxy = uvmqtt__malloc(sizeof *c->env_proxy);
+  if (c->env_proxy == NULL) return UVMQTT_ENOMEM;
+  int err = uvmqtt__proxy_parse(url, c->env_proxy);
+  *out = c->env_proxy;
+  return err;
+}
+
 /* The attempt proper, once the loop gave it a connect slot. */
 static void run_attempt(uvmqtt__client_t *c) {
   c->attempt++;
@@ -168,18 +186,27 @@ static void run_attempt(uvmqtt__client_t *c) {
   if (c->closing || c->state != UVMQTT__C_CONNECTING) return; /* the hook closed or stopped us */
   uvmqtt__uri_t uri;
   int err = uvmqtt__uri_parse(uvmqtt__client_uri(c), &uri);
-  if (err == 0 && uri.scheme != UVMQTT__SCHEME_TCP && uri.scheme != UVMQTT__SCHEME_TLS)
-    err = UVMQTT_EBADURI;
   /* The timeout starts now, not when the attempt was queued. */
   c->connect_deadline = uvmqtt__now(c) + c->cfg->connect_timeout_ms;
+  const uvmqtt__proxy_config_t *proxy = NULL;
+  if (err == 0) err = pick_proxy(c, &uri, &proxy);
   if (err == 0) {
-    if (uri.scheme == UVMQTT__SCHEME_TLS)
+    if (uri.scheme == UVMQTT__SCHEME_TLS) {
       err = uvmqtt__transport_tls_init(&c->tr, c->handle->loop, &uvmqtt__client_transport_cbs,
                                        &c->cfg->tls);
-    else
+    } else if (uri.scheme == UVMQTT__SCHEME_WS || uri.scheme == UVMQTT__SCHEME_WSS) {
+      /* The strings are read by connect() below, while the URI is alive. */
+      uvmqtt__ws_options_t wo = {c->cfg->ws_path != NULL ? c->cfg->ws_path : uri.path,
+                                 c->cfg->ws_origin, (const char *const *)c->cfg->ws_headers,
+                                 c->cfg->ws_header_count};
+      err = uvmqtt__transport_ws_init(&c->tr, c->handle->loop, &uvmqtt__client_transport_cbs,
+                                      uri.scheme == UVMQTT__SCHEME_WSS ? &c->cfg->tls : NULL, &wo);
+    } else {
       uvmqtt__transport_tcp_init(&c->tr, c->handle->loop, &uvmqtt__client_transport_cbs);
+    }
     c->tr.data = c;
     c->tr.bind = c->cfg->has_bind ? (const struct sockaddr *)&c->cfg->bind : NULL;
+    if (err == 0) uvmqtt__transport_tcp_set_proxy(&c->tr, proxy);
     if (err == 0) err = uvmqtt__transport_connect(&c->tr, uri.host, uri.port);
     if (err == 0) c->transport_active = 1;
   }

@@ -12,7 +12,7 @@ static const struct {
 } schemes[] = {
     {"mqtt://", UVMQTT__SCHEME_TCP, 1883},  {"tcp://", UVMQTT__SCHEME_TCP, 1883},
     {"mqtts://", UVMQTT__SCHEME_TLS, 8883}, {"ssl://", UVMQTT__SCHEME_TLS, 8883},
-    {"ws://", UVMQTT__SCHEME_WS, 80},
+    {"ws://", UVMQTT__SCHEME_WS, 80},       {"wss://", UVMQTT__SCHEME_WSS, 443},
 };
 
 int uvmqtt__uri_parse(const char *uri, uvmqtt__uri_t *out) {
@@ -53,5 +53,6 @@ int uvmqtt__uri_parse(const char *uri, uvmqtt__uri_t *out) {
   }
   /* A trailing "/" (or path, for WebSocket) is allowed; anything else is not. */
   if (*p != '\0' && *p != '/') return UVMQTT_EBADURI;
+  out->path = p;
   return 0;
 }

@@ -1,14 +1,30 @@
 /* The TCP transport: resolve a name, try each address until one connects,
  * then a plain libuv stream. Requests live on the heap only while in use, so
- * an open idle connection holds nothing but its uv_tcp_t. */
+ * an open idle connection holds nothing but its uv_tcp_t.
+ *
+ * With an HTTP proxy, the connection goes to the proxy, and a CONNECT step
+ * runs between the TCP connection and on_connect: the owner (or TLS or
+ * WebSocket above) sees a stream to the broker, as without a proxy. */
 #include "transport/transport.h"
 
 #include <stdio.h>
 #include <string.h>
 
 #include "base/alloc.h"
+#include "transport/http.h"
+#include "transport/proxy.h"
 #include "transport/read_pool.h"
 #include "uvmqtt/errors.h"
+
+/* The CONNECT step of one connection attempt. */
+typedef struct uvmqtt__proxy_step_s {
+  char *head; /* the proxy's answer while it arrives */
+  size_t head_len;
+  uint8_t done;          /* the proxy answered 2xx: the tunnel is up */
+  uint8_t write_pending; /* the request is still in the socket's queue */
+  size_t request_len;
+  char request[];
+} proxy_step_t;
 
 /* One uv_write that uv_try_write could not finish: the request, the user's
  * argument and the buffers that are left, advanced past what already went. */
@@ -34,6 +50,13 @@ static void stop_reading(uvmqtt__transport_t *t) {
   uvmqtt__read_pool_unref();
 }
 
+static void proxy_free(uvmqtt__transport_t *t) {
+  if (t->proxy == NULL) return;
+  uvmqtt__free(t->proxy->head);
+  uvmqtt__free(t->proxy);
+  t->proxy = NULL;
+}
+
 static void drop_addrs(uvmqtt__transport_t *t) {
   /* A list given to connect_addrs() is the caller's: only resolved lists are
    * recorded in addrs. */
@@ -49,6 +72,7 @@ static void maybe_finish_close(uvmqtt__transport_t *t) {
   if (t->state != UVMQTT__T_CLOSING) return;
   if (t->resolve != NULL || t->connect_req != NULL || t->tcp_open) return;
   drop_addrs(t);
+  proxy_free(t);
   if (t->reading) {
     t->reading = 0;
     uvmqtt__read_pool_unref();
@@ -72,8 +96,14 @@ static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
   uvmqtt__read_pool_alloc(buf);
 }
 
+static void proxy_read(uvmqtt__transport_t *t, ssize_t nread, const uint8_t *data);
+
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   uvmqtt__transport_t *t = stream->data;
+  if (nread != 0 && t->proxy != NULL && !t->proxy->done) {
+    proxy_read(t, nread, (const uint8_t *)buf->base);
+    return;
+  }
   if (nread > 0) {
     t->cb->on_read(t, nread, (const uint8_t *)buf->base);
     return;
@@ -83,6 +113,8 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   stop_reading(t);
   t->cb->on_read(t, nread, NULL);
 }
+
+static void proxy_send(uvmqtt__transport_t *t);
 
 static void connect_cb(uv_connect_t *req, int status) {
   uvmqtt__transport_t *t = req->data;
@@ -105,6 +137,10 @@ static void connect_cb(uv_connect_t *req, int status) {
    * failure here costs latency only, so the stream is used regardless. */
   uv_tcp_nodelay(&t->tcp, 1);
   t->state = UVMQTT__T_OPEN;
+  if (t->proxy != NULL) {
+    proxy_send(t);
+    return;
+  }
   t->cb->on_connect(t, 0);
 }
 
@@ -197,11 +233,21 @@ static int can_connect(const uvmqtt__transport_t *t) {
   return t->state == UVMQTT__T_IDLE || t->state == UVMQTT__T_CLOSED;
 }
 
+static int proxy_begin(uvmqtt__transport_t *t, const char *host, uint16_t port);
+
 static int tcp_connect(uvmqtt__transport_t *t, const char *host, uint16_t port) {
   if (host == NULL || host[0] == '\0') return UVMQTT_EINVAL;
   if (!can_connect(t)) return UVMQTT_EBUSY;
+  const char *dial = host;
+  uint16_t dial_port = port;
+  if (t->proxy_cfg != NULL) {
+    int err = proxy_begin(t, host, port);
+    if (err) return err;
+    dial = t->proxy_cfg->host;
+    dial_port = t->proxy_cfg->port;
+  }
   char service[8];
-  snprintf(service, sizeof(service), "%u", (unsigned)port);
+  snprintf(service, sizeof(service), "%u", (unsigned)dial_port);
   /* No AI_ADDRCONFIG: it hides ::1 (and on some systems 127.0.0.1) when the
    * machine has no other address of that family, which breaks loopback. */
   struct addrinfo hints;
@@ -211,11 +257,12 @@ static int tcp_connect(uvmqtt__transport_t *t, const char *host, uint16_t port) 
   hints.ai_protocol = IPPROTO_TCP;
   hints.ai_flags = AI_NUMERICSERV;
   uv_getaddrinfo_t *req = uvmqtt__malloc(sizeof(*req));
-  if (req == NULL) return UVMQTT_ENOMEM;
-  req->data = t;
-  int r = uv_getaddrinfo(t->loop, req, resolved_cb, host, service, &hints);
+  if (req != NULL) req->data = t;
+  int r = req != NULL ? uv_getaddrinfo(t->loop, req, resolved_cb, dial, service, &hints)
+                      : UVMQTT_ENOMEM;
   if (r < 0) {
     uvmqtt__free(req);
+    proxy_free(t);
     return r;
   }
   t->resolve = req;
@@ -243,12 +290,24 @@ int uvmqtt__transport_tcp_connect_addrs(uvmqtt__transport_t *t, struct addrinfo 
   return 0;
 }
 
+static void proxy_fail(uvmqtt__transport_t *t, int err);
+
 static void write_cb(uv_write_t *req, int status) {
   write_req_t *w = req->data;
   uvmqtt__transport_t *t = w->t;
   void *arg = w->arg;
   t->pending_bytes -= w->bytes;
   uvmqtt__free(w);
+  if (t->proxy != NULL && arg == t->proxy) {
+    /* The CONNECT request: the owner never wrote it. */
+    t->proxy->write_pending = 0;
+    if (t->proxy->done) {
+      proxy_free(t);
+    } else if (status < 0 && t->state == UVMQTT__T_OPEN) {
+      proxy_fail(t, status);
+    }
+    return;
+  }
   t->cb->on_write(t, status, arg);
 }
 
@@ -347,6 +406,106 @@ static void tcp_close(uvmqtt__transport_t *t) {
     t->tcp_open = 1;
     uv_close((uv_handle_t *)&t->tcp, tcp_closed_cb);
   }
+}
+
+/* ---- The HTTP CONNECT step --------------------------------------------------------------- */
+
+static size_t put(char *out, size_t at, const char *v) {
+  size_t n = strlen(v);
+  if (out != NULL) memcpy(out + at, v, n);
+  return at + n;
+}
+
+static size_t connect_request(char *out, const char *host, uint16_t port, const char *auth) {
+  char port_str[8];
+  snprintf(port_str, sizeof port_str, ":%u", (unsigned)port);
+  int v6 = strchr(host, ':') != NULL;
+  size_t at = 0;
+  /* The target twice: in the request line and as Host, which HTTP/1.1
+   * requires. */
+  for (int i = 0; i < 2; i++) {
+    at = put(out, at, i == 0 ? "CONNECT " : "Host: ");
+    at = put(out, at, v6 ? "[" : "");
+    at = put(out, at, host);
+    at = put(out, at, v6 ? "]" : "");
+    at = put(out, at, port_str);
+    at = put(out, at, i == 0 ? " HTTP/1.1\r\n" : "\r\n");
+  }
+  if (auth[0] != '\0') {
+    at = put(out, at, "Proxy-Authorization: ");
+    at = put(out, at, auth);
+    at = put(out, at, "\r\n");
+  }
+  return put(out, at, "\r\n");
+}
+
+static int proxy_begin(uvmqtt__transport_t *t, const char *host, uint16_t port) {
+  if (strpbrk(host, "\r\n ") != NULL) return UVMQTT_EINVAL;
+  proxy_free(t);
+  size_t len = connect_request(NULL, host, port, t->proxy_cfg->auth);
+  proxy_step_t *step = uvmqtt__calloc(1, sizeof *step + len);
+  if (step == NULL) return UVMQTT_ENOMEM;
+  step->request_len = connect_request(step->request, host, port, t->proxy_cfg->auth);
+  t->proxy = step;
+  return 0;
+}
+
+/* Ends the attempt like a failed TCP connection: the socket closes, and
+ * its close callback finds no address left and reports `err`. */
+static void proxy_fail(uvmqtt__transport_t *t, int err) {
+  t->proxy->done = 1;
+  stop_reading(t);
+  t->last_error = err;
+  t->next_addr = NULL;
+  t->state = UVMQTT__T_CONNECTING;
+  uv_close((uv_handle_t *)&t->tcp, tcp_closed_cb);
+}
+
+static void proxy_send(uvmqtt__transport_t *t) {
+  proxy_step_t *step = t->proxy;
+  uv_buf_t buf = uv_buf_init(step->request, (unsigned)step->request_len);
+  int r = tcp_write(t, &buf, 1, step);
+  if (r == 0) step->write_pending = 1;
+  if (r < 0) proxy_fail(t, r);
+}
+
+static void proxy_read(uvmqtt__transport_t *t, ssize_t nread, const uint8_t *data) {
+  proxy_step_t *step = t->proxy;
+  if (nread < 0) {
+    proxy_fail(t, nread == UV_EOF || nread == UV_ECONNRESET ? UVMQTT_EPROXYCLOSED : (int)nread);
+    return;
+  }
+  if (step->head == NULL) step->head = uvmqtt__malloc(UVMQTT__HTTP_HEAD_MAX);
+  if (step->head == NULL) {
+    proxy_fail(t, UVMQTT_ENOMEM);
+    return;
+  }
+  size_t len = (size_t)nread, room = UVMQTT__HTTP_HEAD_MAX - step->head_len;
+  size_t take = len < room ? len : room;
+  memcpy(step->head + step->head_len, data, take);
+  step->head_len += take;
+  size_t head_len = 0;
+  int r = uvmqtt__proxy_parse_response(step->head, step->head_len, &head_len);
+  if (r == 0) return;
+  if (r < 0) {
+    proxy_fail(t, r);
+    return;
+  }
+  step->done = 1;
+  t->cb->on_connect(t, 0);
+  /* Bytes behind the answer already belong to the tunnel. */
+  if (t->state == UVMQTT__T_OPEN && t->reading && step->head_len > head_len)
+    t->cb->on_read(t, (ssize_t)(step->head_len - head_len), (uint8_t *)step->head + head_len);
+  if (t->state == UVMQTT__T_OPEN && t->reading && len > take)
+    t->cb->on_read(t, (ssize_t)(len - take), data + take);
+  uvmqtt__free(step->head);
+  step->head = NULL;
+  if (!step->write_pending) proxy_free(t);
+}
+
+void uvmqtt__transport_tcp_set_proxy(uvmqtt__transport_t *t,
+                                     const struct uvmqtt__proxy_config_s *cfg) {
+  t->proxy_cfg = cfg;
 }
 
 static const uvmqtt__transport_vtbl_t tcp_vtbl = {

@@ -1,6 +1,6 @@
 /* The transport interface: a byte stream to the broker over libuv.
  *
- * One small vtable that TCP fills now and TLS and WebSocket fill later. The
+ * One small vtable that TCP, TLS and WebSocket fill. The
  * transport has no timer of its own: the client enforces the connect timeout
  * by closing it, so an idle connection costs one uv_tcp_t and no more.
  */
@@ -85,7 +85,15 @@ struct uvmqtt__transport_s {
   int last_error;
   const struct sockaddr *bind; /* the local address to connect from, or NULL (the owner's) */
   uint64_t acked;              /* the peer's acknowledged byte count when last asked */
-  uint64_t sent_total; /* bytes accepted by write() on this connection */
+  uint64_t sent_total;         /* bytes accepted by write() on this connection */
+  /* The WebSocket layer's state while it sits on top. It cannot live behind
+   * t->cb as TLS's does, because over TLS t->cb is TLS's. */
+  void *outer;
+  /* The HTTP proxy to tunnel through (the owner's, see
+   * uvmqtt__transport_tcp_set_proxy), and the CONNECT step's state while
+   * it runs. */
+  const struct uvmqtt__proxy_config_s *proxy_cfg;
+  struct uvmqtt__proxy_step_s *proxy;
   uv_tcp_t tcp;
 };
 
@@ -107,6 +115,15 @@ int uvmqtt__transport_tcp_connect_addrs(uvmqtt__transport_t *t, struct addrinfo 
  * buffer. Once the peer's TCP has the PINGREQ this says 0, and keepalive's
  * own wait for an answer decides. 0 also where the kernel does not say. */
 int uvmqtt__transport_acked_progress(uvmqtt__transport_t *t, uint64_t mark);
+/* Makes the next connect() go through the HTTP proxy `cfg` (NULL: none):
+ * it reaches the proxy instead, asks it with CONNECT for host:port, and
+ * reports on_connect only once the proxy answered 2xx (or with
+ * UVMQTT_EPROXY, UVMQTT_EPROXYAUTH, UVMQTT_EPROXYHEADER or
+ * UVMQTT_EPROXYCLOSED). TLS and WebSocket layered above then run through
+ * the tunnel unchanged. Call after the init functions (TCP, TLS or
+ * WebSocket), before connect(); `cfg` must outlive the attempt. */
+void uvmqtt__transport_tcp_set_proxy(uvmqtt__transport_t *t,
+                                     const struct uvmqtt__proxy_config_s *cfg);
 
 #define uvmqtt__transport_connect(t, host, port) ((t)->vt->connect((t), (host), (port)))
 #define uvmqtt__transport_write(t, b, n, a)      ((t)->vt->write((t), (b), (n), (a)))
