@@ -1048,6 +1048,87 @@ START_TEST(fake_resubscribe_keeps_props_splits_reports) {
 }
 END_TEST
 
+/* Allocation calls the library makes per message in steady state, counted
+ * through its allocator: QoS 0 and QoS 1 publishes, and received QoS 1
+ * messages. The broker side allocates with plain malloc and is not
+ * counted. */
+static size_t g_alloc_calls;
+static void *calls_malloc(size_t n) {
+  g_alloc_calls++;
+  return malloc(n);
+}
+static void *calls_realloc(void *p, size_t n) {
+  g_alloc_calls++;
+  return realloc(p, n);
+}
+static void *calls_calloc(size_t a, size_t b) {
+  g_alloc_calls++;
+  return calloc(a, b);
+}
+
+#define ALLOC_MESSAGES 4000
+
+static double allocs_per_publish(fx_t *f, uint8_t qos) {
+  uvmqtt_publish_opts_t o = {qos, 0, NULL, {0, 0}};
+  int before = f->published;
+  size_t calls = g_alloc_calls;
+  /* In rounds of 100, as an application publishing steadily would. */
+  for (int r = 0; r < ALLOC_MESSAGES / 100; r++) {
+    for (int i = 0; i < 100; i++)
+      ck_assert_int_eq(
+          uvmqtt_publish(&f->client, "alloc/t", "0123456789abcdef", 16, &o, publish_cb, NULL), 0);
+    int want = before + (r + 1) * 100;
+    RUN_UNTIL(f, f->published == want, 4000);
+    ck_assert_int_eq(f->published, want);
+  }
+  return (double)(g_alloc_calls - calls) / ALLOC_MESSAGES;
+}
+
+START_TEST(fake_allocations_per_message) {
+  fx_t *f = calloc(1, sizeof *f);
+  ck_assert_int_eq(uvmqtt_replace_allocator(calls_malloc, calls_realloc, calls_calloc, free), 0);
+  fx_start(f, UVMQTT_V311, 30, 1, NULL);
+  RUN_UNTIL(f, f->connects == 1, 2000);
+  ck_assert_int_eq(f->connects, 1);
+  double q0 = allocs_per_publish(f, 0);
+  double q1 = allocs_per_publish(f, 1);
+  /* Received: the broker sends QoS 1 messages, the client acknowledges. */
+  size_t calls = g_alloc_calls;
+  for (int r = 0; r < ALLOC_MESSAGES / 100; r++) {
+    for (int i = 0; i < 100; i++) {
+      uvmqtt_packet_t p;
+      memset(&p, 0, sizeof p);
+      p.type = UVMQTT_PUBLISH;
+      p.packet_id = (uint16_t)(i + 1);
+      p.u.publish.qos = 1;
+      p.u.publish.topic.data = (const uint8_t *)"alloc/in";
+      p.u.publish.topic.len = 8;
+      p.u.publish.payload.data = (const uint8_t *)"0123456789abcdef";
+      p.u.publish.payload.len = 16;
+      ck_assert_int_eq(fake_send_packet(f->conn, &p), 0);
+    }
+    int want = (r + 1) * 100;
+    RUN_UNTIL(f, f->messages == want, 4000);
+    ck_assert_int_eq(f->messages, want);
+  }
+  double rx = (double)(g_alloc_calls - calls) / ALLOC_MESSAGES;
+  printf("allocation calls per message: QoS 0 publish %.2f, QoS 1 publish %.2f, received QoS 1 "
+         "%.2f\n",
+         q0, q1, rx);
+  fflush(stdout);
+  /* Each publish copies its message once; the rest is per write (an
+   * output buffer and its write bookkeeping, released when the connection
+   * goes idle between rounds), not per message. */
+  ck_assert_msg(q0 <= 1.2, "%.2f allocations per QoS 0 publish", q0);
+  ck_assert_msg(q1 <= 1.2, "%.2f allocations per QoS 1 publish", q1);
+  ck_assert_msg(rx <= 0.2, "%.2f allocations per received message", rx);
+  finish(f);
+  fx_end(f);
+  ck_assert_int_eq(uvmqtt_replace_allocator(malloc, realloc, calloc, free), 0);
+  free(f);
+}
+END_TEST
+
 Suite *uvmqtt_test_suite(void) {
   Suite *s = suite_create("fake_broker");
   TCase *tc = tcase_create("faults");
@@ -1074,6 +1155,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_loop_test(tc, fake_bind_address_used, 0, 2);
   tcase_add_test(tc, fake_bind_address_other_family_fails);
   tcase_add_test(tc, fake_resubscribe_keeps_props_splits_reports);
+  tcase_add_test(tc, fake_allocations_per_message);
   tcase_add_loop_test(tc, fake_keepalive_slow_uplink, 0, 2);
   tcase_add_loop_test(tc, fake_graceful_disconnect_half_closes, 0, 2);
   suite_add_tcase(s, tc);
