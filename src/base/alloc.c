@@ -37,3 +37,25 @@ void *uvmqtt__realloc(void *ptr, size_t size) {
 void uvmqtt__free(void *ptr) {
   if (ptr != NULL) g_free(ptr);
 }
+
+char *uvmqtt__strdup(const char *s, int *err) {
+  if (s == NULL) return NULL;
+  size_t n = strlen(s);
+  char *copy = uvmqtt__malloc(n + 1);
+  if (copy == NULL) {
+    *err = UVMQTT_ENOMEM;
+    return NULL;
+  }
+  memcpy(copy, s, n + 1);
+  return copy;
+}
+
+uint8_t *uvmqtt__memdup(const void *p, size_t n, int *err) {
+  uint8_t *copy = uvmqtt__malloc(n);
+  if (copy == NULL) {
+    *err = UVMQTT_ENOMEM;
+    return NULL;
+  }
+  if (n) memcpy(copy, p, n);
+  return copy;
+}

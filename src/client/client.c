@@ -22,28 +22,6 @@ void uvmqtt_options_init(uvmqtt_options_t *opts) {
   opts->delivery.kind = UVMQTT_DELIVERY_UNTIL_DELIVERED;
 }
 
-static char *dup_str(const char *s, int *err) {
-  if (s == NULL) return NULL;
-  size_t n = strlen(s);
-  char *copy = uvmqtt__malloc(n + 1);
-  if (copy == NULL) {
-    *err = UVMQTT_ENOMEM;
-    return NULL;
-  }
-  memcpy(copy, s, n + 1);
-  return copy;
-}
-
-static uint8_t *dup_bytes(const void *p, size_t n, int *err) {
-  uint8_t *copy = uvmqtt__malloc(n);
-  if (copy == NULL) {
-    *err = UVMQTT_ENOMEM;
-    return NULL;
-  }
-  if (n) memcpy(copy, p, n);
-  return copy;
-}
-
 /* A client id for brokers that need one (3.1.1 with a persistent session):
  * unique enough across processes and clients. */
 /* A client id for a client that gave none on 3.1.1: "uvmqtt-" and 16 hex
@@ -66,7 +44,7 @@ static char *make_client_id(int *err) {
   x ^= x >> 31;
   char id[32];
   snprintf(id, sizeof id, "uvmqtt-%016llx", (unsigned long long)x);
-  return dup_str(id, err);
+  return uvmqtt__strdup(id, err);
 }
 
 static void creds_free(uvmqtt__creds_t *cr) {
@@ -133,9 +111,10 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
   }
   err = uvmqtt__config_get(c->lp, opts, cbs, &c->cfg);
   if (err == 0) {
-    c->client_id = (opts->client_id && opts->client_id[0])
-                       ? dup_str(opts->client_id, &err)
-                       : (opts->version == UVMQTT_V5 ? dup_str("", &err) : make_client_id(&err));
+    c->client_id =
+        (opts->client_id && opts->client_id[0])
+            ? uvmqtt__strdup(opts->client_id, &err)
+            : (opts->version == UVMQTT_V5 ? uvmqtt__strdup("", &err) : make_client_id(&err));
   }
   if (err) {
     uvmqtt__loop_t *lp = c->lp;
@@ -361,8 +340,8 @@ int uvmqtt_client_set_credentials(uvmqtt_client_t *client, const char *username,
   if (password_len && password == NULL) return UVMQTT_EINVAL;
   uvmqtt__creds_t *cr = uvmqtt__calloc(1, sizeof *cr);
   if (cr == NULL) return UVMQTT_ENOMEM;
-  cr->username = dup_str(username, &err);
-  cr->password = password ? dup_bytes(password, password_len, &err) : NULL;
+  cr->username = uvmqtt__strdup(username, &err);
+  cr->password = password ? uvmqtt__memdup(password, password_len, &err) : NULL;
   cr->password_len = password_len;
   cr->has_password = password != NULL;
   if (err) {
@@ -382,13 +361,13 @@ int uvmqtt_client_set_uri(uvmqtt_client_t *client, const char *uri) {
   uvmqtt__uri_t parsed;
   err = uvmqtt__uri_parse(uri, &parsed);
   if (err) return err;
-  char *copy = dup_str(uri, &err);
+  char *copy = uvmqtt__strdup(uri, &err);
   if (err) return err;
   if (c->own_uris == NULL) {
     /* A private server list, so the clients sharing the options keep theirs. */
     c->own_uris = uvmqtt__calloc(c->cfg->uri_count, sizeof *c->own_uris);
     for (uint32_t i = 0; c->own_uris && err == 0 && i < c->cfg->uri_count; i++)
-      c->own_uris[i] = dup_str(c->cfg->uris[i], &err);
+      c->own_uris[i] = uvmqtt__strdup(c->cfg->uris[i], &err);
     if (c->own_uris == NULL || err) {
       own_uris_free(c);
       uvmqtt__free(copy);

@@ -190,28 +190,6 @@ static uint64_t hash_bytes(const uint8_t *p, size_t n) {
 
 /* ---- Copies ------------------------------------------------------------------- */
 
-static char *dup_str(const char *s, int *err) {
-  if (s == NULL) return NULL;
-  size_t n = strlen(s);
-  char *copy = uvmqtt__malloc(n + 1);
-  if (copy == NULL) {
-    *err = UVMQTT_ENOMEM;
-    return NULL;
-  }
-  memcpy(copy, s, n + 1);
-  return copy;
-}
-
-static uint8_t *dup_bytes(const void *p, size_t n, int *err) {
-  uint8_t *copy = uvmqtt__malloc(n);
-  if (copy == NULL) {
-    *err = UVMQTT_ENOMEM;
-    return NULL;
-  }
-  if (n) memcpy(copy, p, n);
-  return copy;
-}
-
 static void config_free(uvmqtt__config_t *g) {
   for (uint32_t i = 0; i < g->uri_count; i++)
     uvmqtt__free(g->uris[i]);
@@ -245,7 +223,7 @@ static int copy_uris(uvmqtt__config_t *g, const uvmqtt_options_t *o) {
     int err = uvmqtt__uri_parse(u, &parsed);
     if (err) return err;
     err = 0;
-    g->uris[i] = dup_str(u, &err);
+    g->uris[i] = uvmqtt__strdup(u, &err);
     if (err) return err;
     g->uri_count = (uint32_t)(i + 1);
   }
@@ -305,15 +283,15 @@ static int copy_ws_options(uvmqtt__config_t *g, const uvmqtt_options_t *o) {
     return UVMQTT_EINVAL;
   if (o->ws_origin != NULL && strpbrk(o->ws_origin, "\r\n")) return UVMQTT_EINVAL;
   int err = 0;
-  g->ws_path = dup_str(o->ws_path, &err);
-  g->ws_origin = dup_str(o->ws_origin, &err);
+  g->ws_path = uvmqtt__strdup(o->ws_path, &err);
+  g->ws_origin = uvmqtt__strdup(o->ws_origin, &err);
   if (err || o->ws_header_count == 0) return err;
   g->ws_headers = uvmqtt__calloc(o->ws_header_count, sizeof *g->ws_headers);
   if (g->ws_headers == NULL) return UVMQTT_ENOMEM;
   for (size_t i = 0; i < o->ws_header_count; i++) {
     const char *h = o->ws_headers[i];
     if (h == NULL || strpbrk(h, "\r\n") || strchr(h, ':') == NULL) return UVMQTT_EINVAL;
-    g->ws_headers[i] = dup_str(h, &err);
+    g->ws_headers[i] = uvmqtt__strdup(h, &err);
     if (err) return err;
     g->ws_header_count = i + 1;
   }
@@ -331,15 +309,15 @@ static int config_new(const uvmqtt_options_t *o, const uvmqtt_callbacks_t *cbs,
     g->has_bind = err == 0;
   }
   if (err == 0) {
-    g->username = dup_str(o->username, &err);
+    g->username = uvmqtt__strdup(o->username, &err);
     if (o->password) {
-      g->password = dup_bytes(o->password, o->password_len, &err);
+      g->password = uvmqtt__memdup(o->password, o->password_len, &err);
       g->password_len = o->password_len;
       g->has_password = 1;
     }
     if (o->will_topic) {
-      g->will_topic = dup_str(o->will_topic, &err);
-      g->will_payload = dup_bytes(o->will_payload, o->will_payload_len, &err);
+      g->will_topic = uvmqtt__strdup(o->will_topic, &err);
+      g->will_payload = uvmqtt__memdup(o->will_payload, o->will_payload_len, &err);
       g->will_payload_len = o->will_payload_len;
       g->will_props = uvmqtt__props_clone(o->will_props, &err);
     }
