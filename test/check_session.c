@@ -139,17 +139,23 @@ static void feed_ack(fixture_t *f, uint8_t type, uint16_t id, uint8_t reason, ui
   feed_packet(f, &p, now, 0);
 }
 
-static void setup_session(fixture_t *f, uint8_t version, uint8_t clean, uint16_t keepalive) {
-  memset(f, 0, sizeof *f);
-  uvmqtt__session_init(&f->s, f, &events, version);
+/* A CONNECT of client "sess" for `version`, without properties. */
+static uvmqtt_packet_t connect_packet(uint8_t version, uint8_t clean) {
   uvmqtt_packet_t c;
   memset(&c, 0, sizeof c);
   c.type = UVMQTT_CONNECT;
   c.u.connect.protocol_level = version;
   c.u.connect.clean_start = clean;
-  c.u.connect.keep_alive = keepalive;
   c.u.connect.client_id.data = (const uint8_t *)"sess";
   c.u.connect.client_id.len = 4;
+  return c;
+}
+
+static void setup_session(fixture_t *f, uint8_t version, uint8_t clean, uint16_t keepalive) {
+  memset(f, 0, sizeof *f);
+  uvmqtt__session_init(&f->s, f, &events, version);
+  uvmqtt_packet_t c = connect_packet(version, clean);
+  c.u.connect.keep_alive = keepalive;
   if (version == UVMQTT_V5) {
     c.props.has = 1ull << UVMQTT_PROP_TOPIC_ALIAS_MAXIMUM;
     c.props.topic_alias_maximum = 4;
@@ -435,12 +441,7 @@ END_TEST
 /* ---- Reconnects ------------------------------------------------------------------- */
 
 static void reconnect(fixture_t *f, uint8_t session_present) {
-  uvmqtt_packet_t c;
-  memset(&c, 0, sizeof c);
-  c.type = UVMQTT_CONNECT;
-  c.u.connect.protocol_level = f->s.version;
-  c.u.connect.client_id.data = (const uint8_t *)"sess";
-  c.u.connect.client_id.len = 4;
+  uvmqtt_packet_t c = connect_packet(f->s.version, 0);
   c.u.connect.keep_alive = 30;
   ck_assert_int_eq(uvmqtt__session_connect(&f->s, &c, 100), 0);
   drain(f);
@@ -699,12 +700,7 @@ START_TEST(session_incoming_size_bounded_by_default) {
   uvmqtt__session_init(&f.s, &f, &events, UVMQTT_V311);
   ck_assert_uint_eq(f.s.our_max_packet, 16u * 1024 * 1024);
   f.s.our_max_packet = 100;
-  uvmqtt_packet_t c;
-  memset(&c, 0, sizeof c);
-  c.type = UVMQTT_CONNECT;
-  c.u.connect.protocol_level = UVMQTT_V311;
-  c.u.connect.client_id.data = (const uint8_t *)"sess";
-  c.u.connect.client_id.len = 4;
+  uvmqtt_packet_t c = connect_packet(UVMQTT_V311, 0);
   ck_assert_int_eq(uvmqtt__session_connect(&f.s, &c, 0), 0);
   drain(&f);
   connack(&f, 0, NULL);
@@ -1000,12 +996,7 @@ START_TEST(session_store_wait_honours_new_receive_maximum) {
   publish(&f, "s2", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
   ck_assert_int_eq(drain(&f), 0); /* both wait for the store */
   uvmqtt__session_lost(&f.s, UV_EOF, 1);
-  uvmqtt_packet_t c;
-  memset(&c, 0, sizeof c);
-  c.type = UVMQTT_CONNECT;
-  c.u.connect.protocol_level = UVMQTT_V5;
-  c.u.connect.client_id.data = (const uint8_t *)"sess";
-  c.u.connect.client_id.len = 4;
+  uvmqtt_packet_t c = connect_packet(UVMQTT_V5, 0);
   ck_assert_int_eq(uvmqtt__session_connect(&f.s, &c, 2), 0);
   drain(&f);
   uvmqtt_props_t props;
@@ -1076,12 +1067,7 @@ START_TEST(session_store_restore_resends_pubrel) {
   /* One past PUBREC holds a slot; one sent waits to be resent. */
   ck_assert_int_eq(g.s.inflight, 1);
   ck_assert_int_eq(g.s.queued, 3);
-  uvmqtt_packet_t c;
-  memset(&c, 0, sizeof c);
-  c.type = UVMQTT_CONNECT;
-  c.u.connect.protocol_level = UVMQTT_V311;
-  c.u.connect.client_id.data = (const uint8_t *)"sess";
-  c.u.connect.client_id.len = 4;
+  uvmqtt_packet_t c = connect_packet(UVMQTT_V311, 0);
   ck_assert_int_eq(uvmqtt__session_connect(&g.s, &c, 0), 0);
   drain(&g);
   connack(&g, 1, NULL);
@@ -1271,12 +1257,7 @@ START_TEST(session_connack_limits_apply_to_queued_and_resent) {
   o.qos = 1;
   o.retain = 1;
   ck_assert_int_eq(uvmqtt__session_publish(&f.s, "rt", "x", 1, &o, 1), 0);
-  uvmqtt_packet_t c;
-  memset(&c, 0, sizeof c);
-  c.type = UVMQTT_CONNECT;
-  c.u.connect.protocol_level = UVMQTT_V5;
-  c.u.connect.client_id.data = (const uint8_t *)"sess";
-  c.u.connect.client_id.len = 4;
+  uvmqtt_packet_t c = connect_packet(UVMQTT_V5, 0);
   ck_assert_int_eq(uvmqtt__session_connect(&f.s, &c, 2), 0);
   drain(&f);
   uvmqtt_props_t pr;
@@ -1485,13 +1466,7 @@ START_TEST(session_topic_alias_scoped_and_bounded) {
   out.has = 1ull << UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER;
   ck_assert_int_eq(uvmqtt__session_publish(&f.s, "x", "1", 1, &o, 3), UVMQTT_EBADPROP);
   /* Next connection: no aliases either way. */
-  uvmqtt_packet_t c;
-  memset(&c, 0, sizeof c);
-  c.type = UVMQTT_CONNECT;
-  c.u.connect.protocol_level = UVMQTT_V5;
-  c.u.connect.clean_start = 1;
-  c.u.connect.client_id.data = (const uint8_t *)"sess";
-  c.u.connect.client_id.len = 4;
+  uvmqtt_packet_t c = connect_packet(UVMQTT_V5, 1);
   c.props.has = 1ull << UVMQTT_PROP_TOPIC_ALIAS_MAXIMUM;
   c.props.topic_alias_maximum = 4;
   ck_assert_int_eq(uvmqtt__session_connect(&f.s, &c, 4), 0);
@@ -1608,12 +1583,7 @@ START_TEST(session_store_incoming_qos2_survives_restart) {
   g.s.store = &store;
   ck_assert_int_eq(uvmqtt__session_restore(&g.s, 0), 0);
   ck_assert_int_eq(g.s.rx_qos2_count, 1);
-  uvmqtt_packet_t c;
-  memset(&c, 0, sizeof c);
-  c.type = UVMQTT_CONNECT;
-  c.u.connect.protocol_level = UVMQTT_V311;
-  c.u.connect.client_id.data = (const uint8_t *)"sess";
-  c.u.connect.client_id.len = 4;
+  uvmqtt_packet_t c = connect_packet(UVMQTT_V311, 0);
   ck_assert_int_eq(uvmqtt__session_connect(&g.s, &c, 0), 0);
   drain(&g);
   connack(&g, 1, NULL);
