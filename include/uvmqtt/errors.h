@@ -1,4 +1,5 @@
-/* uvmqtt error codes.
+/** \file
+ * uvmqtt error codes.
  *
  * Every call that can fail returns a negative int: either one of the codes
  * below or a libuv UV_E* code passed through unchanged. Our codes live at
@@ -13,7 +14,7 @@
 extern "C" {
 #endif
 
-/* XX(name, value, v5 reason code a client sends in DISCONNECT for it, message).
+/** XX(name, value, v5 reason code a client sends in DISCONNECT for it, message).
  * The reason column is 0 for errors that are not the peer's fault. */
 #define UVMQTT_ERRNO_MAP(XX)                                                                       \
   XX(EMALFORMED, -30001, 0x81, "malformed packet")                                                 \
@@ -86,19 +87,21 @@ extern "C" {
   XX(EPROXYHEADER, -30102, 0, "HTTP proxy response too large or malformed")                        \
   XX(EPROXYCLOSED, -30103, 0, "HTTP proxy closed the connection before answering")
 
+/** The library's error codes: UVMQTT_ followed by each name of UVMQTT_ERRNO_MAP, with its value
+ * there. */
 typedef enum {
 #define UVMQTT_ERR_ENUM(name, val, reason, msg) UVMQTT_##name = (val),
   UVMQTT_ERRNO_MAP(UVMQTT_ERR_ENUM)
 #undef UVMQTT_ERR_ENUM
 } uvmqtt_errno_t;
 
-/* A message for any error: ours, libuv's, or "unknown error". Never NULL. */
+/** A message for any error: ours, libuv's, or "unknown error". Never NULL. */
 const char *uvmqtt_strerror(int err);
 
-/* The symbolic name ("UVMQTT_EMALFORMED", "ECONNREFUSED"...). Never NULL. */
+/** The symbolic name ("UVMQTT_EMALFORMED", "ECONNREFUSED"...). Never NULL. */
 const char *uvmqtt_err_name(int err);
 
-/* The MQTT 5 DISCONNECT reason code a client sends when it hits this error
+/** The MQTT 5 DISCONNECT reason code a client sends when it hits this error
  * in data from the peer (0x81 malformed, 0x82 protocol error, 0x95 packet too
  * large...), or 0x80 (unspecified) for errors that are not the peer's. */
 int uvmqtt_err_reason(int err);
