@@ -193,21 +193,6 @@ typedef struct {
   const uvmqtt_props_t *connect_props;
 
   uint32_t connect_timeout_ms; /**< resolve + TCP + CONNACK; default 10000 */
-  /** Connection attempts in progress at once among all the clients of this
-   * loop (until CONNACK); more wait their turn, and their connect timeout
-   * starts when they really start. Thousands of clients started together,
-   * or reconnecting after a broker restart, then queue briefly instead of
-   * timing out while the kernel works through their connect() calls. The
-   * latest client created with a non-zero value sets it. 0: 128. */
-  uint32_t max_connecting;
-  /** The local address to connect from: "192.0.2.7", "2001:db8::7", or
-   * with a port, "192.0.2.7:40000" / "[2001:db8::7]:40000". NULL: the
-   * system's choice. Without a port the kernel picks one per destination
-   * at connect time (IP_BIND_ADDRESS_NO_PORT), so a gateway that spreads
-   * thousands of clients over a few local addresses does not exhaust or
-   * search the ephemeral ports. Servers of the other address family are
-   * skipped. A malformed address fails init with UVMQTT_EINVAL. */
-  const char *bind_address;
   /** QoS 1/2 messages handed to the socket and not yet acknowledged, at
    * most; a v5 broker's Receive Maximum lowers it. 0: 20 (libmosquitto's
    * default; Mosquitto stalls 3.1.1 publishers with far more in flight). */
@@ -281,6 +266,22 @@ typedef struct {
    * http_proxy for mqtt:// and ws://, except for hosts no_proxy (or
    * NO_PROXY) names ("*", hosts, or domains such as ".example.com"). */
   uint8_t proxy_from_env;
+
+  /** Connection attempts in progress at once among all the clients of this
+   * loop (until CONNACK); more wait their turn, and their connect timeout
+   * starts when they really start. Thousands of clients started together,
+   * or reconnecting after a broker restart, then queue briefly instead of
+   * timing out while the kernel works through their connect() calls. The
+   * latest client created with a non-zero value sets it. 0: 128. */
+  uint32_t max_connecting;
+  /** The local address to connect from: "192.0.2.7", "2001:db8::7", or
+   * with a port, "192.0.2.7:40000" / "[2001:db8::7]:40000". NULL: the
+   * system's choice. Without a port the kernel picks one per destination
+   * at connect time (IP_BIND_ADDRESS_NO_PORT), so a gateway that spreads
+   * thousands of clients over a few local addresses does not exhaust or
+   * search the ephemeral ports. Servers of the other address family are
+   * skipped. A malformed address fails init with UVMQTT_EINVAL. */
+  const char *bind_address;
 } uvmqtt_options_t;
 
 /** Fills `opts` with the defaults. */
