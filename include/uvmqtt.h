@@ -155,7 +155,12 @@ typedef struct {
   const char *const *uris;
   size_t uri_count;
 
-  uint8_t version;       /* UVMQTT_V311 (default) or UVMQTT_V5 */
+  /* UVMQTT_V311 (default), UVMQTT_V5, or UVMQTT_V31 for legacy brokers (MQTT
+   * 3.1, "MQIsdp"). On 3.1 the client id must be at most 23 bytes
+   * (UVMQTT_ECLIENTID), and CONNACK has no Session Present flag: with
+   * clean_start 0 the session is taken as kept, and subscriptions are sent
+   * again after every connection. */
+  uint8_t version;
   const char *client_id; /* NULL or "": the broker assigns one (v5), or one is made up */
   uint8_t clean_start;   /* default 1 */
   uint16_t keepalive;    /* seconds; default 60; 0 disables */

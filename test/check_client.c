@@ -8,7 +8,7 @@
  * callbacks, asserts the counts after uv_run, closes every handle and checks
  * that uv_loop_close() succeeds. A watchdog timer bounds every loop. Tests
  * that make sense for both protocol versions are loop tests: index 0 runs
- * MQTT 3.1.1, index 1 MQTT 5. */
+ * MQTT 3.1.1, index 1 MQTT 5, and index 2, where there is one, MQTT 3.1. */
 #include <check.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -75,8 +75,9 @@ static int broker_log_has(const char *needle) {
   return found;
 }
 
+/* Index 2 runs MQTT 3.1 ("MQIsdp") in the tests that cover it. */
 static uint8_t version_of(int index) {
-  return index == 0 ? UVMQTT_V311 : UVMQTT_V5;
+  return index == 0 ? UVMQTT_V311 : index == 1 ? UVMQTT_V5 : UVMQTT_V31;
 }
 
 static int bytes_is(uvmqtt_bytes_t b, const char *s) {
@@ -389,8 +390,28 @@ START_TEST(client_connect_disconnect) {
   ck_assert_int_eq(p->disc.status, 0);
   ck_assert_int_eq(p->disc.will_retry, 0);
   ck_assert_int_eq(p->close_calls, 1);
+  /* Mosquitto names the protocol it saw: p1 is MQTT 3.1. */
+  if (v == UVMQTT_V31) ck_assert(broker_log_has("(p1, c1, k60"));
   loop_finish();
   broker_finish();
+}
+END_TEST
+
+START_TEST(client_v31_client_id_limit) {
+  uv_loop_t loop;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  uvmqtt_options_t o;
+  uvmqtt_options_init(&o);
+  o.uri = "mqtt://127.0.0.1:1";
+  o.version = UVMQTT_V31;
+  o.client_id = "abcdefghijklmnopqrstuvwx"; /* 24 bytes: more than 3.1 allows */
+  uvmqtt_client_t c;
+  ck_assert_int_eq(uvmqtt_client_init(&loop, &c, &o, NULL), UVMQTT_ECLIENTID);
+  o.version = UVMQTT_V311;
+  ck_assert_int_eq(uvmqtt_client_init(&loop, &c, &o, NULL), 0);
+  uvmqtt_close(&c, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
 }
 END_TEST
 
@@ -1188,7 +1209,7 @@ START_TEST(client_init_rejects_bad_options) {
   ck_assert_int_eq(uvmqtt_client_init(NULL, &client, &o, NULL), UVMQTT_EINVAL);
   ck_assert_int_eq(uvmqtt_client_init(&loop, NULL, &o, NULL), UVMQTT_EINVAL);
   ck_assert_int_eq(uvmqtt_client_init(&loop, &client, NULL, NULL), UVMQTT_EINVAL);
-  o.version = 3; /* MQTT 3.1 is not spoken */
+  o.version = 6; /* no such protocol level */
   ck_assert_int_eq(uvmqtt_client_init(&loop, &client, &o, NULL), UVMQTT_EINVAL);
   o.version = UVMQTT_V5;
   o.will_topic = "a/+";
@@ -1890,17 +1911,18 @@ static TCase *tcase(Suite *s, const char *name, int timeout_s) {
 Suite *uvmqtt_test_suite(void) {
   Suite *s = suite_create("client");
   TCase *tc = tcase(s, "connect", TCASE_TIMEOUT_S);
-  tcase_add_loop_test(tc, client_connect_disconnect, 0, 2);
+  tcase_add_loop_test(tc, client_connect_disconnect, 0, 3);
   tcase_add_loop_test(tc, client_disconnect_in_pre_connect, 0, 2);
   tcase_add_loop_test(tc, client_disconnect_while_connecting, 0, 2);
   tcase_add_loop_test(tc, client_refused_connack, 0, 2);
   tcase_add_test(tc, client_init_rejects_bad_options);
   tcase_add_test(tc, client_generated_ids_unique);
+  tcase_add_test(tc, client_v31_client_id_limit);
   tcase_add_loop_test(tc, client_persistent_session, 0, 2);
 
   tc = tcase(s, "publish", TCASE_TIMEOUT_S);
-  tcase_add_loop_test(tc, client_pubsub_payload_sizes, 0, 6);
-  tcase_add_loop_test(tc, client_qos1_ordered_1000, 0, 2);
+  tcase_add_loop_test(tc, client_pubsub_payload_sizes, 0, 9);
+  tcase_add_loop_test(tc, client_qos1_ordered_1000, 0, 3);
   tcase_add_loop_test(tc, client_retained_message, 0, 2);
   tcase_add_loop_test(tc, client_publish_errors, 0, 2);
 

@@ -95,7 +95,11 @@ void uvmqtt__client_free(uvmqtt__client_t *c) {
 }
 
 static int validate_options(const uvmqtt_options_t *o) {
-  if (o->version != UVMQTT_V311 && o->version != UVMQTT_V5) return UVMQTT_EINVAL;
+  if (o->version != UVMQTT_V31 && o->version != UVMQTT_V311 && o->version != UVMQTT_V5)
+    return UVMQTT_EINVAL;
+  /* MQTT 3.1 brokers may refuse longer ids; an empty one is made up. */
+  if (o->version == UVMQTT_V31 && o->client_id && strlen(o->client_id) > 23)
+    return UVMQTT_ECLIENTID;
   if (o->will_qos > 2) return UVMQTT_EBADQOS;
   if (o->will_topic && uvmqtt_topic_check((const uint8_t *)o->will_topic, strlen(o->will_topic)))
     return UVMQTT_EBADTOPIC;

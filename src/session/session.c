@@ -576,6 +576,11 @@ static int on_connack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t n
   /* A session we asked the broker to discard cannot be present
    * [MQTT-3.2.2-4]; 3.1.1 brokers are held to the same rule. */
   if (p->session_present && s->clean_start) return UVMQTT_EPROTOCOL;
+  /* A 3.1 CONNACK does not say whether the broker kept the session. A 3.1
+   * broker must keep it when asked (clean session 0), so the client resumes
+   * it: PUBREL rather than a second PUBLISH of a QoS 2 message, as with a
+   * 3.1.1 broker that says it kept one. */
+  int present = p->session_present || (s->version == UVMQTT_V31 && !s->clean_start);
   if (s->version == UVMQTT_V5) {
     const uvmqtt_props_t *pr = &p->props;
     if (UVMQTT_HAS(pr, UVMQTT_PROP_RECEIVE_MAXIMUM)) s->broker_receive_max = pr->receive_maximum;
@@ -589,7 +594,7 @@ static int on_connack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t n
   }
   s->state = UVMQTT__S_ONLINE;
   int err = 0;
-  if (p->session_present) {
+  if (present) {
     err = resend_pubrels(s, now);
   } else {
     /* No session on the broker: our incoming QoS 2 state is void too. */
