@@ -237,6 +237,19 @@ typedef struct {
    * file cannot be read. Handshake failures reach on_connect as
    * UVMQTT_ETLS* errors. */
   const uvmqtt_tls_options_t *tls;
+
+  /* v5: outgoing topic aliases, chosen by the client. At most this many
+   * aliases are used on a connection, and never more than the broker's
+   * Topic Alias Maximum of that connection (none when it announces none).
+   * The first PUBLISH of a topic on a connection carries the topic and its
+   * alias; later ones carry only the alias, which saves the topic's bytes on
+   * every message; when all aliases are taken, the least recently used one
+   * passes to the new topic. Aliases belong to one network connection: after
+   * a reconnect every topic, resends included, is named in full once more.
+   * Messages are kept (and stored) with their full topic. While this is on,
+   * a publish that sets its own Topic Alias fails with UVMQTT_EINVAL.
+   * 0: off (the default). */
+  uint16_t topic_alias_out;
 } uvmqtt_options_t;
 
 /* Fills `opts` with the defaults. */
@@ -337,7 +350,9 @@ int uvmqtt_connect(uvmqtt_client_t *client);
 typedef struct {
   uint8_t qos;
   uint8_t retain;
-  const uvmqtt_props_t *props; /* v5 PUBLISH properties (topic alias is managed here) */
+  /* v5 PUBLISH properties. A Topic Alias here is the application's to
+   * manage (an empty topic then uses it), unless topic_alias_out is on. */
+  const uvmqtt_props_t *props;
   uvmqtt_delivery_t delivery;
 } uvmqtt_publish_opts_t;
 

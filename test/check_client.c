@@ -1145,6 +1145,88 @@ START_TEST(client_per_subscription_callbacks) {
 }
 END_TEST
 
+/* ---- Outgoing topic aliases ---------------------------------------------------------- */
+
+#define ALIAS_MSGS   60
+#define ALIAS_TOPICS 6
+
+/* Topic i % ALIAS_TOPICS for message i: six topics through four aliases,
+ * so aliases pass from topic to topic. */
+static void alias_topic(char *buf, size_t size, int i) {
+  snprintf(buf, size, "alias/topic/%d", (i * 7 + i / 5) % ALIAS_TOPICS);
+}
+
+static void alias_maybe_done(void) {
+  if (g.done || g.b.message_calls < ALIAS_MSGS || g.a.publish_calls < ALIAS_MSGS) return;
+  g.done = 1;
+  peer_close(&g.a);
+  peer_close(&g.b);
+}
+
+static void alias_message(peer_t *p, const uvmqtt_message_t *m) {
+  ck_assert_uint_eq(m->payload.len, 4);
+  int i = (int)get_u32(m->payload.data);
+  ck_assert_int_eq(i, p->message_calls - 1);
+  char want[64];
+  alias_topic(want, sizeof want, i);
+  ck_assert_msg(bytes_is(m->topic, want), "message %d on the wrong topic", i);
+  alias_maybe_done();
+}
+
+static void alias_published(peer_t *p, int status, uint8_t reason, int index) {
+  (void)p;
+  (void)reason;
+  ck_assert_msg(status == 0, "publish %d: %s", index, uvmqtt_err_name(status));
+  alias_maybe_done();
+}
+
+static void alias_pub_connected(peer_t *p, int status) {
+  ck_assert_int_eq(status, 0);
+  /* Mosquitto's default Topic Alias Maximum (10) leaves room for four. */
+  ck_assert_uint_eq(p->client.impl->sess.alias_out_max, 4);
+  for (int i = 0; i < ALIAS_MSGS; i++) {
+    char topic[64];
+    uint8_t buf[4];
+    alias_topic(topic, sizeof topic, i);
+    put_u32(buf, (uint32_t)i);
+    peer_publish(p, topic, buf, sizeof buf, 1, 0);
+  }
+}
+
+static void alias_subscribed(peer_t *p) {
+  (void)p;
+  peer_connect(&g.a);
+}
+
+static void alias_sub_connected(peer_t *p, int status) {
+  ck_assert_int_eq(status, 0);
+  peer_subscribe(p, "alias/#", 1, NULL, NULL);
+}
+
+START_TEST(client_topic_alias_out) {
+  broker_start("");
+  loop_start(WATCHDOG_MS);
+  uvmqtt_options_t o;
+  peer_options(&o, UVMQTT_V5);
+  o.topic_alias_out = 4;
+  peer_init(&g.a, UVMQTT_V5, &o);
+  peer_init(&g.b, UVMQTT_V5, NULL);
+  g.a.connected = alias_pub_connected;
+  g.a.published = alias_published;
+  g.b.connected = alias_sub_connected;
+  g.b.subscribed = alias_subscribed;
+  g.b.message = alias_message;
+  peer_connect(&g.b);
+  loop_run();
+  ck_assert_int_eq(g.b.message_calls, ALIAS_MSGS);
+  ck_assert_int_eq(g.a.publish_calls, ALIAS_MSGS);
+  ck_assert_int_eq(g.a.publish_failures, 0);
+  ck_assert_int_eq(g.a.disconnect_calls + g.b.disconnect_calls, 0);
+  loop_finish();
+  broker_finish();
+}
+END_TEST
+
 /* ---- Unsubscribe
  * ---------------------------------------------------------------------------------- */
 
@@ -1925,6 +2007,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_loop_test(tc, client_qos1_ordered_1000, 0, 3);
   tcase_add_loop_test(tc, client_retained_message, 0, 2);
   tcase_add_loop_test(tc, client_publish_errors, 0, 2);
+  tcase_add_test(tc, client_topic_alias_out);
 
   tc = tcase(s, "will", TCASE_TIMEOUT_S);
   tcase_add_loop_test(tc, client_will_sent_on_close, 0, 2);

@@ -2,6 +2,7 @@
  * plays the broker by hand with encoded packets and decodes what the session
  * writes. */
 #include <check.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -1507,6 +1508,178 @@ START_TEST(session_topic_alias_scoped_and_bounded) {
 }
 END_TEST
 
+/* ---- Automatic outgoing topic aliases ---------------------------------------- */
+
+static void connect_v5_alias(fixture_t *f, uint16_t want, uint16_t broker_max, uint8_t clean) {
+  setup_session(f, UVMQTT_V5, clean, 0);
+  f->s.alias_out_want = want;
+  uvmqtt_props_t pr;
+  memset(&pr, 0, sizeof pr);
+  if (broker_max) {
+    pr.has = 1ull << UVMQTT_PROP_TOPIC_ALIAS_MAXIMUM;
+    pr.topic_alias_maximum = broker_max;
+  }
+  connack(f, 0, &pr);
+}
+
+static uint16_t out_alias(const fixture_t *f, int i) {
+  return UVMQTT_HAS(&f->out[i].props, UVMQTT_PROP_TOPIC_ALIAS) ? f->out[i].props.topic_alias : 0;
+}
+
+#define ALIAS_RUN 10000
+
+/* Publishes ALIAS_RUN QoS 1 messages on one 100-byte topic, acking each,
+ * and returns the bytes written for them. Halfway, with `reconnect`, the
+ * connection drops with three messages unacknowledged and comes back with
+ * the session: the first resend carries the full topic again. */
+static size_t alias_run(uint16_t want, int reconnect) {
+  fixture_t f;
+  connect_v5_alias(&f, want, 10, 0);
+  char topic[101];
+  memset(topic, 't', 100);
+  topic[100] = '\0';
+  topic[0] = 'a';
+  topic[1] = '/';
+  size_t bytes = 0;
+  uint16_t pending[3];
+  int npending = 0;
+  for (int i = 0; i < ALIAS_RUN; i++) {
+    publish(&f, topic, 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+    ck_assert_int_eq(drain(&f), 1);
+    bytes += f.raw_len;
+    ck_assert_int_eq(f.out[0].type, UVMQTT_PUBLISH);
+    uint16_t alias = out_alias(&f, 0);
+    if (want == 0) {
+      ck_assert_uint_eq(alias, 0);
+      ck_assert_uint_eq(f.out[0].u.publish.topic.len, 100);
+    } else {
+      ck_assert_uint_eq(alias, 1);
+      /* Only the first PUBLISH of a connection names the topic. */
+      ck_assert_uint_eq(f.out[0].u.publish.topic.len, i == 0 ? 100 : 0);
+    }
+    uint16_t id = f.out[0].packet_id;
+    if (reconnect && i >= ALIAS_RUN / 2 - 3 && i < ALIAS_RUN / 2) {
+      pending[npending++] = id;
+      continue;
+    }
+    feed_ack(&f, UVMQTT_PUBACK, id, 0, 1);
+    if (reconnect && i == ALIAS_RUN / 2) break;
+  }
+  if (reconnect) {
+    ck_assert_int_eq(npending, 3);
+    /* The stored message still holds its topic. */
+    uvmqtt_packet_t stored;
+    const uvmqtt__msg_t *m = f.s.window.head;
+    ck_assert_ptr_nonnull(m);
+    ck_assert_int_eq(uvmqtt_decode_packet(m->data, m->len, UVMQTT_V5, &stored), 0);
+    ck_assert_uint_eq(stored.u.publish.topic.len, 100);
+    ck_assert(!UVMQTT_HAS(&stored.props, UVMQTT_PROP_TOPIC_ALIAS));
+    uvmqtt__session_lost(&f.s, UV_EOF, 2);
+    uvmqtt_packet_t c;
+    memset(&c, 0, sizeof c);
+    c.type = UVMQTT_CONNECT;
+    c.u.connect.protocol_level = UVMQTT_V5;
+    c.u.connect.client_id.data = (const uint8_t *)"sess";
+    c.u.connect.client_id.len = 4;
+    ck_assert_int_eq(uvmqtt__session_connect(&f.s, &c, 3), 0);
+    drain(&f);
+    uvmqtt_props_t pr;
+    memset(&pr, 0, sizeof pr);
+    pr.has = 1ull << UVMQTT_PROP_TOPIC_ALIAS_MAXIMUM;
+    pr.topic_alias_maximum = 10;
+    connack(&f, 1, &pr);
+    ck_assert_int_eq(drain(&f), 3);
+    bytes += f.raw_len;
+    for (int k = 0; k < 3; k++) {
+      ck_assert_int_eq(f.out[k].type, UVMQTT_PUBLISH);
+      ck_assert_uint_eq(f.out[k].packet_id, pending[k]);
+      ck_assert_uint_eq(f.out[k].u.publish.dup, 1);
+      ck_assert_uint_eq(out_alias(&f, k), want ? 1 : 0);
+      ck_assert_uint_eq(f.out[k].u.publish.topic.len, want && k > 0 ? 0 : 100);
+      feed_ack(&f, UVMQTT_PUBACK, pending[k], 0, 4);
+    }
+    for (int i = ALIAS_RUN / 2 + 1; i < ALIAS_RUN; i++) {
+      publish(&f, topic, 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 5, 0);
+      ck_assert_int_eq(drain(&f), 1);
+      bytes += f.raw_len;
+      ck_assert_uint_eq(f.out[0].u.publish.topic.len, want ? 0 : 100);
+      feed_ack(&f, UVMQTT_PUBACK, f.out[0].packet_id, 0, 5);
+    }
+  }
+  ck_assert_int_eq(f.done, ALIAS_RUN);
+  ck_assert_int_eq(f.last_status, 0);
+  teardown(&f);
+  return bytes;
+}
+
+START_TEST(session_topic_alias_out_saves_bytes) {
+  size_t plain = alias_run(0, 0), aliased = alias_run(8, 0);
+  printf("topic_alias_out: %d QoS 1 publishes on a 100-byte topic: %zu bytes without aliases, "
+         "%zu with\n",
+         ALIAS_RUN, plain, aliased);
+  ck_assert_uint_lt(aliased, plain / 4);
+  size_t plain_rc = alias_run(0, 1), aliased_rc = alias_run(8, 1);
+  printf("topic_alias_out: the same with a reconnect halfway: %zu bytes without aliases, %zu "
+         "with\n",
+         plain_rc, aliased_rc);
+  /* Three resends, of which one names the topic again. */
+  ck_assert_uint_eq(plain_rc, plain + 3 * (plain / ALIAS_RUN));
+  ck_assert_uint_lt(aliased_rc, plain_rc / 4);
+}
+END_TEST
+
+/* Least recently used replacement, bounded by the broker's maximum, none
+ * without one, and the application's own aliases refused meanwhile. */
+START_TEST(session_topic_alias_out_lru_and_bounds) {
+  fixture_t f;
+  connect_v5_alias(&f, 8, 2, 1);
+  static const char *const seq[] = {"A", "B", "A", "C", "B", "A", "A", "C"};
+  /* A:1 set, B:2 set, A:1 bound, C takes 2 (B least recent), B takes 1
+   * (A least recent), A takes 2 (C), A bound, C takes 1 (B). */
+  static const uint16_t alias[] = {1, 2, 1, 2, 1, 2, 2, 1};
+  static const uint8_t bound[] = {0, 0, 1, 0, 0, 0, 1, 0};
+  for (int i = 0; i < 8; i++) {
+    publish(&f, seq[i], 0, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+    ck_assert_int_eq(drain(&f), 1);
+    ck_assert_msg(out_alias(&f, 0) == alias[i], "publish %d: alias %u", i, out_alias(&f, 0));
+    ck_assert_uint_eq(f.out[0].u.publish.topic.len, bound[i] ? 0 : 1);
+  }
+  uvmqtt_props_t own;
+  memset(&own, 0, sizeof own);
+  own.has = 1ull << UVMQTT_PROP_TOPIC_ALIAS;
+  own.topic_alias = 1;
+  uvmqtt__publish_t o;
+  memset(&o, 0, sizeof o);
+  o.policy = UVMQTT_DELIVERY_UNTIL_DELIVERED;
+  o.props = &own;
+  ck_assert_int_eq(uvmqtt__session_publish(&f.s, "A", "1", 1, &o, 2), UVMQTT_EINVAL);
+  teardown(&f);
+
+  /* A broker without Topic Alias Maximum gets none. */
+  connect_v5_alias(&f, 8, 0, 1);
+  publish(&f, "A", 0, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  publish(&f, "A", 0, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  ck_assert_int_eq(drain(&f), 2);
+  ck_assert_uint_eq(out_alias(&f, 0) + out_alias(&f, 1), 0);
+  teardown(&f);
+
+  /* An alias that would push a packet past Maximum Packet Size is left out. */
+  setup_session(&f, UVMQTT_V5, 1, 0);
+  f.s.alias_out_want = 4;
+  uvmqtt_props_t pr;
+  memset(&pr, 0, sizeof pr);
+  pr.has = 1ull << UVMQTT_PROP_TOPIC_ALIAS_MAXIMUM | 1ull << UVMQTT_PROP_MAXIMUM_PACKET_SIZE;
+  pr.topic_alias_maximum = 4;
+  pr.maximum_packet_size = 14; /* "A" and "payload": exactly 13 bytes plain, 16 aliased */
+  connack(&f, 0, &pr);
+  publish(&f, "A", 0, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_uint_eq(out_alias(&f, 0), 0);
+  ck_assert_uint_eq(f.raw_len, 13);
+  teardown(&f);
+}
+END_TEST
+
 /* Defect 12: an unknown PUBREC with a failure reason gets no PUBREL. */
 START_TEST(session_unknown_failed_pubrec_no_pubrel) {
   fixture_t f;
@@ -1688,6 +1861,8 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_loop_test(gate, session_present_to_clean_start_is_protocol_error, 0, 2);
   tcase_add_test(gate, session_ping_timed_from_write);
   tcase_add_test(gate, session_topic_alias_scoped_and_bounded);
+  tcase_add_test(gate, session_topic_alias_out_saves_bytes);
+  tcase_add_test(gate, session_topic_alias_out_lru_and_bounds);
   tcase_add_test(gate, session_unknown_failed_pubrec_no_pubrel);
   tcase_add_test(gate, session_request_enomem_leaves_nothing);
   tcase_add_test(gate, session_store_incoming_qos2_survives_restart);

@@ -74,6 +74,7 @@ typedef struct {
   uint8_t done;    /* publish_done calls */
   uint8_t acked;   /* the broker's ack for it reached the session */
   uint8_t refused; /* uvmqtt__session_publish() returned an error */
+  uint8_t topic;   /* index in topics[] */
   uint64_t deadline;
 } track_t;
 
@@ -126,6 +127,9 @@ typedef struct {
   uint32_t lim_max_packet;
   uint8_t lim_max_qos, lim_retain;
   uint16_t lim_alias_max;
+  /* Topic Aliases the client's PUBLISHes set up on this connection, as
+   * indexes in topics[] plus 1 (0: not set up), whoever chose them. */
+  uint8_t out_alias[8];
   /* QoS > 0 PUBLISHes sent on this connection, not yet completed. */
   uint16_t cin[MAX_PKTS];
   int ncin;
@@ -277,7 +281,8 @@ static void app_publish(sim_t *x) {
   if (x->version == UVMQTT_V5 && chance(x, 8)) {
     props.has = 1ull << UVMQTT_PROP_TOPIC_ALIAS;
     props.topic_alias = (uint16_t)(1 + below(x, 3));
-    p.props = &props;
+    /* With automatic aliases the session owns them all. */
+    if (x->s.alias_out_want == 0) p.props = &props;
   }
   int t = track_new(x);
   uint8_t payload[80];
@@ -289,7 +294,8 @@ static void app_publish(sim_t *x) {
   x->tracks[t].policy = p.policy;
   x->tracks[t].deadline = p.policy == UVMQTT_DELIVERY_DEADLINE ? x->now + p.deadline_ms : 0;
   int drops = x->drops;
-  int err = uvmqtt__session_publish(&x->s, topics[below(x, 4)], payload, len, &p, x->now);
+  x->tracks[t].topic = (uint8_t)below(x, 4);
+  int err = uvmqtt__session_publish(&x->s, topics[x->tracks[t].topic], payload, len, &p, x->now);
   TRACE("  publish %d qos %u policy %u deadline %" PRIu64 ": %d\n", t, p.qos, p.policy,
         x->tracks[t].deadline, err);
   /* Refused: no callback. (A publish from inside a callback may have taken
@@ -748,8 +754,26 @@ static void take_output(sim_t *x) {
         CHECK(x, tr->done == 0, "no PUBLISH after its completion");
         CHECK(x, p.u.publish.qos <= x->lim_max_qos, "PUBLISH QoS within Maximum QoS");
         CHECK(x, !p.u.publish.retain || x->lim_retain, "retain only if Retain Available");
-        if (x->version == UVMQTT_V5 && UVMQTT_HAS(&p.props, UVMQTT_PROP_TOPIC_ALIAS))
-          CHECK(x, p.props.topic_alias <= x->lim_alias_max, "Topic Alias within its maximum");
+        uvmqtt_bytes_t topic = p.u.publish.topic;
+        if (x->version == UVMQTT_V5 && UVMQTT_HAS(&p.props, UVMQTT_PROP_TOPIC_ALIAS)) {
+          uint16_t a = p.props.topic_alias;
+          CHECK(x, a >= 1 && a <= x->lim_alias_max, "Topic Alias within its maximum");
+          CHECK(x, x->s.alias_out_want == 0 || a <= x->s.alias_out_want,
+                "automatic Topic Alias within topic_alias_out");
+          CHECK(x, a < sizeof x->out_alias, "Topic Alias within the model's table");
+          if (topic.len) {
+            x->out_alias[a] = (uint8_t)(tr->topic + 1);
+          } else {
+            CHECK(x, x->out_alias[a] != 0,
+                  "an alias-only PUBLISH only after this connection set the alias up");
+            topic.data = (const uint8_t *)topics[x->out_alias[a] - 1];
+            topic.len = (uint32_t)strlen(topics[x->out_alias[a] - 1]);
+          }
+        }
+        CHECK(x,
+              topic.len == strlen(topics[tr->topic]) &&
+                  memcmp(topic.data, topics[tr->topic], topic.len) == 0,
+              "a PUBLISH names (or aliases) the topic it was published on");
         snprintf(detail, sizeof detail, "publish %d id %u deadline %" PRIu64 " now %" PRIu64, t,
                  p.packet_id, tr->deadline, x->now);
         if (tr->policy == UVMQTT_DELIVERY_DEADLINE && tr->deadline)
@@ -810,6 +834,7 @@ static void client_connect(sim_t *x) {
   x->bk_connected = 0;
   x->bk_connack_sent = 0;
   memset(x->bk_alias_set, 0, sizeof x->bk_alias_set);
+  memset(x->out_alias, 0, sizeof x->out_alias);
   uvmqtt_decoder_reset(&x->bdec);
   x->c2b_len = 0;
   b2c_clear(x);
@@ -953,6 +978,11 @@ static void run_schedule(uint64_t seed) {
   uvmqtt__session_init(&x->s, x, &events, x->version);
   x->s.decide = decide;
   x->s.decide_state = x;
+  /* Automatic outgoing aliases in half the v5 schedules, chosen from the
+   * seed apart from the PRNG so that the other draws stay as they were. */
+  uint64_t h = seed ^ 0xa11a5a11a5ull;
+  uint64_t pick = splitmix64(&h);
+  if (x->version == UVMQTT_V5 && (pick & 1)) x->s.alias_out_want = (uint16_t)(1 + (pick >> 1) % 3);
   if (chance(x, 3)) x->s.max_inflight = (uint16_t)(1 + below(x, 6));
   if (chance(x, 4)) {
     /* A short queue: publishes are refused, or the oldest unsent dropped. */

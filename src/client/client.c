@@ -155,6 +155,7 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
   c->sess.decide = opts->decide;
   c->sess.decide_state = opts->decide_state;
   c->sess.store = opts->store;
+  if (opts->version == UVMQTT_V5) c->sess.alias_out_want = opts->topic_alias_out;
   if (opts->store) {
     uv_timeval64_t tv;
     int64_t unix_ms = uv_gettimeofday(&tv) == 0 ? tv.tv_sec * 1000 + tv.tv_usec / 1000 : 0;

@@ -371,11 +371,133 @@ static int out_ack(uvmqtt__session_t *s, uint8_t type, uint16_t id, uint8_t reas
   return g ? g : out_append(s, b, len, now);
 }
 
+/* ---- Automatic outgoing topic aliases ----------------------------------------- */
+
+static void alias_out_free(uvmqtt__session_t *s) {
+  if (s->alias_out == NULL) return;
+  for (uint32_t i = 0; i < s->alias_out_max; i++)
+    uvmqtt__free(s->alias_out[i].topic);
+  uvmqtt__free(s->alias_out);
+  s->alias_out = NULL;
+}
+
+/* The alias for a topic on this connection: *bound is 1 when the broker
+ * knows it already (the PUBLISH may leave the topic out), 0 when the alias
+ * is to be set up (or taken over from the least recently used topic) by
+ * this PUBLISH. Returns 0 (no alias: automatic aliases are off, or no
+ * memory) or the alias. The table changes only in alias_out_commit(), once
+ * the PUBLISH is in the output. */
+static uint16_t alias_out_find(uvmqtt__session_t *s, const uint8_t *topic, uint16_t len,
+                               int *bound) {
+  *bound = 0;
+  if (s->alias_out_max == 0 || len == 0) return 0;
+  if (s->alias_out == NULL) {
+    s->alias_out = uvmqtt__calloc(s->alias_out_max, sizeof *s->alias_out);
+    if (s->alias_out == NULL) return 0;
+  }
+  uint32_t victim = 0;
+  for (uint32_t i = 0; i < s->alias_out_max; i++) {
+    uvmqtt__alias_out_t *a = &s->alias_out[i];
+    if (a->topic && a->len == len && memcmp(a->topic, topic, len) == 0) {
+      *bound = 1;
+      return (uint16_t)(i + 1);
+    }
+    /* A free slot first (used 0), else the least recently used. */
+    if (a->topic == NULL ? s->alias_out[victim].topic != NULL
+                         : (s->alias_out[victim].topic && a->used < s->alias_out[victim].used))
+      victim = i;
+  }
+  return (uint16_t)(victim + 1);
+}
+
+/* Records that a PUBLISH carrying `alias` (and, unless bound, its topic)
+ * went into the output. Returns 0, or UVMQTT_ENOMEM (nothing changed). */
+static int alias_out_commit(uvmqtt__session_t *s, uint16_t alias, const uint8_t *topic,
+                            uint16_t len, int bound) {
+  uvmqtt__alias_out_t *a = &s->alias_out[alias - 1];
+  if (!bound) {
+    uint8_t *copy = a->topic && a->len >= len ? a->topic : uvmqtt__malloc(len);
+    if (copy == NULL) return UVMQTT_ENOMEM;
+    if (copy != a->topic) uvmqtt__free(a->topic);
+    memcpy(copy, topic, len);
+    a->topic = copy;
+    a->len = len;
+  }
+  a->used = ++s->alias_out_clock;
+  return 0;
+}
+
+static size_t put_varint(uint8_t *p, uint32_t v) {
+  size_t n = 0;
+  do {
+    uint8_t b = v & 0x7Fu;
+    v >>= 7;
+    p[n++] = (uint8_t)(b | (v ? 0x80u : 0));
+  } while (v);
+  return n;
+}
+
+/* Writes m's PUBLISH with a Topic Alias, rebuilt from its stored bytes
+ * (which stay as they are: a resend on another connection needs the full
+ * topic): the topic is left out when the alias is bound, and the alias
+ * property goes first in the property block. Returns 0 when written, 1 when
+ * the message goes out plainly instead (no alias, no memory, or a packet the
+ * alias would push past the broker's Maximum Packet Size). */
+static int out_publish_aliased(uvmqtt__session_t *s, uvmqtt__msg_t *m, uint64_t now) {
+  const uint8_t *topic = m->data + m->topic_off;
+  int bound;
+  uint16_t alias = alias_out_find(s, topic, m->topic_len, &bound);
+  if (alias == 0) return 1;
+  /* The stored packet: fixed header, topic, packet id, properties, payload. */
+  uint32_t props_at = m->topic_off + m->topic_len + (m->qos ? 2u : 0u);
+  uint32_t plen = 0, mult = 1, pl_bytes = 0;
+  uint8_t b;
+  do {
+    b = m->data[props_at + pl_bytes++];
+    plen += (b & 0x7Fu) * mult;
+    mult <<= 7;
+  } while (b & 0x80u);
+  uint32_t rest_at = props_at + pl_bytes; /* the old properties, then the payload */
+  uint32_t rest = m->len - rest_at;
+  uint32_t new_plen = plen + 3;
+  uint32_t topic_out = bound ? 0u : m->topic_len;
+  uint64_t remaining = 2u + (uint64_t)topic_out + (m->qos ? 2u : 0u) +
+                       (uint64_t)uvmqtt_varint_size(new_plen) + 3u + rest;
+  if (remaining > UVMQTT_MAX_REMAINING_LENGTH) return 1;
+  size_t total = 1u + (size_t)uvmqtt_varint_size((uint32_t)remaining) + (size_t)remaining;
+  if (s->broker_max_packet && total > s->broker_max_packet) return 1;
+  if (out_reserve(&s->out, total) != 0) return 1;
+  if (alias_out_commit(s, alias, topic, m->topic_len, bound) != 0) return 1;
+  uint8_t *p = s->out.buf + s->out.len;
+  size_t n = 0;
+  p[n++] = m->data[0];
+  n += put_varint(p + n, (uint32_t)remaining);
+  p[n++] = (uint8_t)(topic_out >> 8);
+  p[n++] = (uint8_t)topic_out;
+  if (topic_out) memcpy(p + n, topic, topic_out);
+  n += topic_out;
+  if (m->qos) {
+    p[n++] = m->data[m->id_off];
+    p[n++] = m->data[m->id_off + 1];
+  }
+  n += put_varint(p + n, new_plen);
+  p[n++] = UVMQTT_PROP_TOPIC_ALIAS;
+  p[n++] = (uint8_t)(alias >> 8);
+  p[n++] = (uint8_t)alias;
+  memcpy(p + n, m->data + rest_at, rest);
+  n += rest;
+  s->out.len += n;
+  s->last_send = now;
+  return 0;
+}
+
 /* Writes the PUBLISH of m (already through gate_publish). Its stored bytes
  * are always what the next send must be: once they went out under this
  * packet id, a resend is a DUP. */
 static int out_publish(uvmqtt__session_t *s, uvmqtt__msg_t *m, uint64_t now) {
-  int err = out_append(s, m->data, m->len, now);
+  int err = 0;
+  if (s->alias_out_max == 0 || m->alias != 0 || out_publish_aliased(s, m, now) != 0)
+    err = out_append(s, m->data, m->len, now);
   if (err) return err;
   m->sent = 1;
   m->conn = s->conn;
@@ -455,6 +577,8 @@ void uvmqtt__session_free(uvmqtt__session_t *s, int status) {
   s->rx_qos2 = NULL;
   s->rx_qos2_count = s->rx_qos2_cap = 0;
   aliases_free(s);
+  alias_out_free(s);
+  s->alias_out_max = 0;
   uvmqtt_decoder_reset(&s->dec);
   uvmqtt__free(s->out.buf);
   memset(&s->out, 0, sizeof s->out);
@@ -477,6 +601,8 @@ int uvmqtt__session_connect(uvmqtt__session_t *s, const uvmqtt_packet_t *connect
   /* Topic aliases belong to one network connection [MQTT-3.3.2-7]. */
   aliases_free(s);
   s->our_alias_max = 0;
+  alias_out_free(s);
+  s->alias_out_max = 0;
   if (s->version == UVMQTT_V5) {
     const uvmqtt_props_t *p = &connect->props;
     if (UVMQTT_HAS(p, UVMQTT_PROP_RECEIVE_MAXIMUM)) s->our_receive_max = p->receive_maximum;
@@ -590,6 +716,8 @@ static int on_connack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t n
       s->broker_max_packet = pr->maximum_packet_size;
     if (UVMQTT_HAS(pr, UVMQTT_PROP_TOPIC_ALIAS_MAXIMUM))
       s->broker_alias_max = pr->topic_alias_maximum;
+    s->alias_out_max =
+        s->alias_out_want < s->broker_alias_max ? s->alias_out_want : s->broker_alias_max;
     if (UVMQTT_HAS(pr, UVMQTT_PROP_SERVER_KEEP_ALIVE)) s->keepalive_s = pr->server_keep_alive;
   }
   s->state = UVMQTT__S_ONLINE;
@@ -667,6 +795,8 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
   uint16_t alias = props && UVMQTT_HAS(props, UVMQTT_PROP_TOPIC_ALIAS) ? props->topic_alias : 0;
   /* [MQTT-3.3.4-6]: only the broker sets Subscription Identifiers. */
   if (props && UVMQTT_HAS(props, UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER)) return UVMQTT_EBADPROP;
+  /* The session owns every alias while it picks them itself. */
+  if (alias && s->alias_out_want) return UVMQTT_EINVAL;
   size_t topic_len = strlen(topic);
   if (topic_len > 65535) return UVMQTT_EBADTOPIC;
   /* An alias without a topic needs the mapping of the connection it is

@@ -128,6 +128,13 @@ struct uvmqtt__store_wait_s {
   int status; /* for appends the store refused at once */
 };
 
+/* An outgoing topic alias of the current connection (automatic aliases). */
+typedef struct {
+  uint8_t *topic; /* NULL: the alias is not set up on this connection */
+  uint16_t len;
+  uint64_t used; /* the alias clock when it last went out: least recently used goes first */
+} uvmqtt__alias_out_t;
+
 /* The session's phase: what the gate lets out. */
 typedef enum {
   UVMQTT__S_OFFLINE = 0, /* nothing goes out */
@@ -199,6 +206,15 @@ typedef struct uvmqtt__session_s {
   uint32_t rx_qos2_count;
   uint32_t rx_qos2_cap;
   uvmqtt_bytes_t *aliases; /* incoming topic aliases of this connection, index alias-1 */
+  /* Automatic outgoing topic aliases (v5): the most the owner wants used
+   * (0: off), this connection's share of them (the broker's Topic Alias
+   * Maximum bounds it; 0 until CONNACK) and the table, index alias-1,
+   * allocated on first use and dropped with the connection. They are
+   * applied as a PUBLISH is written, never in the stored message. */
+  uint16_t alias_out_want;
+  uint16_t alias_out_max;
+  uint64_t alias_out_clock;
+  uvmqtt__alias_out_t *alias_out;
   uvmqtt_delivery_decide_fn decide;
   void *decide_state;
   const uvmqtt_store_t *store; /* NULL: messages live in memory only */
