@@ -146,6 +146,49 @@ typedef struct {
   uint8_t insecure;
 } uvmqtt_tls_options_t;
 
+/* ---- Enhanced authentication (MQTT 5) ------------------------------------------ */
+
+/* The next Authentication Data a mechanism sends: a view that must stay
+ * valid until the mechanism is called again or the client is closed (the
+ * client encodes it at once). len 0: none. */
+typedef struct {
+  const void *data;
+  size_t len;
+} uvmqtt_auth_reply_t;
+
+/* A mechanism step. Called:
+ *  - to start an exchange, with in_data NULL: reason 0x00 for the CONNECT of
+ *    every connection attempt, 0x19 for uvmqtt_reauthenticate(); fill `out`
+ *    with the first Authentication Data;
+ *  - with reason 0x18 (continue) and the broker's Authentication Data
+ *    (empty when it sent none): fill `out` with the answer;
+ *  - with reason 0x00 and the broker's last Authentication Data (empty when
+ *    none) when the broker accepted: in CONNACK, or AUTH 0x00 after a
+ *    re-authentication. Return 0 to accept it, or refuse the broker (a
+ *    mechanism that authenticates the server checks it here).
+ * Returns 0, or a negative error: the connection then ends with
+ * UVMQTT_EAUTH. */
+typedef int (*uvmqtt_auth_fn)(void *state, const uvmqtt_bytes_t *in_data, uint8_t reason,
+                              uvmqtt_auth_reply_t *out);
+
+typedef struct {
+  const char *method; /* the Authentication Method, e.g. "SCRAM-SHA-256" */
+  /* Authentication Data for CONNECT and AUTH 0x19 when `auth` is NULL (a
+   * one-step mechanism); with `auth`, the callback supplies it. */
+  const void *initial_data;
+  size_t initial_len;
+  uvmqtt_auth_fn auth;
+  void *state;
+} uvmqtt_auth_t;
+
+/* Fills `auth` with the built-in SCRAM-SHA-256 mechanism (RFC 5802, RFC
+ * 7677; no channel binding), which also checks the broker's server
+ * signature. Copies user and password. The state it allocates is the
+ * caller's: free it with uvmqtt_auth_scram_free() once the clients using
+ * it are closed. Errors: UVMQTT_EINVAL, UVMQTT_ENOMEM. */
+int uvmqtt_auth_scram_sha256(uvmqtt_auth_t *auth, const char *user, const char *password);
+void uvmqtt_auth_scram_free(uvmqtt_auth_t *auth);
+
 /* ---- Options ----------------------------------------------------------------- */
 
 typedef struct {
@@ -178,9 +221,8 @@ typedef struct {
 
   /* v5 CONNECT properties: session expiry, receive maximum, maximum packet
    * size, topic alias maximum (incoming aliases we accept), request
-   * response/problem information, user properties. Enhanced authentication
-   * (Authentication Method or Data) is not supported: init fails with
-   * UVMQTT_EINVAL. */
+   * response/problem information, user properties. Authentication Method
+   * and Data come from `auth` below (here they fail with UVMQTT_EINVAL). */
   const uvmqtt_props_t *connect_props;
 
   uint32_t connect_timeout_ms; /* resolve + TCP + CONNACK; default 10000 */
@@ -250,6 +292,15 @@ typedef struct {
    * a publish that sets its own Topic Alias fails with UVMQTT_EINVAL.
    * 0: off (the default). */
   uint16_t topic_alias_out;
+
+  /* v5 enhanced authentication: the method, its data and the mechanism
+   * (see uvmqtt_auth_t), run on every connection attempt and by
+   * uvmqtt_reauthenticate(). The client copies the method and the initial
+   * data; the mechanism's state must outlive the client. A broker that
+   * refuses (CONNACK 0x86, 0x87, 0x8C) or a mechanism that fails ends the
+   * attempt with UVMQTT_EAUTH; a broker answering with another method, with
+   * UVMQTT_EAUTHMETHOD. NULL: none. */
+  const uvmqtt_auth_t *auth;
 } uvmqtt_options_t;
 
 /* Fills `opts` with the defaults. */
@@ -376,6 +427,14 @@ int uvmqtt_subscribe(uvmqtt_client_t *client, const uvmqtt_topic_sub_t *subs, si
 /* Unsubscribes and forgets the filters. Same errors as uvmqtt_subscribe(). */
 int uvmqtt_unsubscribe(uvmqtt_client_t *client, const char *const *filters, size_t count,
                        uvmqtt_subscribe_cb cb, void *arg);
+
+/* v5: authenticates again on the current connection with the options'
+ * `auth` (AUTH 0x19), while messages keep flowing. The broker's refusal
+ * ends the connection (DISCONNECT, reported by on_disconnect). Errors:
+ * UVMQTT_EINVAL (no enhanced authentication), UVMQTT_ENOTCONN,
+ * UVMQTT_EBUSY (one is in progress), UVMQTT_EAUTH (the mechanism failed),
+ * UVMQTT_ECLOSED. */
+int uvmqtt_reauthenticate(uvmqtt_client_t *client);
 
 /* Stops gracefully and stops reconnecting. No new PUBLISH or SUBSCRIBE goes
  * out; the handshakes in flight (QoS 1/2 in both directions) may end within

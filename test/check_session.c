@@ -25,7 +25,10 @@ typedef struct {
   int disconnects;
   int wakes;
   char last_topic[128];
-  uint64_t clock; /* what ev_now() reports */
+  int auths;           /* enhanced authentication steps handed to the owner */
+  uint8_t auth_reason; /* the last one's reason (0 for CONNACK) */
+  int auth_fail;       /* the owner's mechanism refuses */
+  uint64_t clock;      /* what ev_now() reports */
   /* Decoded output of the last drain. */
   uint8_t *raw;
   size_t raw_len;
@@ -90,8 +93,20 @@ static uint64_t ev_now(void *o) {
   return ((fixture_t *)o)->clock;
 }
 
-static const uvmqtt__session_events_t events = {ev_connack,    ev_message, ev_done, ev_request,
-                                                ev_disconnect, ev_stored,  ev_wake, ev_now};
+/* The owner's mechanism: answers a continue with "resp". */
+static int ev_auth(void *o, const uvmqtt_packet_t *p) {
+  fixture_t *f = o;
+  f->auths++;
+  f->auth_reason = p->type == UVMQTT_CONNACK ? 0 : p->reason;
+  if (f->auth_fail) return UVMQTT_EAUTH;
+  if (f->auth_reason != 0x18) return 0;
+  uvmqtt_bytes_t d = {(const uint8_t *)"resp", 4};
+  return uvmqtt__session_auth(&f->s, 0x18, &d, 0);
+}
+
+static const uvmqtt__session_events_t events = {ev_connack, ev_message,    ev_done,
+                                                ev_request, ev_disconnect, ev_stored,
+                                                ev_wake,    ev_now,        ev_auth};
 
 /* Takes the session's output and decodes every packet in it. */
 static int drain(fixture_t *f) {
@@ -831,8 +846,8 @@ static int ev_done_republish(void *o, uvmqtt__msg_t *m, int status, uint8_t reas
 }
 
 static const uvmqtt__session_events_t republish_events = {
-    ev_connack,    ev_message, ev_done_republish, ev_request,
-    ev_disconnect, ev_stored,  ev_wake,           ev_now};
+    ev_connack, ev_message, ev_done_republish, ev_request, ev_disconnect, ev_stored, ev_wake,
+    ev_now,     NULL};
 
 /* Under the drop-oldest rule a publish never fails for room once it dropped
  * messages to make it, even when a callback of a dropped message publishes
@@ -1680,6 +1695,153 @@ START_TEST(session_topic_alias_out_lru_and_bounds) {
 }
 END_TEST
 
+/* ---- Enhanced authentication ------------------------------------------------- */
+
+/* Connects with Authentication Method "M" and initial data "hi". */
+static void connect_auth(fixture_t *f) {
+  memset(f, 0, sizeof *f);
+  uvmqtt__session_init(&f->s, f, &events, UVMQTT_V5);
+  uvmqtt_packet_t c;
+  memset(&c, 0, sizeof c);
+  c.type = UVMQTT_CONNECT;
+  c.u.connect.protocol_level = UVMQTT_V5;
+  c.u.connect.clean_start = 1;
+  c.u.connect.client_id.data = (const uint8_t *)"sess";
+  c.u.connect.client_id.len = 4;
+  c.props.has = 1ull << UVMQTT_PROP_AUTHENTICATION_METHOD | 1ull << UVMQTT_PROP_AUTHENTICATION_DATA;
+  c.props.authentication_method.data = (const uint8_t *)"M";
+  c.props.authentication_method.len = 1;
+  c.props.authentication_data.data = (const uint8_t *)"hi";
+  c.props.authentication_data.len = 2;
+  ck_assert_int_eq(uvmqtt__session_connect(&f->s, &c, 0), 0);
+  ck_assert_int_eq(drain(f), 1);
+}
+
+static void feed_auth(fixture_t *f, uint8_t reason, const char *method, int expect) {
+  uvmqtt_packet_t a;
+  memset(&a, 0, sizeof a);
+  a.type = UVMQTT_AUTH;
+  a.reason = reason;
+  if (method) {
+    a.props.has =
+        1ull << UVMQTT_PROP_AUTHENTICATION_METHOD | 1ull << UVMQTT_PROP_AUTHENTICATION_DATA;
+    a.props.authentication_method.data = (const uint8_t *)method;
+    a.props.authentication_method.len = (uint32_t)strlen(method);
+    a.props.authentication_data.data = (const uint8_t *)"srv";
+    a.props.authentication_data.len = 3;
+  }
+  feed_packet(f, &a, 1, expect);
+}
+
+static void connack_auth(fixture_t *f, const char *method, int expect) {
+  uvmqtt_packet_t p;
+  memset(&p, 0, sizeof p);
+  p.type = UVMQTT_CONNACK;
+  if (method) {
+    p.props.has = 1ull << UVMQTT_PROP_AUTHENTICATION_METHOD;
+    p.props.authentication_method.data = (const uint8_t *)method;
+    p.props.authentication_method.len = (uint32_t)strlen(method);
+  }
+  feed_packet(f, &p, 1, expect);
+}
+
+START_TEST(session_auth_exchange_and_reauth) {
+  fixture_t f;
+  connect_auth(&f);
+  /* Before CONNACK only AUTH may follow CONNECT, and only the exchange. */
+  publish(&f, "t", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  ck_assert_int_eq(drain(&f), 0);
+  feed_auth(&f, 0x18, "M", 0);
+  ck_assert_int_eq(f.auths, 1);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_AUTH);
+  ck_assert_uint_eq(f.out[0].reason, 0x18);
+  ck_assert(f.out[0].props.authentication_method.len == 1 &&
+            f.out[0].props.authentication_method.data[0] == 'M');
+  ck_assert_uint_eq(f.out[0].props.authentication_data.len, 4);
+  /* The CONNACK's success goes to the mechanism before anything else. */
+  connack_auth(&f, "M", 0);
+  ck_assert_int_eq(f.auths, 2);
+  ck_assert_uint_eq(f.auth_reason, 0);
+  ck_assert_int_eq(f.s.state, UVMQTT__S_ONLINE);
+  ck_assert_int_eq(drain(&f), 1); /* the queued PUBLISH */
+  uint16_t id = f.out[0].packet_id;
+  /* Online, the broker may not start or continue an exchange unasked. */
+  ck_assert_int_eq(uvmqtt__session_auth(&f.s, 0x19, NULL, 2), 0);
+  ck_assert_int_eq(uvmqtt__session_auth(&f.s, 0x19, NULL, 2), UVMQTT_EBUSY);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_uint_eq(f.out[0].reason, 0x19);
+  /* Messages flow meanwhile. */
+  feed_ack(&f, UVMQTT_PUBACK, id, 0, 2);
+  ck_assert_int_eq(f.done, 1);
+  publish(&f, "t", 0, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 2, 0);
+  ck_assert_int_eq(drain(&f), 1);
+  feed_auth(&f, 0x18, "M", 0);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_uint_eq(f.out[0].reason, 0x18);
+  feed_auth(&f, 0x00, "M", 0);
+  ck_assert_int_eq(f.auths, 4);
+  ck_assert_int_eq(f.s.reauth, 0);
+  /* Done: another AUTH from the broker is a protocol error. */
+  feed_auth(&f, 0x18, "M", UVMQTT_EPROTOCOL);
+  teardown(&f);
+}
+END_TEST
+
+START_TEST(session_auth_method_must_match) {
+  fixture_t f;
+  connect_auth(&f);
+  feed_auth(&f, 0x18, "N", UVMQTT_EAUTHMETHOD);
+  ck_assert_int_eq(f.auths, 0);
+  teardown(&f);
+
+  connect_auth(&f);
+  feed_auth(&f, 0x18, NULL, UVMQTT_EAUTHMETHOD);
+  teardown(&f);
+
+  connect_auth(&f);
+  connack_auth(&f, "N", UVMQTT_EAUTHMETHOD);
+  ck_assert_int_eq(f.connacks, 0);
+  teardown(&f);
+
+  /* Success is the CONNACK, never an AUTH 0x00 before it. */
+  connect_auth(&f);
+  feed_auth(&f, 0x00, "M", UVMQTT_EPROTOCOL);
+  teardown(&f);
+
+  /* The broker refuses the credentials: the mechanism failed. */
+  connect_auth(&f);
+  uvmqtt_packet_t p;
+  memset(&p, 0, sizeof p);
+  p.type = UVMQTT_CONNACK;
+  p.reason = 0x86;
+  feed_packet(&f, &p, 1, UVMQTT_EAUTH);
+  teardown(&f);
+
+  /* The mechanism refuses the broker's success (a wrong server signature). */
+  connect_auth(&f);
+  f.auth_fail = 1;
+  connack_auth(&f, "M", UVMQTT_EAUTH);
+  ck_assert_int_eq(f.connacks, 0);
+  teardown(&f);
+
+  /* Without a method of ours, AUTH properties in CONNACK are an error. */
+  setup_session(&f, UVMQTT_V5, 1, 0);
+  connack_auth(&f, "M", UVMQTT_EPROTOCOL);
+  ck_assert_int_eq(uvmqtt__session_auth(&f.s, 0x19, NULL, 1), UVMQTT_EINVAL);
+  teardown(&f);
+
+  /* No re-authentication starts during a drain. */
+  connect_auth(&f);
+  connack_auth(&f, "M", 0);
+  publish(&f, "t", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  drain(&f);
+  ck_assert_int_eq(uvmqtt__session_stop(&f.s, 0, 2), 1);
+  ck_assert_int_eq(uvmqtt__session_auth(&f.s, 0x19, NULL, 2), UVMQTT_ENOTCONN);
+  teardown(&f);
+}
+END_TEST
+
 /* Defect 12: an unknown PUBREC with a failure reason gets no PUBREL. */
 START_TEST(session_unknown_failed_pubrec_no_pubrel) {
   fixture_t f;
@@ -1862,6 +2024,8 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(gate, session_ping_timed_from_write);
   tcase_add_test(gate, session_topic_alias_scoped_and_bounded);
   tcase_add_test(gate, session_topic_alias_out_saves_bytes);
+  tcase_add_test(gate, session_auth_exchange_and_reauth);
+  tcase_add_test(gate, session_auth_method_must_match);
   tcase_add_test(gate, session_topic_alias_out_lru_and_bounds);
   tcase_add_test(gate, session_unknown_failed_pubrec_no_pubrel);
   tcase_add_test(gate, session_request_enomem_leaves_nothing);

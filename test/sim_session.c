@@ -397,8 +397,8 @@ static uint64_t ev_now(void *o) {
   return ((sim_t *)o)->now;
 }
 
-static const uvmqtt__session_events_t events = {ev_connack,    ev_message, ev_done, ev_request,
-                                                ev_disconnect, ev_stored,  ev_wake, ev_now};
+static const uvmqtt__session_events_t events = {
+    ev_connack, ev_message, ev_done, ev_request, ev_disconnect, ev_stored, ev_wake, ev_now, NULL};
 
 static int decide(void *state, const uvmqtt_pending_info_t *msg, int status) {
   (void)msg;

@@ -74,7 +74,11 @@ extern "C" {
      "the broker lost the session before the QoS 2 exchange ended: delivery unknown")              \
   XX(ESTORELOCKED, -30080, 0, "message store in use by another process or store")                  \
   XX(ESTORECORRUPT, -30081, 0, "message store file is corrupt (damaged record or bad header)")     \
-  XX(ECLIENTID, -30100, 0x82, "client id not allowed: MQTT 3.1 needs 1 to 23 bytes")
+  XX(ECLIENTID, -30100, 0x82, "client id not allowed: MQTT 3.1 needs 1 to 23 bytes")               \
+  XX(EAUTH, -30101, 0x87,                                                                          \
+     "enhanced authentication failed: refused by the broker or by the mechanism")                  \
+  XX(EAUTHMETHOD, -30102, 0x82, "the broker answered with another authentication method")          \
+  XX(ETIMEDOUT, -30103, 0, "no response before the timeout")
 
 typedef enum {
 #define UVMQTT_ERR_ENUM(name, val, reason, msg) UVMQTT_##name = (val),

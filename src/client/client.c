@@ -88,6 +88,8 @@ void uvmqtt__client_free(uvmqtt__client_t *c) {
   if (c->cfg) own_uris_free(c);
   uvmqtt__free(c->client_id);
   creds_free(c->creds);
+  if (c->auth) uvmqtt__free(c->auth->initial);
+  uvmqtt__free(c->auth);
   uvmqtt__free(c->spare_write);
   uvmqtt__subs_free(c);
   if (c->cfg) uvmqtt__config_put(c->lp, c->cfg);
@@ -108,8 +110,14 @@ static int validate_options(const uvmqtt_options_t *o) {
   if (o->delivery.kind > UVMQTT_DELIVERY_CUSTOM) return UVMQTT_EINVAL;
   if (o->delivery.kind == UVMQTT_DELIVERY_CUSTOM && o->decide == NULL) return UVMQTT_EINVAL;
   if (o->overflow > UVMQTT_OVERFLOW_DROP_OLDEST) return UVMQTT_EINVAL;
-  /* Enhanced authentication (AUTH exchanges) is not implemented: asking the
-   * broker for it would leave the connection waiting for a step never sent. */
+  /* Enhanced authentication is configured through `auth`, which runs the
+   * exchange; a method alone in the properties would leave it hanging. */
+  if (o->auth &&
+      (o->version != UVMQTT_V5 || o->auth->method == NULL || o->auth->method[0] == '\0' ||
+       strlen(o->auth->method) > 65535 ||
+       uvmqtt_utf8_check((const uint8_t *)o->auth->method, strlen(o->auth->method)) ||
+       (o->auth->initial_len && o->auth->initial_data == NULL) || o->auth->initial_len > 65535))
+    return UVMQTT_EINVAL;
   if (o->connect_props && (UVMQTT_HAS(o->connect_props, UVMQTT_PROP_AUTHENTICATION_METHOD) ||
                            UVMQTT_HAS(o->connect_props, UVMQTT_PROP_AUTHENTICATION_DATA)))
     return UVMQTT_EINVAL;
@@ -145,6 +153,28 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
     uvmqtt__loop_unref(lp);
     client->impl = NULL;
     return err;
+  }
+  if (err == 0 && opts->auth) {
+    size_t n = strlen(opts->auth->method);
+    c->auth = uvmqtt__calloc(1, sizeof *c->auth + n + 1);
+    if (c->auth) {
+      memcpy(c->auth->method, opts->auth->method, n + 1);
+      c->auth->method_len = n;
+      c->auth->fn = opts->auth->auth;
+      c->auth->state = opts->auth->state;
+      c->auth->initial_len = opts->auth->initial_len;
+      if (opts->auth->initial_len)
+        c->auth->initial = dup_bytes(opts->auth->initial_data, opts->auth->initial_len, &err);
+    } else {
+      err = UVMQTT_ENOMEM;
+    }
+    if (err) {
+      uvmqtt__loop_t *lp = c->lp;
+      uvmqtt__client_free(c);
+      uvmqtt__loop_unref(lp);
+      client->impl = NULL;
+      return err;
+    }
   }
   uvmqtt__session_init(&c->sess, c, &uvmqtt__client_session_events, c->cfg->version);
   if (opts->max_queued) c->sess.max_queued = opts->max_queued;
@@ -182,6 +212,33 @@ static uvmqtt__client_t *impl_of(uvmqtt_client_t *client, int *err) {
     return NULL;
   }
   return client->impl;
+}
+
+int uvmqtt__auth_start(uvmqtt__client_t *c, uint8_t reason, uvmqtt_bytes_t *data) {
+  data->data = c->auth->initial;
+  data->len = (uint32_t)c->auth->initial_len;
+  if (c->auth->fn == NULL) return 0;
+  uvmqtt_auth_reply_t out = {NULL, 0};
+  if (c->auth->fn(c->auth->state, NULL, reason, &out) < 0 || out.len > 65535 ||
+      (out.len && out.data == NULL))
+    return UVMQTT_EAUTH;
+  data->data = out.data;
+  data->len = (uint32_t)out.len;
+  return 0;
+}
+
+int uvmqtt_reauthenticate(uvmqtt_client_t *client) {
+  int err = 0;
+  uvmqtt__client_t *c = impl_of(client, &err);
+  if (c == NULL) return err;
+  if (c->auth == NULL) return UVMQTT_EINVAL;
+  if (c->state != UVMQTT__C_CONNECTED || c->sess.state != UVMQTT__S_ONLINE) return UVMQTT_ENOTCONN;
+  if (c->sess.reauth) return UVMQTT_EBUSY;
+  uvmqtt_bytes_t data;
+  err = uvmqtt__auth_start(c, 0x19, &data);
+  if (err == 0) err = uvmqtt__session_auth(&c->sess, 0x19, &data, uvmqtt__now(c));
+  if (err == 0) uvmqtt__client_schedule_flush(c);
+  return err;
 }
 
 int uvmqtt_connect(uvmqtt_client_t *client) {

@@ -119,6 +119,7 @@ struct uvmqtt__client_s {
   uint32_t uri_index;
   char **own_uris;               /* a private copy of cfg->uris after uvmqtt_client_set_uri */
   struct uvmqtt__creds_s *creds; /* after uvmqtt_client_set_credentials */
+  struct uvmqtt__auth_s *auth;   /* enhanced authentication (v5), or NULL */
 
   /* State. */
   uint8_t state;
@@ -154,6 +155,21 @@ typedef struct uvmqtt__creds_s {
   size_t password_len;
   uint8_t has_password;
 } uvmqtt__creds_t;
+
+/* Enhanced authentication as the client keeps it: its own copies of the
+ * method and the initial data, the application's mechanism. */
+typedef struct uvmqtt__auth_s {
+  uvmqtt_auth_fn fn;
+  void *state;
+  size_t method_len;
+  size_t initial_len;
+  uint8_t *initial;
+  char method[];
+} uvmqtt__auth_t;
+
+/* Authentication Data for the start of an exchange (0x00: CONNECT, 0x19:
+ * re-authentication). Returns 0 or UVMQTT_EAUTH. */
+int uvmqtt__auth_start(uvmqtt__client_t *c, uint8_t reason, uvmqtt_bytes_t *data);
 
 /* The current server of the list. */
 static inline const char *uvmqtt__client_uri(const uvmqtt__client_t *c) {

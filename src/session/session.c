@@ -284,7 +284,11 @@ static int gate(const uvmqtt__session_t *s, uint8_t type, size_t len) {
     break;
   case UVMQTT__S_ONLINE: break;
   case UVMQTT__S_DRAINING:
-    if (type == UVMQTT_PUBLISH || type == UVMQTT_SUBSCRIBE || type == UVMQTT_UNSUBSCRIBE) return 1;
+    /* A drain ends the connection: no new exchange starts, authentication
+     * included. */
+    if (type == UVMQTT_PUBLISH || type == UVMQTT_SUBSCRIBE || type == UVMQTT_UNSUBSCRIBE ||
+        type == UVMQTT_AUTH)
+      return 1;
     break;
   default: return 1; /* OFFLINE, TERMINATING */
   }
@@ -624,6 +628,11 @@ int uvmqtt__session_connect(uvmqtt__session_t *s, const uvmqtt_packet_t *connect
   s->broker_receive_max = DEFAULT_WINDOW;
   s->broker_max_packet = 0;
   s->broker_alias_max = 0;
+  s->reauth = 0;
+  s->auth_method.data = NULL;
+  s->auth_method.len = 0;
+  if (s->version == UVMQTT_V5 && UVMQTT_HAS(&connect->props, UVMQTT_PROP_AUTHENTICATION_METHOD))
+    s->auth_method = connect->props.authentication_method;
   return out_packet(s, connect, now);
 }
 
@@ -692,12 +701,86 @@ static int resend_requests(uvmqtt__session_t *s, uint64_t now) {
 static void recompute_expiry(uvmqtt__session_t *s);
 static void rx_qos2_clear(uvmqtt__session_t *s);
 
+/* The Authentication Method of an AUTH or CONNACK from the broker: it must
+ * be the one the CONNECT named [MQTT-4.12.0-5]; without one in the CONNECT
+ * the broker may not start an exchange [MQTT-4.12.0-6]. A successful
+ * CONNACK may leave the method out. */
+static int check_auth_method(const uvmqtt__session_t *s, const uvmqtt_packet_t *p) {
+  int has = (int)UVMQTT_HAS(&p->props, UVMQTT_PROP_AUTHENTICATION_METHOD);
+  if (s->auth_method.len == 0)
+    return has || UVMQTT_HAS(&p->props, UVMQTT_PROP_AUTHENTICATION_DATA) ? UVMQTT_EPROTOCOL : 0;
+  if (!has) return p->type == UVMQTT_AUTH ? UVMQTT_EAUTHMETHOD : 0;
+  const uvmqtt_bytes_t *m = &p->props.authentication_method;
+  if (m->len != s->auth_method.len || memcmp(m->data, s->auth_method.data, m->len) != 0)
+    return UVMQTT_EAUTHMETHOD;
+  return 0;
+}
+
+/* Hands an authentication step to the owner's mechanism. */
+static int auth_step(uvmqtt__session_t *s, const uvmqtt_packet_t *p) {
+  if (s->ev->auth == NULL) return UVMQTT_EAUTH;
+  return s->ev->auth(s->owner, p);
+}
+
+static int connected(const uvmqtt__session_t *s);
+
+static int on_auth(uvmqtt__session_t *s, const uvmqtt_packet_t *p) {
+  if (s->auth_method.len == 0) return UVMQTT_EPROTOCOL;
+  int err = check_auth_method(s, p);
+  if (err) return err;
+  if (s->state == UVMQTT__S_CONNECTING) {
+    /* Before CONNACK the broker only continues; success is the CONNACK. */
+    if (p->reason != 0x18) return UVMQTT_EPROTOCOL;
+    return auth_step(s, p);
+  }
+  if (!connected(s) || !s->reauth) return UVMQTT_EPROTOCOL;
+  if (p->reason == 0x19) return UVMQTT_EPROTOCOL; /* only the client starts one */
+  if (p->reason == 0x00) s->reauth = 0;
+  return auth_step(s, p);
+}
+
+int uvmqtt__session_auth(uvmqtt__session_t *s, uint8_t reason, const uvmqtt_bytes_t *data,
+                         uint64_t now) {
+  if (s->version != UVMQTT_V5 || s->auth_method.len == 0) return UVMQTT_EINVAL;
+  if (reason != 0x18 && reason != 0x19) return UVMQTT_EINVAL;
+  if (reason == 0x19) {
+    if (s->state != UVMQTT__S_ONLINE) return UVMQTT_ENOTCONN;
+    if (s->reauth) return UVMQTT_EBUSY;
+  }
+  uvmqtt_packet_t a;
+  memset(&a, 0, sizeof a);
+  a.type = UVMQTT_AUTH;
+  a.reason = reason;
+  a.props.has = 1ull << UVMQTT_PROP_AUTHENTICATION_METHOD;
+  a.props.authentication_method = s->auth_method;
+  if (data && data->len) {
+    a.props.has |= 1ull << UVMQTT_PROP_AUTHENTICATION_DATA;
+    a.props.authentication_data = *data;
+  }
+  int err = out_packet(s, &a, now);
+  if (err == 1) return UVMQTT_ENOTCONN;
+  if (err) return err;
+  if (reason == 0x19) s->reauth = 1;
+  return 0;
+}
+
 static int on_connack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t now) {
   if (s->state != UVMQTT__S_CONNECTING) return UVMQTT_EUNEXPECTED;
   if (p->reason != 0) {
     s->state = UVMQTT__S_TERMINATING;
     if (s->ev->connack && s->ev->connack(s->owner, p)) return 1;
+    /* A refusal of our credentials during enhanced authentication is the
+     * mechanism's failure: named apart, with the reason code beside it. */
+    if (s->auth_method.len && (p->reason == 0x86 || p->reason == 0x87 || p->reason == 0x8C))
+      return UVMQTT_EAUTH;
     return UVMQTT_EREFUSED;
+  }
+  if (s->version == UVMQTT_V5) {
+    int err = check_auth_method(s, p);
+    /* The mechanism checks the broker's last word (a SCRAM server
+     * signature) before the connection counts as up. */
+    if (err == 0 && s->auth_method.len) err = auth_step(s, p);
+    if (err) return err;
   }
   /* A session we asked the broker to discard cannot be present
    * [MQTT-3.2.2-4]; 3.1.1 brokers are held to the same rule. */
@@ -1258,9 +1341,7 @@ static int handle_packet(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_
   case UVMQTT_DISCONNECT:
     if (s->ev->disconnect && s->ev->disconnect(s->owner, p)) return 1;
     return UVMQTT_EDISCONNECTED;
-  /* The client never sends an Authentication Method, so the broker must
-   * not start an AUTH exchange [MQTT-4.12.0-6]: a protocol error. */
-  case UVMQTT_AUTH: return UVMQTT_EPROTOCOL;
+  case UVMQTT_AUTH: return on_auth(s, p);
   default: return UVMQTT_EUNEXPECTED; /* CONNECT, SUBSCRIBE... sent to a client */
   }
 }
