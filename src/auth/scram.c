@@ -206,13 +206,14 @@ static int final(scram_t *sc, const uvmqtt_bytes_t *in, uvmqtt_auth_reply_t *out
 static int verify(scram_t *sc, const uvmqtt_bytes_t *in) {
   const char *v;
   size_t vl;
-  if (sc->stage != ST_SENT_FINAL || in == NULL ||
-      attr((const char *)in->data, in->len, 'v', &v, &vl))
+  /* One verdict per exchange, whichever it is. */
+  int stage = sc->stage;
+  sc->stage = ST_IDLE;
+  if (stage != ST_SENT_FINAL || in == NULL || attr((const char *)in->data, in->len, 'v', &v, &vl))
     return UVMQTT_EAUTH;
   char want[64];
   b64_encode(sc->server_signature, HASH_LEN, want, sizeof want);
   if (vl != strlen(want) || memcmp(v, want, vl) != 0) return UVMQTT_EAUTH;
-  sc->stage = ST_IDLE;
   return 0;
 }
 
