@@ -436,6 +436,34 @@ int uvmqtt_unsubscribe(uvmqtt_client_t *client, const char *const *filters, size
  * UVMQTT_ECLOSED. */
 int uvmqtt_reauthenticate(uvmqtt_client_t *client);
 
+/* Unsubscribes like uvmqtt_unsubscribe(), with v5 UNSUBSCRIBE properties
+ * (user properties; NULL: none; ignored on 3.1.1). The codec's errors for a
+ * property UNSUBSCRIBE may not carry (UVMQTT_EBADPROP...). */
+int uvmqtt_unsubscribe_props(uvmqtt_client_t *client, const char *const *filters, size_t count,
+                             const uvmqtt_props_t *props, uvmqtt_subscribe_cb cb, void *arg);
+
+/* The end of a request: status 0 with the response (a view valid during the
+ * callback), or UVMQTT_ETIMEDOUT, UVMQTT_ECLOSED, or the error its PUBLISH
+ * completed with (response NULL then). */
+typedef void (*uvmqtt_response_cb)(uvmqtt_client_t *client, int status,
+                                   const uvmqtt_message_t *response, void *arg);
+
+/* v5 request/response: publishes like uvmqtt_publish() with a Response Topic
+ * (`response_topic`, a topic name) and Correlation Data unique to this
+ * request, and calls `cb` once: with the first message on that topic that
+ * carries the same Correlation Data, or with UVMQTT_ETIMEDOUT after
+ * timeout_ms. The client subscribes to response_topic (QoS 1) the first
+ * time it is used and keeps the subscription; a responder publishes its
+ * answer there with the request's Correlation Data. Messages on it that
+ * answer no pending request are dropped. `opts->props` may carry other
+ * properties, not these two. Errors (then no callback): UVMQTT_EINVAL (not
+ * v5, no callback, timeout 0, Response Topic or Correlation Data in the
+ * properties), UVMQTT_EBADTOPIC, and those of uvmqtt_publish() and
+ * uvmqtt_subscribe(). */
+int uvmqtt_request(uvmqtt_client_t *client, const char *topic, const void *payload, size_t len,
+                   const uvmqtt_publish_opts_t *opts, const char *response_topic,
+                   uint32_t timeout_ms, uvmqtt_response_cb cb, void *arg);
+
 /* Stops gracefully and stops reconnecting. No new PUBLISH or SUBSCRIBE goes
  * out; the handshakes in flight (QoS 1/2 in both directions) may end within
  * disconnect_timeout_ms; then DISCONNECT (with `reason`, v5) goes out after

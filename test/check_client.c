@@ -1227,6 +1227,116 @@ START_TEST(client_topic_alias_out) {
 }
 END_TEST
 
+/* ---- Request/response ------------------------------------------------------------------ */
+
+#define RR_REQUESTS 5
+
+static void rr_maybe_done(void) {
+  if (g.done || g.got_a < RR_REQUESTS || g.got_b < 1) return;
+  g.done = 1;
+  peer_close(&g.a);
+  peer_close(&g.b);
+}
+
+static void rr_response(uvmqtt_client_t *client, int status, const uvmqtt_message_t *m, void *arg) {
+  (void)client;
+  int i = (int)(intptr_t)arg;
+  if (i < 0) {
+    /* The request nobody answers. */
+    ck_assert_int_eq(status, UVMQTT_ETIMEDOUT);
+    ck_assert_ptr_null(m);
+    g.got_b++;
+  } else {
+    ck_assert_msg(status == 0, "request %d: %s", i, uvmqtt_err_name(status));
+    char want[16];
+    snprintf(want, sizeof want, "re:q%d", i);
+    ck_assert_msg(bytes_is(m->payload, want), "request %d got another's response", i);
+    ck_assert(bytes_is(m->topic, "reply/a"));
+    g.seen[i]++;
+    g.got_a++;
+  }
+  rr_maybe_done();
+}
+
+/* The responder answers on the Response Topic with the Correlation Data. */
+static void rr_serve(peer_t *p, const uvmqtt_message_t *m) {
+  ck_assert_ptr_nonnull(m->props);
+  ck_assert(UVMQTT_HAS(m->props, UVMQTT_PROP_RESPONSE_TOPIC));
+  ck_assert(UVMQTT_HAS(m->props, UVMQTT_PROP_CORRELATION_DATA));
+  char topic[64], payload[32];
+  snprintf(topic, sizeof topic, "%.*s", (int)m->props->response_topic.len,
+           m->props->response_topic.data);
+  int n = snprintf(payload, sizeof payload, "re:%.*s", (int)m->payload.len, m->payload.data);
+  uvmqtt_props_t pr;
+  memset(&pr, 0, sizeof pr);
+  pr.has = 1ull << UVMQTT_PROP_CORRELATION_DATA;
+  pr.correlation_data = m->props->correlation_data;
+  uvmqtt_publish_opts_t o;
+  memset(&o, 0, sizeof o);
+  o.qos = 1;
+  o.props = &pr;
+  ck_assert_int_eq(uvmqtt_publish(&p->client, topic, payload, (size_t)n, &o, NULL, NULL), 0);
+  /* A stray answer with unknown Correlation Data is dropped by the requester. */
+  pr.correlation_data.data = (const uint8_t *)"not-a-request-id";
+  pr.correlation_data.len = 16;
+  ck_assert_int_eq(uvmqtt_publish(&p->client, topic, "stray", 5, &o, NULL, NULL), 0);
+}
+
+static void rr_requester_connected(peer_t *p, int status) {
+  ck_assert_int_eq(status, 0);
+  for (int i = 0; i < RR_REQUESTS; i++) {
+    char q[8];
+    int n = snprintf(q, sizeof q, "q%d", i);
+    uvmqtt_publish_opts_t o;
+    memset(&o, 0, sizeof o);
+    o.qos = (uint8_t)(i % 2);
+    ck_assert_int_eq(uvmqtt_request(&p->client, "svc/echo", q, (size_t)n, &o, "reply/a", 5000,
+                                    rr_response, (void *)(intptr_t)i),
+                     0);
+  }
+  ck_assert_int_eq(uvmqtt_request(&p->client, "svc/none", "x", 1, NULL, "reply/a", 300, rr_response,
+                                  (void *)(intptr_t)-1),
+                   0);
+}
+
+static void rr_responder_subscribed(peer_t *p) {
+  (void)p;
+  peer_connect(&g.a);
+}
+
+static void rr_responder_connected(peer_t *p, int status) {
+  ck_assert_int_eq(status, 0);
+  peer_subscribe(p, "svc/echo", 1, NULL, NULL);
+}
+
+START_TEST(client_request_response) {
+  broker_start("");
+  loop_start(WATCHDOG_MS);
+  peer_init(&g.a, UVMQTT_V5, NULL);
+  peer_init(&g.b, UVMQTT_V5, NULL);
+  /* Not without a callback, and only to a topic name. */
+  ck_assert_int_eq(uvmqtt_request(&g.a.client, "t", "", 0, NULL, "r", 10, NULL, NULL),
+                   UVMQTT_EINVAL);
+  ck_assert_int_eq(uvmqtt_request(&g.a.client, "t", "", 0, NULL, "r/+", 10, rr_response, NULL),
+                   UVMQTT_EBADTOPIC);
+  g.a.connected = rr_requester_connected;
+  g.b.connected = rr_responder_connected;
+  g.b.subscribed = rr_responder_subscribed;
+  g.b.message = rr_serve;
+  peer_connect(&g.b);
+  loop_run();
+  ck_assert_int_eq(g.got_a, RR_REQUESTS);
+  ck_assert_int_eq(g.got_b, 1);
+  for (int i = 0; i < RR_REQUESTS; i++)
+    ck_assert_int_eq(g.seen[i], 1);
+  /* The stray answers reached neither a request nor on_message. */
+  ck_assert_int_eq(g.a.message_calls, 0);
+  ck_assert_int_eq(g.a.close_calls + g.b.close_calls, 2);
+  loop_finish();
+  broker_finish();
+}
+END_TEST
+
 /* ---- Unsubscribe
  * ---------------------------------------------------------------------------------- */
 
@@ -2021,6 +2131,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_loop_test(tc, client_shared_subscription, 0, 2);
   tcase_add_loop_test(tc, client_per_subscription_callbacks, 0, 2);
   tcase_add_loop_test(tc, client_unsubscribe_stops_delivery, 0, 2);
+  tcase_add_test(tc, client_request_response);
 
   tc = tcase(s, "close", TCASE_TIMEOUT_S);
   tcase_add_loop_test(tc, client_close_in_on_connect, 0, 2);

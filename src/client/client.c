@@ -85,6 +85,7 @@ static void own_uris_free(uvmqtt__client_t *c) {
 
 void uvmqtt__client_free(uvmqtt__client_t *c) {
   uvmqtt__session_free(&c->sess, UVMQTT_ECLOSED);
+  uvmqtt__requests_free(c);
   if (c->cfg) own_uris_free(c);
   uvmqtt__free(c->client_id);
   creds_free(c->creds);
@@ -317,6 +318,11 @@ int uvmqtt_subscribe(uvmqtt_client_t *client, const uvmqtt_topic_sub_t *subs, si
 
 int uvmqtt_unsubscribe(uvmqtt_client_t *client, const char *const *filters, size_t count,
                        uvmqtt_subscribe_cb cb, void *arg) {
+  return uvmqtt_unsubscribe_props(client, filters, count, NULL, cb, arg);
+}
+
+int uvmqtt_unsubscribe_props(uvmqtt_client_t *client, const char *const *filters, size_t count,
+                             const uvmqtt_props_t *props, uvmqtt_subscribe_cb cb, void *arg) {
   int err = 0;
   uvmqtt__client_t *c = impl_of(client, &err);
   if (c == NULL) return err;
@@ -339,6 +345,7 @@ int uvmqtt_unsubscribe(uvmqtt_client_t *client, const char *const *filters, size
     p.type = UVMQTT_UNSUBSCRIBE;
     p.u.subscribe.subs = list;
     p.u.subscribe.count = (uint32_t)count;
+    if (props && c->cfg->version == UVMQTT_V5) p.props = *props;
     err = uvmqtt__session_request(&c->sess, &p, (uvmqtt__cb_fn)cb, arg, uvmqtt__now(c));
   }
   if (list != stack) uvmqtt__free(list);

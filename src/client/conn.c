@@ -32,6 +32,8 @@ void uvmqtt__client_arm(uvmqtt__client_t *c) {
     if (c->state == UVMQTT__C_DISCONNECTING && c->transport_active &&
         (next == 0 || c->stop_deadline < next))
       next = c->stop_deadline;
+    uint64_t rq = uvmqtt__requests_next(c);
+    if (rq && (next == 0 || rq < next)) next = rq;
     if (c->flush_scheduled || c->pace == UVMQTT__PACE_GRANTED) next = now;
   }
   /* A deadline that fires early only re-arms the client, so it is moved
@@ -406,6 +408,8 @@ void uvmqtt__client_on_timer(uvmqtt__client_t *c, uint64_t now) {
       c->stop_deadline = now + c->cfg->disconnect_timeout_ms;
     }
   }
+  if (c->closing) return;
+  uvmqtt__requests_expire(c, now);
   if (c->closing) return;
   (void)uvmqtt__session_report_store_failures(&c->sess);
   if (c->closing) return;
