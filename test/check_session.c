@@ -488,6 +488,32 @@ START_TEST(session_resend_with_session_present) {
 }
 END_TEST
 
+/* A 3.1 CONNACK cannot say whether the session was kept: asked for with
+ * clean session 0, it is resumed (PUBREL, DUP resends); with clean session
+ * 1 there is none. */
+START_TEST(session_v31_resumes_asked_session) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V31, 0, 30);
+  ck_assert_uint_eq(f.out[0].u.connect.protocol_level, UVMQTT_V31);
+  connack(&f, 0, NULL);
+  publish(&f, "one", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  publish(&f, "two", 2, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  drain(&f);
+  uint16_t id1 = f.out[0].packet_id, id2 = f.out[1].packet_id;
+  feed_ack(&f, UVMQTT_PUBREC, id2, 0, 2);
+  drain(&f); /* PUBREL */
+  uvmqtt__session_lost(&f.s, UV_EOF, 3);
+  reconnect(&f, 0);
+  ck_assert_int_eq(drain(&f), 2);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBREL);
+  ck_assert_uint_eq(f.out[0].packet_id, id2);
+  ck_assert_int_eq(f.out[1].type, UVMQTT_PUBLISH);
+  ck_assert_uint_eq(f.out[1].u.publish.dup, 1);
+  ck_assert_uint_eq(f.out[1].packet_id, id1);
+  teardown(&f);
+}
+END_TEST
+
 START_TEST(session_republish_without_session) {
   fixture_t f;
   setup_session(&f, (uint8_t)_i ? UVMQTT_V5 : UVMQTT_V311, 0, 30);
@@ -1992,6 +2018,7 @@ Suite *uvmqtt_test_suite(void) {
   TCase *recon = tcase_create("reconnect");
   tcase_add_loop_test(recon, session_resend_with_session_present, 0, 2);
   tcase_add_loop_test(recon, session_republish_without_session, 0, 2);
+  tcase_add_test(recon, session_v31_resumes_asked_session);
   tcase_add_test(recon, session_offline_queue_sent_on_connack);
   tcase_add_test(recon, session_deadline_expires_unsent_only);
   tcase_add_test(recon, session_deadline_past_at_loss);
