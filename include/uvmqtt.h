@@ -156,6 +156,53 @@ typedef struct {
   uint8_t insecure;
 } uvmqtt_tls_options_t;
 
+/* ---- Enhanced authentication (MQTT 5) ------------------------------------------ */
+
+/** The next Authentication Data a mechanism sends: a view that must stay
+ * valid until the mechanism is called again or the client is closed (the
+ * client encodes it at once). len 0: none. */
+typedef struct {
+  const void *data; /**< the bytes */
+  size_t len;       /**< their length */
+} uvmqtt_auth_reply_t;
+
+/** A mechanism step. Called:
+ *  - to start an exchange, with in_data NULL: reason 0x00 for the CONNECT of
+ *    every connection attempt, 0x19 for uvmqtt_reauthenticate(); fill `out`
+ *    with the first Authentication Data;
+ *  - with reason 0x18 (continue) and the broker's Authentication Data
+ *    (empty when it sent none): fill `out` with the answer;
+ *  - with reason 0x00 and the broker's last Authentication Data (empty when
+ *    none) when the broker accepted: in CONNACK, or AUTH 0x00 after a
+ *    re-authentication. Return 0 to accept it, or refuse the broker (a
+ *    mechanism that authenticates the server checks it here).
+ * Returns 0, or a negative error: the connection then ends with
+ * UVMQTT_EAUTH. */
+typedef int (*uvmqtt_auth_fn)(void *state, const uvmqtt_bytes_t *in_data, uint8_t reason,
+                              uvmqtt_auth_reply_t *out);
+
+/** MQTT 5 enhanced authentication: a method and the mechanism that runs it
+ * (uvmqtt_options_t.auth). */
+typedef struct {
+  const char *method; /**< the Authentication Method, e.g. "SCRAM-SHA-256" */
+  /** Authentication Data for CONNECT and AUTH 0x19 when `auth` is NULL (a
+   * one-step mechanism); with `auth`, the callback supplies it. */
+  const void *initial_data;
+  size_t initial_len;  /**< bytes of `initial_data` */
+  uvmqtt_auth_fn auth; /**< the mechanism's steps; NULL: `initial_data` only */
+  void *state;         /**< the mechanism's, passed to `auth` */
+} uvmqtt_auth_t;
+
+/** Fills `auth` with the built-in SCRAM-SHA-256 mechanism (RFC 5802, RFC
+ * 7677; no channel binding), which also checks the broker's server
+ * signature. Copies user and password. The state it allocates is the
+ * caller's: free it with uvmqtt_auth_scram_free() once the clients using
+ * it are closed. Errors: UVMQTT_EINVAL, UVMQTT_ENOMEM. */
+int uvmqtt_auth_scram_sha256(uvmqtt_auth_t *auth, const char *user, const char *password);
+/** Frees the state uvmqtt_auth_scram_sha256() allocated; `auth` may be
+ * filled again afterwards. */
+void uvmqtt_auth_scram_free(uvmqtt_auth_t *auth);
+
 /* ---- Options ----------------------------------------------------------------- */
 
 /** How a client connects and behaves: uvmqtt_options_init() fills the defaults, then set what
@@ -169,7 +216,12 @@ typedef struct {
   const char *const *uris; /**< several servers, tried in turn */
   size_t uri_count;        /**< entries in `uris` */
 
-  uint8_t version;       /**< UVMQTT_V311 (default) or UVMQTT_V5 */
+  /** UVMQTT_V311 (default), UVMQTT_V5, or UVMQTT_V31 for legacy brokers (MQTT
+   * 3.1, "MQIsdp"). On 3.1 the client id must be at most 23 bytes
+   * (UVMQTT_ECLIENTID), and CONNACK has no Session Present flag: with
+   * clean_start 0 the session is taken as kept, and subscriptions are sent
+   * again after every connection. */
+  uint8_t version;
   const char *client_id; /**< NULL or "": the broker assigns one (v5), or one is made up */
   uint8_t clean_start;   /**< default 1 */
   uint16_t keepalive;    /**< seconds; default 60; 0 disables */
@@ -187,9 +239,8 @@ typedef struct {
 
   /** v5 CONNECT properties: session expiry, receive maximum, maximum packet
    * size, topic alias maximum (incoming aliases we accept), request
-   * response/problem information, user properties. Enhanced authentication
-   * (Authentication Method or Data) is not supported: init fails with
-   * UVMQTT_EINVAL. */
+   * response/problem information, user properties. Authentication Method
+   * and Data come from `auth` below (here they fail with UVMQTT_EINVAL). */
   const uvmqtt_props_t *connect_props;
 
   uint32_t connect_timeout_ms; /**< resolve + TCP + CONNACK; default 10000 */
@@ -282,6 +333,28 @@ typedef struct {
    * search the ephemeral ports. Servers of the other address family are
    * skipped. A malformed address fails init with UVMQTT_EINVAL. */
   const char *bind_address;
+
+  /** v5: outgoing topic aliases, chosen by the client. At most this many
+   * aliases are used on a connection, and never more than the broker's
+   * Topic Alias Maximum of that connection (none when it announces none).
+   * The first PUBLISH of a topic on a connection carries the topic and its
+   * alias; later ones carry only the alias, which saves the topic's bytes on
+   * every message; when all aliases are taken, the least recently used one
+   * passes to the new topic. Aliases belong to one network connection: after
+   * a reconnect every topic, resends included, is named in full once more.
+   * Messages are kept (and stored) with their full topic. While this is on,
+   * a publish that sets its own Topic Alias fails with UVMQTT_EINVAL.
+   * 0: off (the default). */
+  uint16_t topic_alias_out;
+
+  /** v5 enhanced authentication: the method, its data and the mechanism
+   * (see uvmqtt_auth_t), run on every connection attempt and by
+   * uvmqtt_reauthenticate(). The client copies the method and the initial
+   * data; the mechanism's state must outlive the client. A broker that
+   * refuses (CONNACK 0x86, 0x87, 0x8C) or a mechanism that fails ends the
+   * attempt with UVMQTT_EAUTH; a broker answering with another method, with
+   * UVMQTT_EAUTHMETHOD. NULL: none. */
+  const uvmqtt_auth_t *auth;
 } uvmqtt_options_t;
 
 /** Fills `opts` with the defaults. */
@@ -383,10 +456,12 @@ int uvmqtt_connect(uvmqtt_client_t *client);
 
 /** Per-publish settings. NULL means QoS 0, no retain, the default delivery. */
 typedef struct {
-  uint8_t qos;                 /**< 0, 1 or 2 */
-  uint8_t retain;              /**< 1: the broker retains it */
-  const uvmqtt_props_t *props; /**< v5 PUBLISH properties (topic alias is managed here) */
-  uvmqtt_delivery_t delivery;  /**< overrides the client's `delivery` */
+  uint8_t qos;    /**< 0, 1 or 2 */
+  uint8_t retain; /**< 1: the broker retains it */
+  const uvmqtt_props_t
+      *props; /**< v5 PUBLISH properties. A Topic Alias here is the application's to manage (an
+                 empty topic then uses it), unless topic_alias_out is on. */
+  uvmqtt_delivery_t delivery; /**< overrides the client's `delivery` */
 } uvmqtt_publish_opts_t;
 
 /** Publishes a copy of topic and payload. `cb` (may be NULL) reports the end.
@@ -409,6 +484,42 @@ int uvmqtt_subscribe(uvmqtt_client_t *client, const uvmqtt_topic_sub_t *subs, si
 /** Unsubscribes and forgets the filters. Same errors as uvmqtt_subscribe(). */
 int uvmqtt_unsubscribe(uvmqtt_client_t *client, const char *const *filters, size_t count,
                        uvmqtt_subscribe_cb cb, void *arg);
+
+/** v5: authenticates again on the current connection with the options'
+ * `auth` (AUTH 0x19), while messages keep flowing. The broker's refusal
+ * ends the connection (DISCONNECT, reported by on_disconnect). Errors:
+ * UVMQTT_EINVAL (no enhanced authentication), UVMQTT_ENOTCONN,
+ * UVMQTT_EBUSY (one is in progress), UVMQTT_EAUTH (the mechanism failed),
+ * UVMQTT_ECLOSED. */
+int uvmqtt_reauthenticate(uvmqtt_client_t *client);
+
+/** Unsubscribes like uvmqtt_unsubscribe(), with v5 UNSUBSCRIBE properties
+ * (user properties; NULL: none; ignored on 3.1.1). The codec's errors for a
+ * property UNSUBSCRIBE may not carry (UVMQTT_EBADPROP...). */
+int uvmqtt_unsubscribe_props(uvmqtt_client_t *client, const char *const *filters, size_t count,
+                             const uvmqtt_props_t *props, uvmqtt_subscribe_cb cb, void *arg);
+
+/** The end of a request: status 0 with the response (a view valid during the
+ * callback), or UVMQTT_ETIMEDOUT, UVMQTT_ECLOSED, or the error its PUBLISH
+ * completed with (response NULL then). */
+typedef void (*uvmqtt_response_cb)(uvmqtt_client_t *client, int status,
+                                   const uvmqtt_message_t *response, void *arg);
+
+/** v5 request/response: publishes like uvmqtt_publish() with a Response Topic
+ * (`response_topic`, a topic name) and Correlation Data unique to this
+ * request, and calls `cb` once: with the first message on that topic that
+ * carries the same Correlation Data, or with UVMQTT_ETIMEDOUT after
+ * timeout_ms. The client subscribes to response_topic (QoS 1) the first
+ * time it is used and keeps the subscription; a responder publishes its
+ * answer there with the request's Correlation Data. Messages on it that
+ * answer no pending request are dropped. `opts->props` may carry other
+ * properties, not these two. Errors (then no callback): UVMQTT_EINVAL (not
+ * v5, no callback, timeout 0, Response Topic or Correlation Data in the
+ * properties), UVMQTT_EBADTOPIC, and those of uvmqtt_publish() and
+ * uvmqtt_subscribe(). */
+int uvmqtt_request(uvmqtt_client_t *client, const char *topic, const void *payload, size_t len,
+                   const uvmqtt_publish_opts_t *opts, const char *response_topic,
+                   uint32_t timeout_ms, uvmqtt_response_cb cb, void *arg);
 
 /** Stops gracefully and stops reconnecting. No new PUBLISH or SUBSCRIBE goes
  * out; the handshakes in flight (QoS 1/2 in both directions) may end within

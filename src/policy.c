@@ -20,7 +20,7 @@ static int over_limits(const uvmqtt_backoff_t *b, const uvmqtt_reconnect_info_t 
 
 /* Refusals that a retry cannot fix: credentials, authorisation, bans. */
 static int refused_for_good(const uvmqtt_reconnect_info_t *info) {
-  if (info->status != UVMQTT_EREFUSED) return 0;
+  if (info->status != UVMQTT_EREFUSED && info->status != UVMQTT_EAUTH) return 0;
   switch (info->reason) {
   case 0x04: /* 3.1.1 bad user name or password */
   case 0x05: /* 3.1.1 not authorized */

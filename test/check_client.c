@@ -8,7 +8,7 @@
  * callbacks, asserts the counts after uv_run, closes every handle and checks
  * that uv_loop_close() succeeds. A watchdog timer bounds every loop. Tests
  * that make sense for both protocol versions are loop tests: index 0 runs
- * MQTT 3.1.1, index 1 MQTT 5. */
+ * MQTT 3.1.1, index 1 MQTT 5, and index 2, where there is one, MQTT 3.1. */
 #include <check.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -75,8 +75,9 @@ static int broker_log_has(const char *needle) {
   return found;
 }
 
+/* Index 2 runs MQTT 3.1 ("MQIsdp") in the tests that cover it. */
 static uint8_t version_of(int index) {
-  return index == 0 ? UVMQTT_V311 : UVMQTT_V5;
+  return index == 0 ? UVMQTT_V311 : index == 1 ? UVMQTT_V5 : UVMQTT_V31;
 }
 
 static int bytes_is(uvmqtt_bytes_t b, const char *s) {
@@ -389,8 +390,28 @@ START_TEST(client_connect_disconnect) {
   ck_assert_int_eq(p->disc.status, 0);
   ck_assert_int_eq(p->disc.will_retry, 0);
   ck_assert_int_eq(p->close_calls, 1);
+  /* Mosquitto names the protocol it saw: p1 is MQTT 3.1. */
+  if (v == UVMQTT_V31) ck_assert(broker_log_has("(p1, c1, k60"));
   loop_finish();
   broker_finish();
+}
+END_TEST
+
+START_TEST(client_v31_client_id_limit) {
+  uv_loop_t loop;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  uvmqtt_options_t o;
+  uvmqtt_options_init(&o);
+  o.uri = "mqtt://127.0.0.1:1";
+  o.version = UVMQTT_V31;
+  o.client_id = "abcdefghijklmnopqrstuvwx"; /* 24 bytes: more than 3.1 allows */
+  uvmqtt_client_t c;
+  ck_assert_int_eq(uvmqtt_client_init(&loop, &c, &o, NULL), UVMQTT_ECLIENTID);
+  o.version = UVMQTT_V311;
+  ck_assert_int_eq(uvmqtt_client_init(&loop, &c, &o, NULL), 0);
+  uvmqtt_close(&c, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
 }
 END_TEST
 
@@ -1124,6 +1145,198 @@ START_TEST(client_per_subscription_callbacks) {
 }
 END_TEST
 
+/* ---- Outgoing topic aliases ---------------------------------------------------------- */
+
+#define ALIAS_MSGS   60
+#define ALIAS_TOPICS 6
+
+/* Topic i % ALIAS_TOPICS for message i: six topics through four aliases,
+ * so aliases pass from topic to topic. */
+static void alias_topic(char *buf, size_t size, int i) {
+  snprintf(buf, size, "alias/topic/%d", (i * 7 + i / 5) % ALIAS_TOPICS);
+}
+
+static void alias_maybe_done(void) {
+  if (g.done || g.b.message_calls < ALIAS_MSGS || g.a.publish_calls < ALIAS_MSGS) return;
+  g.done = 1;
+  peer_close(&g.a);
+  peer_close(&g.b);
+}
+
+static void alias_message(peer_t *p, const uvmqtt_message_t *m) {
+  ck_assert_uint_eq(m->payload.len, 4);
+  int i = (int)get_u32(m->payload.data);
+  ck_assert_int_eq(i, p->message_calls - 1);
+  char want[64];
+  alias_topic(want, sizeof want, i);
+  ck_assert_msg(bytes_is(m->topic, want), "message %d on the wrong topic", i);
+  alias_maybe_done();
+}
+
+static void alias_published(peer_t *p, int status, uint8_t reason, int index) {
+  (void)p;
+  (void)reason;
+  ck_assert_msg(status == 0, "publish %d: %s", index, uvmqtt_err_name(status));
+  alias_maybe_done();
+}
+
+static void alias_pub_connected(peer_t *p, int status) {
+  ck_assert_int_eq(status, 0);
+  /* Mosquitto's default Topic Alias Maximum (10) leaves room for four. */
+  ck_assert_uint_eq(p->client.impl->sess.alias_out_max, 4);
+  for (int i = 0; i < ALIAS_MSGS; i++) {
+    char topic[64];
+    uint8_t buf[4];
+    alias_topic(topic, sizeof topic, i);
+    put_u32(buf, (uint32_t)i);
+    peer_publish(p, topic, buf, sizeof buf, 1, 0);
+  }
+}
+
+static void alias_subscribed(peer_t *p) {
+  (void)p;
+  peer_connect(&g.a);
+}
+
+static void alias_sub_connected(peer_t *p, int status) {
+  ck_assert_int_eq(status, 0);
+  peer_subscribe(p, "alias/#", 1, NULL, NULL);
+}
+
+START_TEST(client_topic_alias_out) {
+  broker_start("");
+  loop_start(WATCHDOG_MS);
+  uvmqtt_options_t o;
+  peer_options(&o, UVMQTT_V5);
+  o.topic_alias_out = 4;
+  peer_init(&g.a, UVMQTT_V5, &o);
+  peer_init(&g.b, UVMQTT_V5, NULL);
+  g.a.connected = alias_pub_connected;
+  g.a.published = alias_published;
+  g.b.connected = alias_sub_connected;
+  g.b.subscribed = alias_subscribed;
+  g.b.message = alias_message;
+  peer_connect(&g.b);
+  loop_run();
+  ck_assert_int_eq(g.b.message_calls, ALIAS_MSGS);
+  ck_assert_int_eq(g.a.publish_calls, ALIAS_MSGS);
+  ck_assert_int_eq(g.a.publish_failures, 0);
+  ck_assert_int_eq(g.a.disconnect_calls + g.b.disconnect_calls, 0);
+  loop_finish();
+  broker_finish();
+}
+END_TEST
+
+/* ---- Request/response ------------------------------------------------------------------ */
+
+#define RR_REQUESTS 5
+
+static void rr_maybe_done(void) {
+  if (g.done || g.got_a < RR_REQUESTS || g.got_b < 1) return;
+  g.done = 1;
+  peer_close(&g.a);
+  peer_close(&g.b);
+}
+
+static void rr_response(uvmqtt_client_t *client, int status, const uvmqtt_message_t *m, void *arg) {
+  (void)client;
+  int i = (int)(intptr_t)arg;
+  if (i < 0) {
+    /* The request nobody answers. */
+    ck_assert_int_eq(status, UVMQTT_ETIMEDOUT);
+    ck_assert_ptr_null(m);
+    g.got_b++;
+  } else {
+    ck_assert_msg(status == 0, "request %d: %s", i, uvmqtt_err_name(status));
+    char want[16];
+    snprintf(want, sizeof want, "re:q%d", i);
+    ck_assert_msg(bytes_is(m->payload, want), "request %d got another's response", i);
+    ck_assert(bytes_is(m->topic, "reply/a"));
+    g.seen[i]++;
+    g.got_a++;
+  }
+  rr_maybe_done();
+}
+
+/* The responder answers on the Response Topic with the Correlation Data. */
+static void rr_serve(peer_t *p, const uvmqtt_message_t *m) {
+  ck_assert_ptr_nonnull(m->props);
+  ck_assert(UVMQTT_HAS(m->props, UVMQTT_PROP_RESPONSE_TOPIC));
+  ck_assert(UVMQTT_HAS(m->props, UVMQTT_PROP_CORRELATION_DATA));
+  char topic[64], payload[32];
+  snprintf(topic, sizeof topic, "%.*s", (int)m->props->response_topic.len,
+           m->props->response_topic.data);
+  int n = snprintf(payload, sizeof payload, "re:%.*s", (int)m->payload.len, m->payload.data);
+  uvmqtt_props_t pr;
+  memset(&pr, 0, sizeof pr);
+  pr.has = 1ull << UVMQTT_PROP_CORRELATION_DATA;
+  pr.correlation_data = m->props->correlation_data;
+  uvmqtt_publish_opts_t o;
+  memset(&o, 0, sizeof o);
+  o.qos = 1;
+  o.props = &pr;
+  ck_assert_int_eq(uvmqtt_publish(&p->client, topic, payload, (size_t)n, &o, NULL, NULL), 0);
+  /* A stray answer with unknown Correlation Data is dropped by the requester. */
+  pr.correlation_data.data = (const uint8_t *)"not-a-request-id";
+  pr.correlation_data.len = 16;
+  ck_assert_int_eq(uvmqtt_publish(&p->client, topic, "stray", 5, &o, NULL, NULL), 0);
+}
+
+static void rr_requester_connected(peer_t *p, int status) {
+  ck_assert_int_eq(status, 0);
+  for (int i = 0; i < RR_REQUESTS; i++) {
+    char q[8];
+    int n = snprintf(q, sizeof q, "q%d", i);
+    uvmqtt_publish_opts_t o;
+    memset(&o, 0, sizeof o);
+    o.qos = (uint8_t)(i % 2);
+    ck_assert_int_eq(uvmqtt_request(&p->client, "svc/echo", q, (size_t)n, &o, "reply/a", 5000,
+                                    rr_response, (void *)(intptr_t)i),
+                     0);
+  }
+  ck_assert_int_eq(uvmqtt_request(&p->client, "svc/none", "x", 1, NULL, "reply/a", 300, rr_response,
+                                  (void *)(intptr_t)-1),
+                   0);
+}
+
+static void rr_responder_subscribed(peer_t *p) {
+  (void)p;
+  peer_connect(&g.a);
+}
+
+static void rr_responder_connected(peer_t *p, int status) {
+  ck_assert_int_eq(status, 0);
+  peer_subscribe(p, "svc/echo", 1, NULL, NULL);
+}
+
+START_TEST(client_request_response) {
+  broker_start("");
+  loop_start(WATCHDOG_MS);
+  peer_init(&g.a, UVMQTT_V5, NULL);
+  peer_init(&g.b, UVMQTT_V5, NULL);
+  /* Not without a callback, and only to a topic name. */
+  ck_assert_int_eq(uvmqtt_request(&g.a.client, "t", "", 0, NULL, "r", 10, NULL, NULL),
+                   UVMQTT_EINVAL);
+  ck_assert_int_eq(uvmqtt_request(&g.a.client, "t", "", 0, NULL, "r/+", 10, rr_response, NULL),
+                   UVMQTT_EBADTOPIC);
+  g.a.connected = rr_requester_connected;
+  g.b.connected = rr_responder_connected;
+  g.b.subscribed = rr_responder_subscribed;
+  g.b.message = rr_serve;
+  peer_connect(&g.b);
+  loop_run();
+  ck_assert_int_eq(g.got_a, RR_REQUESTS);
+  ck_assert_int_eq(g.got_b, 1);
+  for (int i = 0; i < RR_REQUESTS; i++)
+    ck_assert_int_eq(g.seen[i], 1);
+  /* The stray answers reached neither a request nor on_message. */
+  ck_assert_int_eq(g.a.message_calls, 0);
+  ck_assert_int_eq(g.a.close_calls + g.b.close_calls, 2);
+  loop_finish();
+  broker_finish();
+}
+END_TEST
+
 /* ---- Unsubscribe
  * ---------------------------------------------------------------------------------- */
 
@@ -1188,7 +1401,7 @@ START_TEST(client_init_rejects_bad_options) {
   ck_assert_int_eq(uvmqtt_client_init(NULL, &client, &o, NULL), UVMQTT_EINVAL);
   ck_assert_int_eq(uvmqtt_client_init(&loop, NULL, &o, NULL), UVMQTT_EINVAL);
   ck_assert_int_eq(uvmqtt_client_init(&loop, &client, NULL, NULL), UVMQTT_EINVAL);
-  o.version = 3; /* MQTT 3.1 is not spoken */
+  o.version = 6; /* no such protocol level */
   ck_assert_int_eq(uvmqtt_client_init(&loop, &client, &o, NULL), UVMQTT_EINVAL);
   o.version = UVMQTT_V5;
   o.will_topic = "a/+";
@@ -1890,19 +2103,21 @@ static TCase *tcase(Suite *s, const char *name, int timeout_s) {
 Suite *uvmqtt_test_suite(void) {
   Suite *s = suite_create("client");
   TCase *tc = tcase(s, "connect", TCASE_TIMEOUT_S);
-  tcase_add_loop_test(tc, client_connect_disconnect, 0, 2);
+  tcase_add_loop_test(tc, client_connect_disconnect, 0, 3);
   tcase_add_loop_test(tc, client_disconnect_in_pre_connect, 0, 2);
   tcase_add_loop_test(tc, client_disconnect_while_connecting, 0, 2);
   tcase_add_loop_test(tc, client_refused_connack, 0, 2);
   tcase_add_test(tc, client_init_rejects_bad_options);
   tcase_add_test(tc, client_generated_ids_unique);
+  tcase_add_test(tc, client_v31_client_id_limit);
   tcase_add_loop_test(tc, client_persistent_session, 0, 2);
 
   tc = tcase(s, "publish", TCASE_TIMEOUT_S);
-  tcase_add_loop_test(tc, client_pubsub_payload_sizes, 0, 6);
-  tcase_add_loop_test(tc, client_qos1_ordered_1000, 0, 2);
+  tcase_add_loop_test(tc, client_pubsub_payload_sizes, 0, 9);
+  tcase_add_loop_test(tc, client_qos1_ordered_1000, 0, 3);
   tcase_add_loop_test(tc, client_retained_message, 0, 2);
   tcase_add_loop_test(tc, client_publish_errors, 0, 2);
+  tcase_add_test(tc, client_topic_alias_out);
 
   tc = tcase(s, "will", TCASE_TIMEOUT_S);
   tcase_add_loop_test(tc, client_will_sent_on_close, 0, 2);
@@ -1916,6 +2131,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_loop_test(tc, client_shared_subscription, 0, 2);
   tcase_add_loop_test(tc, client_per_subscription_callbacks, 0, 2);
   tcase_add_loop_test(tc, client_unsubscribe_stops_delivery, 0, 2);
+  tcase_add_test(tc, client_request_response);
 
   tc = tcase(s, "close", TCASE_TIMEOUT_S);
   tcase_add_loop_test(tc, client_close_in_on_connect, 0, 2);

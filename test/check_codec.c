@@ -83,6 +83,25 @@ static void build_connect_min(uvmqtt_packet_t *p) {
   p->u.connect.keep_alive = 60;
 }
 
+/* MQTT 3.1: the 3.1.1 CONNECT under the old protocol name and level. */
+static void build_connect_v31(uvmqtt_packet_t *p) {
+  build_connect_full(p);
+  p->u.connect.protocol_level = UVMQTT_V31;
+}
+
+/* A 3.1 CONNACK has no Session Present flag. */
+static void build_connack_v31(uvmqtt_packet_t *p) {
+  p->type = UVMQTT_CONNACK;
+}
+
+static void build_suback_v31(uvmqtt_packet_t *p) {
+  static const uint8_t codes[] = {0x00, 0x01, 0x02};
+  p->type = UVMQTT_SUBACK;
+  p->packet_id = 7;
+  p->u.suback.codes = codes;
+  p->u.suback.count = 3;
+}
+
 static void build_connack(uvmqtt_packet_t *p) {
   p->type = UVMQTT_CONNACK;
   p->session_present = 1;
@@ -445,6 +464,16 @@ static const uint8_t v311_suback[] = {0x90, 0x05, 0x00, 0x05, 0x00, 0x02, 0x80};
 static const uint8_t v311_unsubscribe[] = {0xA2, 0x0C, 0x00, 0x06, 0x00, 0x03, 'a',
                                            '/',  'b',  0x00, 0x03, 'c',  '/',  '+'};
 static const uint8_t v311_unsuback[] = {0xB0, 0x02, 0x00, 0x06};
+#define MQISDP_NAME 0x00, 0x06, 'M', 'Q', 'I', 's', 'd', 'p'
+static const uint8_t v31_connect[] = {0x10,         0x21, MQISDP_NAME, 0x03, 0xEE,
+                                      0x00,         0x3C,                         /* level 3 */
+                                      0x00,         0x03, 'c',         'i',  'd', /* client id */
+                                      0x00,         0x03, 'w',         '/',  't', /* will topic */
+                                      S2('b', 'y'),                               /* will payload */
+                                      0x00,         0x01, 'u',                    /* username */
+                                      S2('p', 'w')};                              /* password */
+static const uint8_t v31_connack[] = {0x20, 0x02, 0x00, 0x00};
+static const uint8_t v31_suback[] = {0x90, 0x05, 0x00, 0x07, 0x00, 0x01, 0x02};
 static const uint8_t pingreq[] = {0xC0, 0x00};
 static const uint8_t pingresp[] = {0xD0, 0x00};
 static const uint8_t disconnect_min[] = {0xE0, 0x00};
@@ -567,6 +596,21 @@ static const vector_t vectors[] = {
     V(UVMQTT_V311, pingreq, build_pingreq),
     V(UVMQTT_V311, pingresp, build_pingresp),
     V(UVMQTT_V311, disconnect_min, build_disconnect),
+    V(UVMQTT_V31, v31_connect, build_connect_v31),
+    V(UVMQTT_V31, v31_connack, build_connack_v31),
+    V(UVMQTT_V31, v311_connack_refused, build_connack_refused),
+    V(UVMQTT_V31, v311_publish_qos1, build_publish_qos1),
+    V(UVMQTT_V31, v311_publish_qos2, build_publish_qos2),
+    V(UVMQTT_V31, v311_puback, build_puback),
+    V(UVMQTT_V31, v311_pubrec, build_pubrec),
+    V(UVMQTT_V31, v311_pubrel, build_pubrel),
+    V(UVMQTT_V31, v311_pubcomp, build_pubcomp),
+    V(UVMQTT_V31, v311_subscribe, build_subscribe),
+    V(UVMQTT_V31, v31_suback, build_suback_v31),
+    V(UVMQTT_V31, v311_unsubscribe, build_unsubscribe),
+    V(UVMQTT_V31, v311_unsuback, build_unsuback),
+    V(UVMQTT_V31, pingreq, build_pingreq),
+    V(UVMQTT_V31, disconnect_min, build_disconnect),
     V(UVMQTT_V5, v5_connect, build_connect_v5),
     V(UVMQTT_V5, v5_connack, build_connack_v5),
     V(UVMQTT_V5, v5_connack_refused, build_connack_v5_refused),
@@ -956,6 +1000,74 @@ START_TEST(codec_stream_v311_chunks) {
 }
 END_TEST
 
+START_TEST(codec_stream_v31_whole) {
+  decode_stream(UVMQTT_V31, 1 << 20);
+}
+END_TEST
+
+START_TEST(codec_stream_v31_chunks) {
+  for (size_t chunk = 1; chunk <= 64; chunk++)
+    decode_stream(UVMQTT_V31, chunk);
+}
+END_TEST
+
+/* What MQTT 3.1 does differently from 3.1.1, beyond the vectors. */
+START_TEST(codec_v31_differences) {
+  uvmqtt_packet_t pkt;
+  /* The first CONNACK byte is reserved: no Session Present flag. */
+  static const uint8_t connack_flag[] = {0x20, 0x02, 0x01, 0x00};
+  ck_assert_int_eq(uvmqtt_decode_packet(connack_flag, sizeof connack_flag, UVMQTT_V31, &pkt), 0);
+  ck_assert_uint_eq(pkt.session_present, 0);
+  /* A 3.1 broker may send 3.1.1's failure code; the encoder keeps to 0-2. */
+  static const uint8_t suback_fail[] = {0x90, 0x03, 0x00, 0x01, 0x80};
+  ck_assert_int_eq(uvmqtt_decode_packet(suback_fail, sizeof suback_fail, UVMQTT_V31, &pkt), 0);
+  ck_assert_uint_eq(pkt.u.suback.codes[0], 0x80);
+  ck_assert_int_eq(uvmqtt_encode_size(&pkt, UVMQTT_V31), UVMQTT_EBADREASON);
+  /* A resent PUBREL may carry DUP in 3.1, not in 3.1.1. */
+  static const uint8_t pubrel_dup[] = {0x6A, 0x02, 0x00, 0x03};
+  ck_assert_int_eq(uvmqtt_decode_packet(pubrel_dup, sizeof pubrel_dup, UVMQTT_V31, &pkt), 0);
+  ck_assert_uint_eq(pkt.packet_id, 3);
+  ck_assert_int_eq(uvmqtt_decode_packet(pubrel_dup, sizeof pubrel_dup, UVMQTT_V311, &pkt),
+                   UVMQTT_EBADFLAGS);
+  /* No AUTH, no reason codes. */
+  ck_assert_int_eq(uvmqtt_decode_packet(v5_auth_min, sizeof v5_auth_min, UVMQTT_V31, &pkt),
+                   UVMQTT_EBADTYPE);
+  /* Client ids: 1 to 23 bytes when encoding; a server refuses only an empty one. */
+  memset(&pkt, 0, sizeof pkt);
+  build_connect_v31(&pkt);
+  pkt.u.connect.client_id = S("");
+  ck_assert_int_eq(uvmqtt_encode_size(&pkt, UVMQTT_V31), UVMQTT_ECLIENTID);
+  pkt.u.connect.client_id = S("abcdefghijklmnopqrstuvwx"); /* 24 */
+  ck_assert_int_eq(uvmqtt_encode_size(&pkt, UVMQTT_V31), UVMQTT_ECLIENTID);
+  pkt.u.connect.client_id = S("abcdefghijklmnopqrstuvw"); /* 23 */
+  ck_assert_int_gt(uvmqtt_encode_size(&pkt, UVMQTT_V31), 0);
+  static const uint8_t empty_id[] = {0x10, 0x0E, MQISDP_NAME, 0x03, 0x02, 0x00, 0x3C, 0x00, 0x00};
+  ck_assert_int_eq(uvmqtt_decode_packet(empty_id, sizeof empty_id, 0, &pkt), UVMQTT_ECLIENTID);
+  /* The name and the level go together. */
+  static const uint8_t mqisdp_4[] = {0x10, 0x0F, MQISDP_NAME, 0x04, 0x02,
+                                     0x00, 0x3C, 0x00,        0x01, 'c'};
+  ck_assert_int_eq(uvmqtt_decode_packet(mqisdp_4, sizeof mqisdp_4, 0, &pkt), UVMQTT_EBADPROTO);
+  static const uint8_t mqtt_3[] = {0x10, 0x0D, MQTT_NAME, 0x03, 0x02, 0x00, 0x3C, 0x00, 0x01, 'c'};
+  ck_assert_int_eq(uvmqtt_decode_packet(mqtt_3, sizeof mqtt_3, 0, &pkt), UVMQTT_EBADPROTO);
+  /* The unused CONNECT flag bit is ignored in 3.1 only. */
+  static const uint8_t bit0[] = {0x10, 0x0F, MQISDP_NAME, 0x03, 0x03, 0x00, 0x3C, 0x00, 0x01, 'c'};
+  ck_assert_int_eq(uvmqtt_decode_packet(bit0, sizeof bit0, 0, &pkt), 0);
+  ck_assert_uint_eq(pkt.u.connect.protocol_level, UVMQTT_V31);
+  ck_assert_uint_eq(pkt.u.connect.clean_start, 1);
+  /* The decoder learns 3.1 from the CONNECT. */
+  uvmqtt_decoder_t dec;
+  mem_stats_t m;
+  int have;
+  init_decoder(&dec, 0, 0, &m);
+  ck_assert_int_eq(uvmqtt_decode(&dec, v31_connect, sizeof v31_connect, &pkt, &have),
+                   (ssize_t)sizeof v31_connect);
+  ck_assert_int_eq(dec.version, UVMQTT_V31);
+  ck_assert_int_eq(uvmqtt_decode(&dec, pubrel_dup, sizeof pubrel_dup, &pkt, &have),
+                   (ssize_t)sizeof pubrel_dup);
+  ck_assert_int_eq(have, 1);
+}
+END_TEST
+
 START_TEST(codec_stream_v5_whole) {
   decode_stream(UVMQTT_V5, 1 << 20);
 }
@@ -1069,8 +1181,10 @@ static const bad_t bad[] = {
     BAD("will retain without will", V5, UVMQTT_EBADCONNECT, CONNECT_WITH_FLAGS(0x05, 0x22)),
     BAD("password without username", V3, UVMQTT_EBADCONNECT, CONNECT_WITH_FLAGS(0x04, 0x42)),
     BAD("will QoS 3", V3, UVMQTT_EBADQOS, CONNECT_WITH_FLAGS(0x04, 0x1E)),
-    BAD("protocol MQIsdp 3", V3, UVMQTT_EBADPROTO, 0x10, 0x0E, 0x00, 0x06, 'M', 'Q', 'I', 's', 'd',
-        'p', 0x03, 0x02, 0x00, 0x3C, 0x00, 0x00),
+    BAD("MQIsdp 3 with an empty client id", V3, UVMQTT_ECLIENTID, 0x10, 0x0E, 0x00, 0x06, 'M', 'Q',
+        'I', 's', 'd', 'p', 0x03, 0x02, 0x00, 0x3C, 0x00, 0x00),
+    BAD("protocol MQIsdp 4", V3, UVMQTT_EBADPROTO, 0x10, 0x0F, 0x00, 0x06, 'M', 'Q', 'I', 's', 'd',
+        'p', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x01, 'c'),
     BAD("protocol level 6", V3, UVMQTT_EBADPROTO, CONNECT_WITH_FLAGS(0x06, 0x02)),
     BAD("3.1.1 option bit 2", V3, UVMQTT_EBADSUBOPT, 0x82, 0x06, 0x00, 0x01, 0x00, 0x01, 'a', 0x04),
     BAD("v5 option bit 6", V5, UVMQTT_EBADSUBOPT, 0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, 'a',
@@ -1342,7 +1456,7 @@ START_TEST(codec_decode_packet_framing) {
   const uint8_t longer[] = {0x40, 0x02, 0x00, 0x01, 0xC0};
   ck_assert_int_eq(uvmqtt_decode_packet(longer, sizeof(longer), UVMQTT_V311, &pkt),
                    UVMQTT_ETRAILING);
-  ck_assert_int_eq(uvmqtt_decode_packet(v311_puback, 4, 3, &pkt), UVMQTT_EINVAL);
+  ck_assert_int_eq(uvmqtt_decode_packet(v311_puback, 4, 6, &pkt), UVMQTT_EINVAL);
 }
 END_TEST
 
@@ -1505,7 +1619,7 @@ static void enc_password_only(uvmqtt_packet_t *p) {
 }
 static void enc_bad_level(uvmqtt_packet_t *p) {
   build_connect_min(p);
-  p->u.connect.protocol_level = 3;
+  p->u.connect.protocol_level = 6;
 }
 static void enc_bad_suback_code(uvmqtt_packet_t *p) {
   static const uint8_t codes[] = {0x83};
@@ -1547,7 +1661,7 @@ static const bad_encode_t bad_encode[] = {
     {"3.1.1 option bit 2", V3, UVMQTT_EBADSUBOPT, enc_bad_subopt},
     {"will QoS without will", V5, UVMQTT_EBADCONNECT, enc_will_qos_no_will},
     {"password without username", V3, UVMQTT_EBADCONNECT, enc_password_only},
-    {"protocol level 3", V3, UVMQTT_EBADPROTO, enc_bad_level},
+    {"protocol level 6", V3, UVMQTT_EBADPROTO, enc_bad_level},
     {"3.1.1 SUBACK code 0x83", V3, UVMQTT_EBADREASON, enc_bad_suback_code},
     {"PUBACK reason 0x92", V5, UVMQTT_EBADREASON, enc_bad_puback_reason},
     {"AUTH in 3.1.1", V3, UVMQTT_EBADTYPE, build_auth_min},
@@ -1578,7 +1692,7 @@ START_TEST(codec_encode_version_checks) {
   uvmqtt_packet_t pkt;
   memset(&pkt, 0, sizeof(pkt));
   build_pingreq(&pkt);
-  ck_assert_int_eq(uvmqtt_encode_size(&pkt, 3), UVMQTT_EINVAL);
+  ck_assert_int_eq(uvmqtt_encode_size(&pkt, 6), UVMQTT_EINVAL);
   ck_assert_int_eq(uvmqtt_encode_size(&pkt, 0), UVMQTT_EINVAL);
   /* CONNECT takes its level from the packet when set. */
   memset(&pkt, 0, sizeof(pkt));
@@ -1604,6 +1718,9 @@ Suite *uvmqtt_test_suite(void) {
   tc = tcase_create("stream");
   tcase_add_test(tc, codec_stream_v311_whole);
   tcase_add_test(tc, codec_stream_v311_chunks);
+  tcase_add_test(tc, codec_stream_v31_whole);
+  tcase_add_test(tc, codec_stream_v31_chunks);
+  tcase_add_test(tc, codec_v31_differences);
   tcase_add_test(tc, codec_stream_v5_whole);
   tcase_add_test(tc, codec_stream_v5_chunks);
   suite_add_tcase(s, tc);

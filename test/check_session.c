@@ -2,6 +2,7 @@
  * plays the broker by hand with encoded packets and decodes what the session
  * writes. */
 #include <check.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,7 +25,10 @@ typedef struct {
   int disconnects;
   int wakes;
   char last_topic[128];
-  uint64_t clock; /* what ev_now() reports */
+  int auths;           /* enhanced authentication steps handed to the owner */
+  uint8_t auth_reason; /* the last one's reason (0 for CONNACK) */
+  int auth_fail;       /* the owner's mechanism refuses */
+  uint64_t clock;      /* what ev_now() reports */
   /* Decoded output of the last drain. */
   uint8_t *raw;
   size_t raw_len;
@@ -89,8 +93,20 @@ static uint64_t ev_now(void *o) {
   return ((fixture_t *)o)->clock;
 }
 
-static const uvmqtt__session_events_t events = {ev_connack,    ev_message, ev_done, ev_request,
-                                                ev_disconnect, ev_stored,  ev_wake, ev_now};
+/* The owner's mechanism: answers a continue with "resp". */
+static int ev_auth(void *o, const uvmqtt_packet_t *p) {
+  fixture_t *f = o;
+  f->auths++;
+  f->auth_reason = p->type == UVMQTT_CONNACK ? 0 : p->reason;
+  if (f->auth_fail) return UVMQTT_EAUTH;
+  if (f->auth_reason != 0x18) return 0;
+  uvmqtt_bytes_t d = {(const uint8_t *)"resp", 4};
+  return uvmqtt__session_auth(&f->s, 0x18, &d, 0);
+}
+
+static const uvmqtt__session_events_t events = {ev_connack, ev_message,    ev_done,
+                                                ev_request, ev_disconnect, ev_stored,
+                                                ev_wake,    ev_now,        ev_auth};
 
 /* Takes the session's output and decodes every packet in it. */
 static int drain(fixture_t *f) {
@@ -473,6 +489,32 @@ START_TEST(session_resend_with_session_present) {
 }
 END_TEST
 
+/* A 3.1 CONNACK cannot say whether the session was kept: asked for with
+ * clean session 0, it is resumed (PUBREL, DUP resends); with clean session
+ * 1 there is none. */
+START_TEST(session_v31_resumes_asked_session) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V31, 0, 30);
+  ck_assert_uint_eq(f.out[0].u.connect.protocol_level, UVMQTT_V31);
+  connack(&f, 0, NULL);
+  publish(&f, "one", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  publish(&f, "two", 2, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  drain(&f);
+  uint16_t id1 = f.out[0].packet_id, id2 = f.out[1].packet_id;
+  feed_ack(&f, UVMQTT_PUBREC, id2, 0, 2);
+  drain(&f); /* PUBREL */
+  uvmqtt__session_lost(&f.s, UV_EOF, 3);
+  reconnect(&f, 0);
+  ck_assert_int_eq(drain(&f), 2);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBREL);
+  ck_assert_uint_eq(f.out[0].packet_id, id2);
+  ck_assert_int_eq(f.out[1].type, UVMQTT_PUBLISH);
+  ck_assert_uint_eq(f.out[1].u.publish.dup, 1);
+  ck_assert_uint_eq(f.out[1].packet_id, id1);
+  teardown(&f);
+}
+END_TEST
+
 START_TEST(session_republish_without_session) {
   fixture_t f;
   setup_session(&f, (uint8_t)_i ? UVMQTT_V5 : UVMQTT_V311, 0, 30);
@@ -826,8 +868,8 @@ static int ev_done_republish(void *o, uvmqtt__msg_t *m, int status, uint8_t reas
 }
 
 static const uvmqtt__session_events_t republish_events = {
-    ev_connack,    ev_message, ev_done_republish, ev_request,
-    ev_disconnect, ev_stored,  ev_wake,           ev_now};
+    ev_connack, ev_message, ev_done_republish, ev_request, ev_disconnect, ev_stored, ev_wake,
+    ev_now,     NULL};
 
 /* Under the drop-oldest rule a publish never fails for room once it dropped
  * messages to make it, even when a callback of a dropped message publishes
@@ -1488,6 +1530,325 @@ START_TEST(session_topic_alias_scoped_and_bounded) {
 }
 END_TEST
 
+/* ---- Automatic outgoing topic aliases ---------------------------------------- */
+
+static void connect_v5_alias(fixture_t *f, uint16_t want, uint16_t broker_max, uint8_t clean) {
+  setup_session(f, UVMQTT_V5, clean, 0);
+  f->s.alias_out_want = want;
+  uvmqtt_props_t pr;
+  memset(&pr, 0, sizeof pr);
+  if (broker_max) {
+    pr.has = 1ull << UVMQTT_PROP_TOPIC_ALIAS_MAXIMUM;
+    pr.topic_alias_maximum = broker_max;
+  }
+  connack(f, 0, &pr);
+}
+
+static uint16_t out_alias(const fixture_t *f, int i) {
+  return UVMQTT_HAS(&f->out[i].props, UVMQTT_PROP_TOPIC_ALIAS) ? f->out[i].props.topic_alias : 0;
+}
+
+#define ALIAS_RUN 10000
+
+/* Publishes ALIAS_RUN QoS 1 messages on one 100-byte topic, acking each,
+ * and returns the bytes written for them. Halfway, with `reconnect`, the
+ * connection drops with three messages unacknowledged and comes back with
+ * the session: the first resend carries the full topic again. */
+static size_t alias_run(uint16_t want, int reconnect) {
+  fixture_t f;
+  connect_v5_alias(&f, want, 10, 0);
+  char topic[101];
+  memset(topic, 't', 100);
+  topic[100] = '\0';
+  topic[0] = 'a';
+  topic[1] = '/';
+  size_t bytes = 0;
+  uint16_t pending[3];
+  int npending = 0;
+  for (int i = 0; i < ALIAS_RUN; i++) {
+    publish(&f, topic, 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+    ck_assert_int_eq(drain(&f), 1);
+    bytes += f.raw_len;
+    ck_assert_int_eq(f.out[0].type, UVMQTT_PUBLISH);
+    uint16_t alias = out_alias(&f, 0);
+    if (want == 0) {
+      ck_assert_uint_eq(alias, 0);
+      ck_assert_uint_eq(f.out[0].u.publish.topic.len, 100);
+    } else {
+      ck_assert_uint_eq(alias, 1);
+      /* Only the first PUBLISH of a connection names the topic. */
+      ck_assert_uint_eq(f.out[0].u.publish.topic.len, i == 0 ? 100 : 0);
+    }
+    uint16_t id = f.out[0].packet_id;
+    if (reconnect && i >= ALIAS_RUN / 2 - 3 && i < ALIAS_RUN / 2) {
+      pending[npending++] = id;
+      continue;
+    }
+    feed_ack(&f, UVMQTT_PUBACK, id, 0, 1);
+    if (reconnect && i == ALIAS_RUN / 2) break;
+  }
+  if (reconnect) {
+    ck_assert_int_eq(npending, 3);
+    /* The stored message still holds its topic. */
+    uvmqtt_packet_t stored;
+    const uvmqtt__msg_t *m = f.s.window.head;
+    ck_assert_ptr_nonnull(m);
+    ck_assert_int_eq(uvmqtt_decode_packet(m->data, m->len, UVMQTT_V5, &stored), 0);
+    ck_assert_uint_eq(stored.u.publish.topic.len, 100);
+    ck_assert(!UVMQTT_HAS(&stored.props, UVMQTT_PROP_TOPIC_ALIAS));
+    uvmqtt__session_lost(&f.s, UV_EOF, 2);
+    uvmqtt_packet_t c;
+    memset(&c, 0, sizeof c);
+    c.type = UVMQTT_CONNECT;
+    c.u.connect.protocol_level = UVMQTT_V5;
+    c.u.connect.client_id.data = (const uint8_t *)"sess";
+    c.u.connect.client_id.len = 4;
+    ck_assert_int_eq(uvmqtt__session_connect(&f.s, &c, 3), 0);
+    drain(&f);
+    uvmqtt_props_t pr;
+    memset(&pr, 0, sizeof pr);
+    pr.has = 1ull << UVMQTT_PROP_TOPIC_ALIAS_MAXIMUM;
+    pr.topic_alias_maximum = 10;
+    connack(&f, 1, &pr);
+    ck_assert_int_eq(drain(&f), 3);
+    bytes += f.raw_len;
+    for (int k = 0; k < 3; k++) {
+      ck_assert_int_eq(f.out[k].type, UVMQTT_PUBLISH);
+      ck_assert_uint_eq(f.out[k].packet_id, pending[k]);
+      ck_assert_uint_eq(f.out[k].u.publish.dup, 1);
+      ck_assert_uint_eq(out_alias(&f, k), want ? 1 : 0);
+      ck_assert_uint_eq(f.out[k].u.publish.topic.len, want && k > 0 ? 0 : 100);
+      feed_ack(&f, UVMQTT_PUBACK, pending[k], 0, 4);
+    }
+    for (int i = ALIAS_RUN / 2 + 1; i < ALIAS_RUN; i++) {
+      publish(&f, topic, 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 5, 0);
+      ck_assert_int_eq(drain(&f), 1);
+      bytes += f.raw_len;
+      ck_assert_uint_eq(f.out[0].u.publish.topic.len, want ? 0 : 100);
+      feed_ack(&f, UVMQTT_PUBACK, f.out[0].packet_id, 0, 5);
+    }
+  }
+  ck_assert_int_eq(f.done, ALIAS_RUN);
+  ck_assert_int_eq(f.last_status, 0);
+  teardown(&f);
+  return bytes;
+}
+
+START_TEST(session_topic_alias_out_saves_bytes) {
+  size_t plain = alias_run(0, 0), aliased = alias_run(8, 0);
+  printf("topic_alias_out: %d QoS 1 publishes on a 100-byte topic: %zu bytes without aliases, "
+         "%zu with\n",
+         ALIAS_RUN, plain, aliased);
+  ck_assert_uint_lt(aliased, plain / 4);
+  size_t plain_rc = alias_run(0, 1), aliased_rc = alias_run(8, 1);
+  printf("topic_alias_out: the same with a reconnect halfway: %zu bytes without aliases, %zu "
+         "with\n",
+         plain_rc, aliased_rc);
+  /* Three resends, of which one names the topic again. */
+  ck_assert_uint_eq(plain_rc, plain + 3 * (plain / ALIAS_RUN));
+  ck_assert_uint_lt(aliased_rc, plain_rc / 4);
+}
+END_TEST
+
+/* Least recently used replacement, bounded by the broker's maximum, none
+ * without one, and the application's own aliases refused meanwhile. */
+START_TEST(session_topic_alias_out_lru_and_bounds) {
+  fixture_t f;
+  connect_v5_alias(&f, 8, 2, 1);
+  static const char *const seq[] = {"A", "B", "A", "C", "B", "A", "A", "C"};
+  /* A:1 set, B:2 set, A:1 bound, C takes 2 (B least recent), B takes 1
+   * (A least recent), A takes 2 (C), A bound, C takes 1 (B). */
+  static const uint16_t alias[] = {1, 2, 1, 2, 1, 2, 2, 1};
+  static const uint8_t bound[] = {0, 0, 1, 0, 0, 0, 1, 0};
+  for (int i = 0; i < 8; i++) {
+    publish(&f, seq[i], 0, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+    ck_assert_int_eq(drain(&f), 1);
+    ck_assert_msg(out_alias(&f, 0) == alias[i], "publish %d: alias %u", i, out_alias(&f, 0));
+    ck_assert_uint_eq(f.out[0].u.publish.topic.len, bound[i] ? 0 : 1);
+  }
+  uvmqtt_props_t own;
+  memset(&own, 0, sizeof own);
+  own.has = 1ull << UVMQTT_PROP_TOPIC_ALIAS;
+  own.topic_alias = 1;
+  uvmqtt__publish_t o;
+  memset(&o, 0, sizeof o);
+  o.policy = UVMQTT_DELIVERY_UNTIL_DELIVERED;
+  o.props = &own;
+  ck_assert_int_eq(uvmqtt__session_publish(&f.s, "A", "1", 1, &o, 2), UVMQTT_EINVAL);
+  teardown(&f);
+
+  /* A broker without Topic Alias Maximum gets none. */
+  connect_v5_alias(&f, 8, 0, 1);
+  publish(&f, "A", 0, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  publish(&f, "A", 0, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  ck_assert_int_eq(drain(&f), 2);
+  ck_assert_uint_eq(out_alias(&f, 0) + out_alias(&f, 1), 0);
+  teardown(&f);
+
+  /* An alias that would push a packet past Maximum Packet Size is left out. */
+  setup_session(&f, UVMQTT_V5, 1, 0);
+  f.s.alias_out_want = 4;
+  uvmqtt_props_t pr;
+  memset(&pr, 0, sizeof pr);
+  pr.has = 1ull << UVMQTT_PROP_TOPIC_ALIAS_MAXIMUM | 1ull << UVMQTT_PROP_MAXIMUM_PACKET_SIZE;
+  pr.topic_alias_maximum = 4;
+  pr.maximum_packet_size = 14; /* "A" and "payload": exactly 13 bytes plain, 16 aliased */
+  connack(&f, 0, &pr);
+  publish(&f, "A", 0, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_uint_eq(out_alias(&f, 0), 0);
+  ck_assert_uint_eq(f.raw_len, 13);
+  teardown(&f);
+}
+END_TEST
+
+/* ---- Enhanced authentication ------------------------------------------------- */
+
+/* Connects with Authentication Method "M" and initial data "hi". */
+static void connect_auth(fixture_t *f) {
+  memset(f, 0, sizeof *f);
+  uvmqtt__session_init(&f->s, f, &events, UVMQTT_V5);
+  uvmqtt_packet_t c;
+  memset(&c, 0, sizeof c);
+  c.type = UVMQTT_CONNECT;
+  c.u.connect.protocol_level = UVMQTT_V5;
+  c.u.connect.clean_start = 1;
+  c.u.connect.client_id.data = (const uint8_t *)"sess";
+  c.u.connect.client_id.len = 4;
+  c.props.has = 1ull << UVMQTT_PROP_AUTHENTICATION_METHOD | 1ull << UVMQTT_PROP_AUTHENTICATION_DATA;
+  c.props.authentication_method.data = (const uint8_t *)"M";
+  c.props.authentication_method.len = 1;
+  c.props.authentication_data.data = (const uint8_t *)"hi";
+  c.props.authentication_data.len = 2;
+  ck_assert_int_eq(uvmqtt__session_connect(&f->s, &c, 0), 0);
+  ck_assert_int_eq(drain(f), 1);
+}
+
+static void feed_auth(fixture_t *f, uint8_t reason, const char *method, int expect) {
+  uvmqtt_packet_t a;
+  memset(&a, 0, sizeof a);
+  a.type = UVMQTT_AUTH;
+  a.reason = reason;
+  if (method) {
+    a.props.has =
+        1ull << UVMQTT_PROP_AUTHENTICATION_METHOD | 1ull << UVMQTT_PROP_AUTHENTICATION_DATA;
+    a.props.authentication_method.data = (const uint8_t *)method;
+    a.props.authentication_method.len = (uint32_t)strlen(method);
+    a.props.authentication_data.data = (const uint8_t *)"srv";
+    a.props.authentication_data.len = 3;
+  }
+  feed_packet(f, &a, 1, expect);
+}
+
+static void connack_auth(fixture_t *f, const char *method, int expect) {
+  uvmqtt_packet_t p;
+  memset(&p, 0, sizeof p);
+  p.type = UVMQTT_CONNACK;
+  if (method) {
+    p.props.has = 1ull << UVMQTT_PROP_AUTHENTICATION_METHOD;
+    p.props.authentication_method.data = (const uint8_t *)method;
+    p.props.authentication_method.len = (uint32_t)strlen(method);
+  }
+  feed_packet(f, &p, 1, expect);
+}
+
+START_TEST(session_auth_exchange_and_reauth) {
+  fixture_t f;
+  connect_auth(&f);
+  /* Before CONNACK only AUTH may follow CONNECT, and only the exchange. */
+  publish(&f, "t", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  ck_assert_int_eq(drain(&f), 0);
+  feed_auth(&f, 0x18, "M", 0);
+  ck_assert_int_eq(f.auths, 1);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_AUTH);
+  ck_assert_uint_eq(f.out[0].reason, 0x18);
+  ck_assert(f.out[0].props.authentication_method.len == 1 &&
+            f.out[0].props.authentication_method.data[0] == 'M');
+  ck_assert_uint_eq(f.out[0].props.authentication_data.len, 4);
+  /* The CONNACK's success goes to the mechanism before anything else. */
+  connack_auth(&f, "M", 0);
+  ck_assert_int_eq(f.auths, 2);
+  ck_assert_uint_eq(f.auth_reason, 0);
+  ck_assert_int_eq(f.s.state, UVMQTT__S_ONLINE);
+  ck_assert_int_eq(drain(&f), 1); /* the queued PUBLISH */
+  uint16_t id = f.out[0].packet_id;
+  /* Online, the broker may not start or continue an exchange unasked. */
+  ck_assert_int_eq(uvmqtt__session_auth(&f.s, 0x19, NULL, 2), 0);
+  ck_assert_int_eq(uvmqtt__session_auth(&f.s, 0x19, NULL, 2), UVMQTT_EBUSY);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_uint_eq(f.out[0].reason, 0x19);
+  /* Messages flow meanwhile. */
+  feed_ack(&f, UVMQTT_PUBACK, id, 0, 2);
+  ck_assert_int_eq(f.done, 1);
+  publish(&f, "t", 0, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 2, 0);
+  ck_assert_int_eq(drain(&f), 1);
+  feed_auth(&f, 0x18, "M", 0);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_uint_eq(f.out[0].reason, 0x18);
+  feed_auth(&f, 0x00, "M", 0);
+  ck_assert_int_eq(f.auths, 4);
+  ck_assert_int_eq(f.s.reauth, 0);
+  /* Done: another AUTH from the broker is a protocol error. */
+  feed_auth(&f, 0x18, "M", UVMQTT_EPROTOCOL);
+  teardown(&f);
+}
+END_TEST
+
+START_TEST(session_auth_method_must_match) {
+  fixture_t f;
+  connect_auth(&f);
+  feed_auth(&f, 0x18, "N", UVMQTT_EAUTHMETHOD);
+  ck_assert_int_eq(f.auths, 0);
+  teardown(&f);
+
+  connect_auth(&f);
+  feed_auth(&f, 0x18, NULL, UVMQTT_EAUTHMETHOD);
+  teardown(&f);
+
+  connect_auth(&f);
+  connack_auth(&f, "N", UVMQTT_EAUTHMETHOD);
+  ck_assert_int_eq(f.connacks, 0);
+  teardown(&f);
+
+  /* Success is the CONNACK, never an AUTH 0x00 before it. */
+  connect_auth(&f);
+  feed_auth(&f, 0x00, "M", UVMQTT_EPROTOCOL);
+  teardown(&f);
+
+  /* The broker refuses the credentials: the mechanism failed. */
+  connect_auth(&f);
+  uvmqtt_packet_t p;
+  memset(&p, 0, sizeof p);
+  p.type = UVMQTT_CONNACK;
+  p.reason = 0x86;
+  feed_packet(&f, &p, 1, UVMQTT_EAUTH);
+  teardown(&f);
+
+  /* The mechanism refuses the broker's success (a wrong server signature). */
+  connect_auth(&f);
+  f.auth_fail = 1;
+  connack_auth(&f, "M", UVMQTT_EAUTH);
+  ck_assert_int_eq(f.connacks, 0);
+  teardown(&f);
+
+  /* Without a method of ours, AUTH properties in CONNACK are an error. */
+  setup_session(&f, UVMQTT_V5, 1, 0);
+  connack_auth(&f, "M", UVMQTT_EPROTOCOL);
+  ck_assert_int_eq(uvmqtt__session_auth(&f.s, 0x19, NULL, 1), UVMQTT_EINVAL);
+  teardown(&f);
+
+  /* No re-authentication starts during a drain. */
+  connect_auth(&f);
+  connack_auth(&f, "M", 0);
+  publish(&f, "t", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  drain(&f);
+  ck_assert_int_eq(uvmqtt__session_stop(&f.s, 0, 2), 1);
+  ck_assert_int_eq(uvmqtt__session_auth(&f.s, 0x19, NULL, 2), UVMQTT_ENOTCONN);
+  teardown(&f);
+}
+END_TEST
+
 /* Defect 12: an unknown PUBREC with a failure reason gets no PUBREL. */
 START_TEST(session_unknown_failed_pubrec_no_pubrel) {
   fixture_t f;
@@ -1633,6 +1994,7 @@ Suite *uvmqtt_test_suite(void) {
   TCase *recon = tcase_create("reconnect");
   tcase_add_loop_test(recon, session_resend_with_session_present, 0, 2);
   tcase_add_loop_test(recon, session_republish_without_session, 0, 2);
+  tcase_add_test(recon, session_v31_resumes_asked_session);
   tcase_add_test(recon, session_offline_queue_sent_on_connack);
   tcase_add_test(recon, session_deadline_expires_unsent_only);
   tcase_add_test(recon, session_deadline_past_at_loss);
@@ -1664,6 +2026,10 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_loop_test(gate, session_present_to_clean_start_is_protocol_error, 0, 2);
   tcase_add_test(gate, session_ping_timed_from_write);
   tcase_add_test(gate, session_topic_alias_scoped_and_bounded);
+  tcase_add_test(gate, session_topic_alias_out_saves_bytes);
+  tcase_add_test(gate, session_auth_exchange_and_reauth);
+  tcase_add_test(gate, session_auth_method_must_match);
+  tcase_add_test(gate, session_topic_alias_out_lru_and_bounds);
   tcase_add_test(gate, session_unknown_failed_pubrec_no_pubrel);
   tcase_add_test(gate, session_request_enomem_leaves_nothing);
   tcase_add_test(gate, session_store_incoming_qos2_survives_restart);

@@ -74,6 +74,7 @@ typedef struct {
   uint8_t done;    /* publish_done calls */
   uint8_t acked;   /* the broker's ack for it reached the session */
   uint8_t refused; /* uvmqtt__session_publish() returned an error */
+  uint8_t topic;   /* index in topics[] */
   uint64_t deadline;
 } track_t;
 
@@ -126,6 +127,16 @@ typedef struct {
   uint32_t lim_max_packet;
   uint8_t lim_max_qos, lim_retain;
   uint16_t lim_alias_max;
+  /* Topic Aliases the client's PUBLISHes set up on this connection, as
+   * indexes in topics[] plus 1 (0: not set up), whoever chose them. */
+  uint8_t out_alias[8];
+  /* Enhanced authentication (method "SIM"), in some v5 schedules: the
+   * broker's AUTH 0x18 delivered and the client's sent on this connection,
+   * and whether the client's re-authentication waits for the broker. */
+  int use_auth;
+  int auth_cont_in, auth_cont_out;
+  int auth_reauth;
+  int bk_reauth; /* the broker read AUTH 0x19 and waits for the continue */
   /* QoS > 0 PUBLISHes sent on this connection, not yet completed. */
   uint16_t cin[MAX_PKTS];
   int ncin;
@@ -278,7 +289,8 @@ static void app_publish(sim_t *x) {
   if (x->version == UVMQTT_V5 && chance(x, 8)) {
     props.has = 1ull << UVMQTT_PROP_TOPIC_ALIAS;
     props.topic_alias = (uint16_t)(1 + below(x, 3));
-    p.props = &props;
+    /* With automatic aliases the session owns them all. */
+    if (x->s.alias_out_want == 0) p.props = &props;
   }
   int t = track_new(x);
   uint8_t payload[80];
@@ -290,7 +302,8 @@ static void app_publish(sim_t *x) {
   x->tracks[t].policy = p.policy;
   x->tracks[t].deadline = p.policy == UVMQTT_DELIVERY_DEADLINE ? x->now + p.deadline_ms : 0;
   int drops = x->drops;
-  int err = uvmqtt__session_publish(&x->s, topics[below(x, 4)], payload, len, &p, x->now);
+  x->tracks[t].topic = (uint8_t)below(x, 4);
+  int err = uvmqtt__session_publish(&x->s, topics[x->tracks[t].topic], payload, len, &p, x->now);
   TRACE("  publish %d qos %u policy %u deadline %" PRIu64 ": %d\n", t, p.qos, p.policy,
         x->tracks[t].deadline, err);
   /* Refused: no callback. (A publish from inside a callback may have taken
@@ -298,6 +311,18 @@ static void app_publish(sim_t *x) {
   if (err) x->tracks[t].refused = 1;
   CHECK(x, !(err == UVMQTT_EQUEUEFULL && x->drops != drops),
         "a publish that dropped messages for room is not refused for room");
+}
+
+/* The application's mechanism: answers every continue. */
+static int ev_auth(void *o, const uvmqtt_packet_t *pkt) {
+  sim_t *x = o;
+  CHECK(x, x->use_auth, "authentication steps only with a method");
+  if (pkt->type != UVMQTT_AUTH || pkt->reason != 0x18) return 0;
+  uvmqtt_bytes_t d = {(const uint8_t *)"c", 1};
+  int err = uvmqtt__session_auth(&x->s, 0x18, &d, x->now);
+  /* A drain shuts the gate on the exchange. */
+  CHECK(x, err == 0 || err == UVMQTT_ENOTCONN, "the answer to AUTH goes out or waits");
+  return 0;
 }
 
 static int ev_connack(void *o, const uvmqtt_packet_t *pkt) {
@@ -392,8 +417,9 @@ static uint64_t ev_now(void *o) {
   return ((sim_t *)o)->now;
 }
 
-static const uvmqtt__session_events_t events = {ev_connack,    ev_message, ev_done, ev_request,
-                                                ev_disconnect, ev_stored,  ev_wake, ev_now};
+static const uvmqtt__session_events_t events = {ev_connack, ev_message,    ev_done,
+                                                ev_request, ev_disconnect, ev_stored,
+                                                ev_wake,    ev_now,        ev_auth};
 
 static int decide(void *state, const uvmqtt_pending_info_t *msg, int status) {
   (void)msg;
@@ -499,6 +525,18 @@ static void bk_forget_session(sim_t *x) {
   x->nbout = 0;
 }
 
+static const uvmqtt_bytes_t sim_method = {(const uint8_t *)"SIM", 3};
+
+static void bk_send_auth(sim_t *x, uint8_t reason) {
+  uvmqtt_packet_t a;
+  memset(&a, 0, sizeof a);
+  a.type = UVMQTT_AUTH;
+  a.reason = reason;
+  a.props.has = 1ull << UVMQTT_PROP_AUTHENTICATION_METHOD;
+  a.props.authentication_method = sim_method;
+  b2c_push(x, &a, -1);
+}
+
 static void bk_send_connack(sim_t *x) {
   uvmqtt_packet_t p;
   memset(&p, 0, sizeof p);
@@ -549,6 +587,10 @@ static void bk_send_connack(sim_t *x) {
     if (chance(x, 4)) {
       pr->has |= 1ull << UVMQTT_PROP_SERVER_KEEP_ALIVE;
       pr->server_keep_alive = (uint16_t)below(x, 20);
+    }
+    if (x->use_auth) {
+      pr->has |= 1ull << UVMQTT_PROP_AUTHENTICATION_METHOD;
+      pr->authentication_method = sim_method;
     }
   }
   b2c_push(x, &p, -1);
@@ -603,7 +645,22 @@ static void bk_packet(sim_t *x, const uvmqtt_packet_t *p) {
       x->bk_session = 0;
       bk_forget_session(x);
     }
-    if (!chance(x, 10)) bk_send_connack(x); /* else: silence */
+    /* With a method, the broker sometimes asks for one more step first. */
+    if (x->use_auth && chance(x, 2))
+      bk_send_auth(x, 0x18);
+    else if (!chance(x, 10))
+      bk_send_connack(x); /* else: silence */
+    break;
+  case UVMQTT_AUTH:
+    if (p->reason == 0x19) {
+      x->bk_reauth = 1;
+      bk_send_auth(x, 0x18);
+    } else if (!x->bk_connack_sent) {
+      bk_send_connack(x);
+    } else if (x->bk_reauth) {
+      x->bk_reauth = 0;
+      bk_send_auth(x, 0x00);
+    }
     break;
   case UVMQTT_PUBLISH: {
     int t = -1;
@@ -734,8 +791,26 @@ static void take_output(sim_t *x) {
       TRACE("  client -> %u id %u qos %u len %zu\n", p.type, p.packet_id,
             p.type == UVMQTT_PUBLISH ? p.u.publish.qos : 0, len);
       if (p.type == UVMQTT_DISCONNECT) x->disconnected = 1;
+      if (p.type == UVMQTT_AUTH) {
+        CHECK(x, x->use_auth, "AUTH only on a connection whose CONNECT named a method");
+        CHECK(x,
+              p.props.authentication_method.len == 3 &&
+                  memcmp(p.props.authentication_method.data, "SIM", 3) == 0,
+              "AUTH carries the connection's method");
+        if (p.reason == 0x18) {
+          x->auth_cont_out++;
+          CHECK(x, x->auth_cont_out <= x->auth_cont_in,
+                "the client continues only in answer to the broker");
+        } else {
+          CHECK(x, p.reason == 0x19, "the client sends AUTH 0x18 or 0x19");
+          CHECK(x, x->connacked, "no re-authentication before CONNACK");
+          CHECK(x, !x->auth_reauth, "one re-authentication at a time");
+          x->auth_reauth = 1;
+        }
+      }
       if (!x->connacked) {
-        CHECK(x, p.type == UVMQTT_CONNECT, "only CONNECT before CONNACK");
+        CHECK(x, p.type == UVMQTT_CONNECT || p.type == UVMQTT_AUTH,
+              "only CONNECT (and AUTH) before CONNACK");
       } else {
         CHECK(x, p.type != UVMQTT_CONNECT, "one CONNECT per connection");
         CHECK(x, x->lim_max_packet == 0 || len <= x->lim_max_packet,
@@ -749,8 +824,26 @@ static void take_output(sim_t *x) {
         CHECK(x, tr->done == 0, "no PUBLISH after its completion");
         CHECK(x, p.u.publish.qos <= x->lim_max_qos, "PUBLISH QoS within Maximum QoS");
         CHECK(x, !p.u.publish.retain || x->lim_retain, "retain only if Retain Available");
-        if (x->version == UVMQTT_V5 && UVMQTT_HAS(&p.props, UVMQTT_PROP_TOPIC_ALIAS))
-          CHECK(x, p.props.topic_alias <= x->lim_alias_max, "Topic Alias within its maximum");
+        uvmqtt_bytes_t topic = p.u.publish.topic;
+        if (x->version == UVMQTT_V5 && UVMQTT_HAS(&p.props, UVMQTT_PROP_TOPIC_ALIAS)) {
+          uint16_t a = p.props.topic_alias;
+          CHECK(x, a >= 1 && a <= x->lim_alias_max, "Topic Alias within its maximum");
+          CHECK(x, x->s.alias_out_want == 0 || a <= x->s.alias_out_want,
+                "automatic Topic Alias within topic_alias_out");
+          CHECK(x, a < sizeof x->out_alias, "Topic Alias within the model's table");
+          if (topic.len) {
+            x->out_alias[a] = (uint8_t)(tr->topic + 1);
+          } else {
+            CHECK(x, x->out_alias[a] != 0,
+                  "an alias-only PUBLISH only after this connection set the alias up");
+            topic.data = (const uint8_t *)topics[x->out_alias[a] - 1];
+            topic.len = (uint32_t)strlen(topics[x->out_alias[a] - 1]);
+          }
+        }
+        CHECK(x,
+              topic.len == strlen(topics[tr->topic]) &&
+                  memcmp(topic.data, topics[tr->topic], topic.len) == 0,
+              "a PUBLISH names (or aliases) the topic it was published on");
         snprintf(detail, sizeof detail, "publish %d id %u deadline %" PRIu64 " now %" PRIu64, t,
                  p.packet_id, tr->deadline, x->now);
         if (tr->policy == UVMQTT_DELIVERY_DEADLINE && tr->deadline)
@@ -798,7 +891,14 @@ static void client_connect(sim_t *x) {
     c.props.has = 1ull << UVMQTT_PROP_RECEIVE_MAXIMUM | 1ull << UVMQTT_PROP_TOPIC_ALIAS_MAXIMUM;
     c.props.receive_maximum = x->client_recv_max;
     c.props.topic_alias_maximum = 2;
+    if (x->use_auth) {
+      c.props.has |= 1ull << UVMQTT_PROP_AUTHENTICATION_METHOD;
+      c.props.authentication_method = sim_method;
+    }
   }
+  x->auth_cont_in = x->auth_cont_out = 0;
+  x->auth_reauth = 0;
+  x->bk_reauth = 0;
   x->up = 1;
   x->connacked = 0;
   x->disconnected = 0;
@@ -811,6 +911,7 @@ static void client_connect(sim_t *x) {
   x->bk_connected = 0;
   x->bk_connack_sent = 0;
   memset(x->bk_alias_set, 0, sizeof x->bk_alias_set);
+  memset(x->out_alias, 0, sizeof x->out_alias);
   uvmqtt_decoder_reset(&x->bdec);
   x->c2b_len = 0;
   b2c_clear(x);
@@ -863,11 +964,16 @@ static void deliver(sim_t *x, int k) {
      * lost on the way (or a refusal) leaves the client with its old state;
      * byte 3 is the CONNACK return code. */
     if (b.type == UVMQTT_CONNACK && b.bytes[3] == 0) x->bk_session = 1;
+    /* Byte 2 of AUTH is its reason. */
+    if (b.type == UVMQTT_AUTH && b.len > 2 && b.bytes[2] == 0x18) x->auth_cont_in++;
+    if (b.type == UVMQTT_AUTH && b.len > 2 && b.bytes[2] == 0x00) x->auth_reauth = 0;
     size_t split = below(x, (uint32_t)b.len + 1);
     int err = uvmqtt__session_recv(&x->s, b.bytes, split, x->now);
     if (err == 0) err = uvmqtt__session_recv(&x->s, b.bytes + split, b.len - split, x->now);
     free(b.bytes);
-    if (err == UVMQTT_EREFUSED || err == UVMQTT_EDISCONNECTED) {
+    /* A refusal during enhanced authentication is the mechanism's failure. */
+    if (err == UVMQTT_EREFUSED || err == UVMQTT_EDISCONNECTED ||
+        (err == UVMQTT_EAUTH && x->use_auth && b.type == UVMQTT_CONNACK)) {
       client_lost(x, 0);
       return;
     }
@@ -954,6 +1060,12 @@ static void run_schedule(uint64_t seed) {
   uvmqtt__session_init(&x->s, x, &events, x->version);
   x->s.decide = decide;
   x->s.decide_state = x;
+  /* Automatic outgoing aliases in half the v5 schedules, chosen from the
+   * seed apart from the PRNG so that the other draws stay as they were. */
+  uint64_t h = seed ^ 0xa11a5a11a5ull;
+  uint64_t pick = splitmix64(&h);
+  if (x->version == UVMQTT_V5 && (pick & 1)) x->s.alias_out_want = (uint16_t)(1 + (pick >> 1) % 3);
+  x->use_auth = x->version == UVMQTT_V5 && (pick >> 8) % 3 == 0;
   if (chance(x, 3)) x->s.max_inflight = (uint16_t)(1 + below(x, 6));
   if (chance(x, 4)) {
     /* A short queue: publishes are refused, or the oldest unsent dropped. */
@@ -999,7 +1111,20 @@ static void run_schedule(uint64_t seed) {
         }
       }
     } else if (e < 76) {
-      if (x->up && x->bk_connack_sent && x->bk_connected) bk_publish(x);
+      if (x->use_auth && chance(x, 3)) {
+        /* The application re-authenticates. */
+        if (x->up && st == UVMQTT__S_ONLINE) {
+          uvmqtt_bytes_t d = {(const uint8_t *)"r", 1};
+          int err = uvmqtt__session_auth(&x->s, 0x19, &d, x->now);
+          CHECK(x, err == 0 || (err == UVMQTT_EBUSY && x->s.reauth),
+                "a re-authentication starts unless one is in progress");
+        } else {
+          CHECK(x, uvmqtt__session_auth(&x->s, 0x19, NULL, x->now) != 0,
+                "no re-authentication unless online");
+        }
+      } else if (x->up && x->bk_connack_sent && x->bk_connected) {
+        bk_publish(x);
+      }
     } else if (e < 78) {
       if (x->version == UVMQTT_V5 && x->up && x->bk_connack_sent && chance(x, 4)) {
         /* The broker ends the connection with a v5 DISCONNECT. */

@@ -22,6 +22,8 @@
 extern "C" {
 #endif
 
+/** The protocol level byte of MQTT 3.1 (protocol name "MQIsdp"). */
+#define UVMQTT_V31  3
 #define UVMQTT_V311 4 /**< protocol level byte of MQTT 3.1.1 */
 /** The protocol level byte of MQTT 5.0. */
 #define UVMQTT_V5 5
@@ -194,7 +196,7 @@ int uvmqtt_subs_next(uint8_t type, uvmqtt_bytes_t raw, size_t *offset, uvmqtt_to
 
 /** The content of a CONNECT packet. */
 typedef struct {
-  uint8_t protocol_level;      /**< UVMQTT_V311 or UVMQTT_V5 */
+  uint8_t protocol_level;      /**< UVMQTT_V31, UVMQTT_V311 or UVMQTT_V5 */
   uint8_t clean_start;         /**< Clean Session (3.1.1) or Clean Start (v5) */
   uint16_t keep_alive;         /**< seconds; 0: none */
   uvmqtt_bytes_t client_id;    /**< may be empty */
@@ -256,14 +258,15 @@ typedef struct uvmqtt_packet_s {
 
 /* ---- Encoding ---------------------------------------------------------- */
 
-/** The encoded size of `pkt` in protocol `version` (UVMQTT_V311 or UVMQTT_V5;
- * for CONNECT, connect.protocol_level wins when it is not 0). Validates the
+/** The encoded size of `pkt` in protocol `version` (UVMQTT_V31, UVMQTT_V311
+ * or UVMQTT_V5; for CONNECT, connect.protocol_level wins when it is not 0). Validates the
  * packet as the decoder would: returns a negative error for a packet the peer
  * would reject (bad UTF-8, wildcard in a topic name, QoS 3, property not
  * allowed...), UVMQTT_ETOOLARGE beyond the largest remaining length,
  * UVMQTT_EINVAL for another version or a value no packet can hold (a string
  * over 65535 bytes, a NULL pointer with a length), UVMQTT_EBADPROTO for a
- * CONNECT level other than 4 or 5. v5 acks, DISCONNECT and AUTH take their
+ * CONNECT level other than 3, 4 or 5, UVMQTT_ECLIENTID for a 3.1 CONNECT
+ * whose client id is empty or longer than 23 bytes. v5 acks, DISCONNECT and AUTH take their
  * shortest form (no reason code when it is 0 and there are no properties). */
 ssize_t uvmqtt_encode_size(const uvmqtt_packet_t *pkt, uint8_t version);
 
@@ -332,7 +335,8 @@ void uvmqtt_decoder_init(uvmqtt_decoder_t *dec, uint8_t version, uint32_t max_pa
  * UVMQTT_EMALFORMED), UVMQTT_ETOOLARGE as soon as the fixed header announces
  * more than max_packet_size, UVMQTT_ENOMEM, UVMQTT_EPROTOCOL for a first
  * packet other than CONNECT when the version is still 0, UVMQTT_EINVAL for a
- * version other than 0, 4 and 5. */
+ * version other than 0, 3, 4 and 5. A 3.1 CONNACK decodes with
+ * session_present 0: 3.1 has no such flag. */
 ssize_t uvmqtt_decode(uvmqtt_decoder_t *dec, const uint8_t *in, size_t len, uvmqtt_packet_t *pkt,
                       int *got);
 

@@ -85,7 +85,12 @@ extern "C" {
   XX(EPROXY, -30100, 0, "HTTP proxy refused the CONNECT (status not 200)")                         \
   XX(EPROXYAUTH, -30101, 0, "HTTP proxy wants (other) credentials (status 407 or 401)")            \
   XX(EPROXYHEADER, -30102, 0, "HTTP proxy response too large or malformed")                        \
-  XX(EPROXYCLOSED, -30103, 0, "HTTP proxy closed the connection before answering")
+  XX(EPROXYCLOSED, -30103, 0, "HTTP proxy closed the connection before answering")                 \
+  XX(ECLIENTID, -30110, 0x82, "client id not allowed: MQTT 3.1 needs 1 to 23 bytes")               \
+  XX(EAUTH, -30111, 0x87,                                                                          \
+     "enhanced authentication failed: refused by the broker or by the mechanism")                  \
+  XX(EAUTHMETHOD, -30112, 0x82, "the broker answered with another authentication method")          \
+  XX(ETIMEDOUT, -30113, 0, "no response before the timeout")
 
 /** The library's error codes: UVMQTT_ followed by each name of UVMQTT_ERRNO_MAP, with its value
  * there. */

@@ -64,10 +64,13 @@ static void own_uris_free(uvmqtt__client_t *c) {
 
 void uvmqtt__client_free(uvmqtt__client_t *c) {
   uvmqtt__session_free(&c->sess, UVMQTT_ECLOSED);
+  uvmqtt__requests_free(c);
   if (c->cfg) own_uris_free(c);
   uvmqtt__free(c->client_id);
   creds_free(c->creds);
   uvmqtt__free(c->env_proxy);
+  if (c->auth) uvmqtt__free(c->auth->initial);
+  uvmqtt__free(c->auth);
   uvmqtt__free(c->spare_write);
   uvmqtt__subs_free(c);
   if (c->cfg) uvmqtt__config_put(c->lp, c->cfg);
@@ -75,7 +78,11 @@ void uvmqtt__client_free(uvmqtt__client_t *c) {
 }
 
 static int validate_options(const uvmqtt_options_t *o) {
-  if (o->version != UVMQTT_V311 && o->version != UVMQTT_V5) return UVMQTT_EINVAL;
+  if (o->version != UVMQTT_V31 && o->version != UVMQTT_V311 && o->version != UVMQTT_V5)
+    return UVMQTT_EINVAL;
+  /* MQTT 3.1 brokers may refuse longer ids; an empty one is made up. */
+  if (o->version == UVMQTT_V31 && o->client_id && strlen(o->client_id) > 23)
+    return UVMQTT_ECLIENTID;
   if (o->will_qos > 2) return UVMQTT_EBADQOS;
   if (o->will_topic && uvmqtt_topic_check((const uint8_t *)o->will_topic, strlen(o->will_topic)))
     return UVMQTT_EBADTOPIC;
@@ -84,8 +91,14 @@ static int validate_options(const uvmqtt_options_t *o) {
   if (o->delivery.kind > UVMQTT_DELIVERY_CUSTOM) return UVMQTT_EINVAL;
   if (o->delivery.kind == UVMQTT_DELIVERY_CUSTOM && o->decide == NULL) return UVMQTT_EINVAL;
   if (o->overflow > UVMQTT_OVERFLOW_DROP_OLDEST) return UVMQTT_EINVAL;
-  /* Enhanced authentication (AUTH exchanges) is not implemented: asking the
-   * broker for it would leave the connection waiting for a step never sent. */
+  /* Enhanced authentication is configured through `auth`, which runs the
+   * exchange; a method alone in the properties would leave it hanging. */
+  if (o->auth &&
+      (o->version != UVMQTT_V5 || o->auth->method == NULL || o->auth->method[0] == '\0' ||
+       strlen(o->auth->method) > 65535 ||
+       uvmqtt_utf8_check((const uint8_t *)o->auth->method, strlen(o->auth->method)) ||
+       (o->auth->initial_len && o->auth->initial_data == NULL) || o->auth->initial_len > 65535))
+    return UVMQTT_EINVAL;
   if (o->connect_props && (UVMQTT_HAS(o->connect_props, UVMQTT_PROP_AUTHENTICATION_METHOD) ||
                            UVMQTT_HAS(o->connect_props, UVMQTT_PROP_AUTHENTICATION_DATA)))
     return UVMQTT_EINVAL;
@@ -123,6 +136,28 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
     client->impl = NULL;
     return err;
   }
+  if (err == 0 && opts->auth) {
+    size_t n = strlen(opts->auth->method);
+    c->auth = uvmqtt__calloc(1, sizeof *c->auth + n + 1);
+    if (c->auth) {
+      memcpy(c->auth->method, opts->auth->method, n + 1);
+      c->auth->method_len = n;
+      c->auth->fn = opts->auth->auth;
+      c->auth->state = opts->auth->state;
+      c->auth->initial_len = opts->auth->initial_len;
+      if (opts->auth->initial_len)
+        c->auth->initial = uvmqtt__memdup(opts->auth->initial_data, opts->auth->initial_len, &err);
+    } else {
+      err = UVMQTT_ENOMEM;
+    }
+    if (err) {
+      uvmqtt__loop_t *lp = c->lp;
+      uvmqtt__client_free(c);
+      uvmqtt__loop_unref(lp);
+      client->impl = NULL;
+      return err;
+    }
+  }
   uvmqtt__session_init(&c->sess, c, &uvmqtt__client_session_events, c->cfg->version);
   if (opts->max_queued) c->sess.max_queued = opts->max_queued;
   if (opts->max_queued_bytes) c->sess.max_queued_bytes = opts->max_queued_bytes;
@@ -132,6 +167,7 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
   c->sess.decide = opts->decide;
   c->sess.decide_state = opts->decide_state;
   c->sess.store = opts->store;
+  if (opts->version == UVMQTT_V5) c->sess.alias_out_want = opts->topic_alias_out;
   if (opts->store) {
     uv_timeval64_t tv;
     int64_t unix_ms = uv_gettimeofday(&tv) == 0 ? tv.tv_sec * 1000 + tv.tv_usec / 1000 : 0;
@@ -158,6 +194,33 @@ static uvmqtt__client_t *impl_of(uvmqtt_client_t *client, int *err) {
     return NULL;
   }
   return client->impl;
+}
+
+int uvmqtt__auth_start(uvmqtt__client_t *c, uint8_t reason, uvmqtt_bytes_t *data) {
+  data->data = c->auth->initial;
+  data->len = (uint32_t)c->auth->initial_len;
+  if (c->auth->fn == NULL) return 0;
+  uvmqtt_auth_reply_t out = {NULL, 0};
+  if (c->auth->fn(c->auth->state, NULL, reason, &out) < 0 || out.len > 65535 ||
+      (out.len && out.data == NULL))
+    return UVMQTT_EAUTH;
+  data->data = out.data;
+  data->len = (uint32_t)out.len;
+  return 0;
+}
+
+int uvmqtt_reauthenticate(uvmqtt_client_t *client) {
+  int err = 0;
+  uvmqtt__client_t *c = impl_of(client, &err);
+  if (c == NULL) return err;
+  if (c->auth == NULL) return UVMQTT_EINVAL;
+  if (c->state != UVMQTT__C_CONNECTED || c->sess.state != UVMQTT__S_ONLINE) return UVMQTT_ENOTCONN;
+  if (c->sess.reauth) return UVMQTT_EBUSY;
+  uvmqtt_bytes_t data;
+  err = uvmqtt__auth_start(c, 0x19, &data);
+  if (err == 0) err = uvmqtt__session_auth(&c->sess, 0x19, &data, uvmqtt__now(c));
+  if (err == 0) uvmqtt__client_schedule_flush(c);
+  return err;
 }
 
 int uvmqtt_connect(uvmqtt_client_t *client) {
@@ -236,6 +299,11 @@ int uvmqtt_subscribe(uvmqtt_client_t *client, const uvmqtt_topic_sub_t *subs, si
 
 int uvmqtt_unsubscribe(uvmqtt_client_t *client, const char *const *filters, size_t count,
                        uvmqtt_subscribe_cb cb, void *arg) {
+  return uvmqtt_unsubscribe_props(client, filters, count, NULL, cb, arg);
+}
+
+int uvmqtt_unsubscribe_props(uvmqtt_client_t *client, const char *const *filters, size_t count,
+                             const uvmqtt_props_t *props, uvmqtt_subscribe_cb cb, void *arg) {
   int err = 0;
   uvmqtt__client_t *c = impl_of(client, &err);
   if (c == NULL) return err;
@@ -258,6 +326,7 @@ int uvmqtt_unsubscribe(uvmqtt_client_t *client, const char *const *filters, size
     p.type = UVMQTT_UNSUBSCRIBE;
     p.u.subscribe.subs = list;
     p.u.subscribe.count = (uint32_t)count;
+    if (props && c->cfg->version == UVMQTT_V5) p.props = *props;
     err = uvmqtt__session_request(&c->sess, &p, (uvmqtt__cb_fn)cb, arg, uvmqtt__now(c));
   }
   if (list != stack) uvmqtt__free(list);

@@ -128,8 +128,10 @@ struct uvmqtt__client_s {
    * list, and what pre_connect hooks replaced for this client alone. */
   char *client_id;
   uint32_t uri_index;
-  char **own_uris;               /* a private copy of cfg->uris after uvmqtt_client_set_uri */
-  struct uvmqtt__creds_s *creds; /* after uvmqtt_client_set_credentials */
+  char **own_uris;                     /* a private copy of cfg->uris after uvmqtt_client_set_uri */
+  struct uvmqtt__creds_s *creds;       /* after uvmqtt_client_set_credentials */
+  struct uvmqtt__auth_s *auth;         /* enhanced authentication (v5), or NULL */
+  struct uvmqtt__requests_s *requests; /* uvmqtt_request() state, or NULL */
 
   /* State. */
   uint8_t state;
@@ -172,6 +174,21 @@ typedef struct uvmqtt__creds_s {
   uint8_t has_password;
 } uvmqtt__creds_t;
 
+/* Enhanced authentication as the client keeps it: its own copies of the
+ * method and the initial data, the application's mechanism. */
+typedef struct uvmqtt__auth_s {
+  uvmqtt_auth_fn fn;
+  void *state;
+  size_t method_len;
+  size_t initial_len;
+  uint8_t *initial;
+  char method[];
+} uvmqtt__auth_t;
+
+/* Authentication Data for the start of an exchange (0x00: CONNECT, 0x19:
+ * re-authentication). Returns 0 or UVMQTT_EAUTH. */
+int uvmqtt__auth_start(uvmqtt__client_t *c, uint8_t reason, uvmqtt_bytes_t *data);
+
 /* The current server of the list. */
 static inline const char *uvmqtt__client_uri(const uvmqtt__client_t *c) {
   uint32_t i = c->uri_index % c->cfg->uri_count;
@@ -205,6 +222,12 @@ uvmqtt__sub_t *uvmqtt__subs_match(uvmqtt__client_t *c, uvmqtt_bytes_t topic);
  * the broker's Maximum Packet Size; failures reach on_resubscribe. */
 void uvmqtt__subs_resend(uvmqtt__client_t *c, uint64_t now);
 void uvmqtt__subs_free(uvmqtt__client_t *c);
+
+/* Requests waiting for responses (request.c): the earliest timeout (0:
+ * none), the timeouts due, and the end of every request at close. */
+uint64_t uvmqtt__requests_next(const uvmqtt__client_t *c);
+void uvmqtt__requests_expire(uvmqtt__client_t *c, uint64_t now);
+void uvmqtt__requests_free(uvmqtt__client_t *c);
 
 /* Connection lifecycle (client_conn.c). */
 void uvmqtt__client_start_attempt(uvmqtt__client_t *c);

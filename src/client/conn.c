@@ -34,6 +34,8 @@ void uvmqtt__client_arm(uvmqtt__client_t *c) {
     if (c->state == UVMQTT__C_DISCONNECTING && c->transport_active &&
         (next == 0 || c->stop_deadline < next))
       next = c->stop_deadline;
+    uint64_t rq = uvmqtt__requests_next(c);
+    if (rq && (next == 0 || rq < next)) next = rq;
     if (c->flush_scheduled || c->pace == UVMQTT__PACE_GRANTED) next = now;
   }
   /* A deadline that fires early only re-arms the client, so it is moved
@@ -117,7 +119,7 @@ static void flush(uvmqtt__client_t *c) {
 
 /* ---- Attempts and loss ------------------------------------------------------------------ */
 
-static void build_connect(uvmqtt__client_t *c, uvmqtt_packet_t *p) {
+static int build_connect(uvmqtt__client_t *c, uvmqtt_packet_t *p) {
   memset(p, 0, sizeof *p);
   p->type = UVMQTT_CONNECT;
   uvmqtt_connect_t *cn = &p->u.connect;
@@ -154,7 +156,21 @@ static void build_connect(uvmqtt__client_t *c, uvmqtt_packet_t *p) {
       p->props.has |= 1ull << UVMQTT_PROP_MAXIMUM_PACKET_SIZE;
       p->props.maximum_packet_size = c->sess.our_max_packet;
     }
+    if (c->auth) {
+      /* Every attempt starts the mechanism afresh. */
+      uvmqtt_bytes_t data;
+      int err = uvmqtt__auth_start(c, 0x00, &data);
+      if (err) return err;
+      p->props.has |= 1ull << UVMQTT_PROP_AUTHENTICATION_METHOD;
+      p->props.authentication_method.data = (const uint8_t *)c->auth->method;
+      p->props.authentication_method.len = (uint32_t)c->auth->method_len;
+      if (data.len) {
+        p->props.has |= 1ull << UVMQTT_PROP_AUTHENTICATION_DATA;
+        p->props.authentication_data = data;
+      }
+    }
   }
+  return 0;
 }
 
 /* The proxy for this attempt: the option, else (proxy_from_env) what the
@@ -309,10 +325,10 @@ static void tr_on_connect(uvmqtt__transport_t *t, int status) {
     uvmqtt__client_lost(c, status);
   } else {
     uvmqtt_packet_t p;
-    build_connect(c, &p);
+    int err = build_connect(c, &p);
     c->state = UVMQTT__C_WAIT_CONNACK;
     c->ping_mark = 0;
-    int err = uvmqtt__session_connect(&c->sess, &p, uvmqtt__now(c));
+    if (err == 0) err = uvmqtt__session_connect(&c->sess, &p, uvmqtt__now(c));
     if (err)
       uvmqtt__client_lost(c, err);
     else
@@ -420,6 +436,8 @@ void uvmqtt__client_on_timer(uvmqtt__client_t *c, uint64_t now) {
       c->stop_deadline = now + c->cfg->disconnect_timeout_ms;
     }
   }
+  if (c->closing) return;
+  uvmqtt__requests_expire(c, now);
   if (c->closing) return;
   (void)uvmqtt__session_report_store_failures(&c->sess);
   if (c->closing) return;
@@ -540,9 +558,27 @@ static uint64_t ev_now(void *owner) {
   return uvmqtt__now(owner);
 }
 
+/* A step of the enhanced authentication: the mechanism answers a continue,
+ * and checks the broker's last word at success. */
+static int ev_auth(void *owner, const uvmqtt_packet_t *p) {
+  uvmqtt__client_t *c = owner;
+  if (c->auth == NULL || c->auth->fn == NULL) return UVMQTT_EAUTH;
+  uvmqtt_bytes_t in = {(const uint8_t *)"", 0};
+  if (UVMQTT_HAS(&p->props, UVMQTT_PROP_AUTHENTICATION_DATA)) in = p->props.authentication_data;
+  uint8_t reason = p->type == UVMQTT_CONNACK ? 0x00 : p->reason;
+  uvmqtt_auth_reply_t out = {NULL, 0};
+  if (c->auth->fn(c->auth->state, &in, reason, &out) < 0) return UVMQTT_EAUTH;
+  if (c->closing) return 1;
+  if (reason != 0x18) return 0;
+  if (out.len > 65535 || (out.len && out.data == NULL)) return UVMQTT_EAUTH;
+  uvmqtt_bytes_t data = {out.data, (uint32_t)out.len};
+  int err = uvmqtt__session_auth(&c->sess, 0x18, &data, uvmqtt__now(c));
+  return err == UVMQTT_ENOTCONN ? 0 : err;
+}
+
 const uvmqtt__session_events_t uvmqtt__client_session_events = {
-    ev_connack,    ev_message, ev_publish_done, ev_request_done,
-    ev_disconnect, ev_stored,  ev_wake,         ev_now};
+    ev_connack, ev_message, ev_publish_done, ev_request_done, ev_disconnect,
+    ev_stored,  ev_wake,    ev_now,          ev_auth};
 
 /* ---- Close
  * ---------------------------------------------------------------------------------------- */

@@ -1,6 +1,14 @@
-/* MQTT 3.1.1 and 5.0 packets: validation, decoding (whole packets and the
- * incremental decoder) and size-then-write encoding. Properties live in
- * props.c. */
+/* MQTT 3.1, 3.1.1 and 5.0 packets: validation, decoding (whole packets and
+ * the incremental decoder) and size-then-write encoding. Properties live in
+ * props.c.
+ *
+ * MQTT 3.1 (protocol name "MQIsdp", level 3) is 3.1.1 with a few
+ * differences, each handled where it applies: the protocol name, a client id
+ * of 1 to 23 bytes, a CONNACK whose first byte is reserved (no Session
+ * Present flag), SUBACK return codes 0-2 only (no 0x80 failure code; a
+ * broker's 0x80 is still accepted, since 3.1 brokers that took up 3.1.1's
+ * failure code send it), a DUP flag allowed on PUBREL, SUBSCRIBE and
+ * UNSUBSCRIBE, and an unused reserved CONNECT flag. */
 #include <string.h>
 
 #include "codec/codec_internal.h"
@@ -15,8 +23,11 @@ enum { ST_TYPE, ST_LENGTH, ST_BODY };
 /* ---- Shared validation ---------------------------------------------------- */
 
 static int version_ok(uint8_t version) {
-  return version == UVMQTT_V311 || version == UVMQTT_V5;
+  return version == UVMQTT_V31 || version == UVMQTT_V311 || version == UVMQTT_V5;
 }
+
+/* MQTT 3.1 limits client ids to 23 bytes and forbids an empty one. */
+#define V31_MAX_CLIENT_ID 23
 
 /* Checks the first byte of a packet: type and reserved flag bits
  * (MQTT 3.1.1 section 2.2.2, MQTT 5.0 section 2.1.3). `version` 0 means no
@@ -26,7 +37,7 @@ static int check_header(uint8_t b, uint8_t version) {
   uint8_t flags = b & 0x0F;
   if (type == 0) return UVMQTT_EBADTYPE;
   if (version == 0 && type != UVMQTT_CONNECT) return UVMQTT_EPROTOCOL;
-  if (type == UVMQTT_AUTH && version == UVMQTT_V311) return UVMQTT_EBADTYPE;
+  if (type == UVMQTT_AUTH && version != 0 && version != UVMQTT_V5) return UVMQTT_EBADTYPE;
   switch (type) {
   case UVMQTT_PUBLISH:
     if ((flags & 0x06) == 0x06) return UVMQTT_EBADQOS;
@@ -35,7 +46,10 @@ static int check_header(uint8_t b, uint8_t version) {
     return 0;
   case UVMQTT_PUBREL:
   case UVMQTT_SUBSCRIBE:
-  case UVMQTT_UNSUBSCRIBE: return flags == 0x02 ? 0 : UVMQTT_EBADFLAGS;
+  case UVMQTT_UNSUBSCRIBE:
+    /* MQTT 3.1 sets DUP on these QoS 1 packets when it sends them again. */
+    if (version == UVMQTT_V31 && flags == 0x0A) return 0;
+    return flags == 0x02 ? 0 : UVMQTT_EBADFLAGS;
   default: return flags == 0 ? 0 : UVMQTT_EBADFLAGS;
   }
 }
@@ -81,6 +95,12 @@ static int reason_ok(uint8_t type, uint8_t version, uint8_t rc) {
   return rc == 0;
 }
 
+/* What the encoder may write: MQTT 3.1 has no SUBACK failure code. */
+static int reason_ok_out(uint8_t type, uint8_t version, uint8_t rc) {
+  if (version == UVMQTT_V31 && type == UVMQTT_SUBACK) return rc <= 2;
+  return reason_ok(type, version, rc);
+}
+
 /* A topic name other than empty: valid UTF-8 without wildcards. */
 static int check_topic_name(const uint8_t *t, size_t n) {
   /* Runs on every PUBLISH: UTF-8 and wildcards in one pass. */
@@ -101,7 +121,7 @@ static int is_shared(uvmqtt_bytes_t f) {
 /* Subscription options (MQTT 3.1.1 section 3.8.3.1, MQTT 5.0 section
  * 3.8.3.1). */
 static int check_subopt(uint8_t version, uint8_t opt, uvmqtt_bytes_t filter) {
-  if (version == UVMQTT_V311) {
+  if (version != UVMQTT_V5) {
     if (opt & 0xFC) return UVMQTT_EBADSUBOPT;
   } else {
     if (opt & 0xC0) return UVMQTT_EBADSUBOPT;
@@ -171,8 +191,12 @@ static int decode_connect(rd_t *r, uvmqtt_packet_t *pkt) {
   uint8_t flags;
   int err = rd_bytes(r, &name);
   if (err) return err;
-  if (name.len != 4 || memcmp(name.data, "MQTT", 4) != 0) return UVMQTT_EBADPROTO;
   if ((err = rd_u8(r, &c->protocol_level))) return err;
+  /* "MQIsdp" goes with level 3 only, "MQTT" with 4 and 5. */
+  int v31 = c->protocol_level == UVMQTT_V31;
+  if (v31 ? (name.len != 6 || memcmp(name.data, "MQIsdp", 6) != 0)
+          : (name.len != 4 || memcmp(name.data, "MQTT", 4) != 0))
+    return UVMQTT_EBADPROTO;
   if (!version_ok(c->protocol_level)) return UVMQTT_EBADPROTO;
   if ((err = rd_u8(r, &flags))) return err;
   if ((err = rd_u16(r, &c->keep_alive))) return err;
@@ -184,16 +208,19 @@ static int decode_connect(rd_t *r, uvmqtt_packet_t *pkt) {
   c->will_retain = (flags >> 5) & 1;
   c->has_password = (flags >> 6) & 1;
   c->has_username = (flags >> 7) & 1;
-  if (flags & 1) return UVMQTT_EBADCONNECT;
+  /* MQTT 3.1 calls bit 0 unused rather than reserved: it is ignored. */
+  if ((flags & 1) && !v31) return UVMQTT_EBADCONNECT;
   if (!c->will && (c->will_qos || c->will_retain)) return UVMQTT_EBADCONNECT;
   if (c->will_qos == 3) return UVMQTT_EBADQOS;
-  if (c->protocol_level == UVMQTT_V311 && c->has_password && !c->has_username) {
+  if (c->protocol_level != UVMQTT_V5 && c->has_password && !c->has_username) {
     return UVMQTT_EBADCONNECT;
   }
 
   int v5 = c->protocol_level == UVMQTT_V5;
   if (v5 && (err = rd_props(r, UVMQTT_PROPS_CONNECT, &pkt->props))) return err;
   if ((err = rd_string(r, &c->client_id))) return err;
+  /* A 3.1 server may accept longer ids, but never an empty one. */
+  if (v31 && c->client_id.len == 0) return UVMQTT_ECLIENTID;
   if (c->will) {
     if (v5 && (err = rd_props(r, UVMQTT_PROPS_WILL, &c->will_props))) return err;
     if ((err = rd_bytes(r, &c->will_topic))) return err;
@@ -211,6 +238,9 @@ static int decode_connack(rd_t *r, uint8_t version, uvmqtt_packet_t *pkt) {
   int err = rd_u8(r, &flags);
   if (!err) err = rd_u8(r, &pkt->reason);
   if (err) return err;
+  /* In MQTT 3.1 the first byte is reserved and carries no Session Present
+   * flag: the client cannot learn whether a session was kept. */
+  if (version == UVMQTT_V31) flags = 0;
   if (flags & 0xFE) return UVMQTT_EBADFLAGS;
   pkt->session_present = flags;
   if (!reason_ok(UVMQTT_CONNACK, version, pkt->reason)) return UVMQTT_EBADREASON;
@@ -251,7 +281,7 @@ static int decode_publish(rd_t *r, uint8_t header, uint8_t version, uvmqtt_packe
 static int decode_ack(rd_t *r, uint8_t type, uint8_t version, uvmqtt_packet_t *pkt) {
   int err = rd_packet_id(r, &pkt->packet_id);
   if (err) return err;
-  if (version == UVMQTT_V311 || rd_left(r) == 0) return 0;
+  if (version != UVMQTT_V5 || rd_left(r) == 0) return 0;
   rd_u8(r, &pkt->reason);
   if (!reason_ok(type, version, pkt->reason)) return UVMQTT_EBADREASON;
   if (rd_left(r) == 0) return 0;
@@ -290,7 +320,7 @@ static int decode_subscribe(rd_t *r, uint8_t type, uint8_t version, uvmqtt_packe
 static int decode_suback(rd_t *r, uint8_t type, uint8_t version, uvmqtt_packet_t *pkt) {
   int err = rd_packet_id(r, &pkt->packet_id);
   if (err) return err;
-  if (type == UVMQTT_UNSUBACK && version == UVMQTT_V311) return 0;
+  if (type == UVMQTT_UNSUBACK && version != UVMQTT_V5) return 0;
   if (version == UVMQTT_V5 && (err = rd_props(r, UVMQTT_PROPS_SUBACK, &pkt->props))) return err;
   uvmqtt_suback_t *s = &pkt->u.suback;
   s->codes = r->p;
@@ -349,7 +379,7 @@ static int decode_body(uint8_t header, const uint8_t *b, size_t n, uint8_t versi
   case UVMQTT_PINGREQ:
   case UVMQTT_PINGRESP: return n == 0 ? 0 : UVMQTT_EMALFORMED;
   case UVMQTT_DISCONNECT:
-    if (version == UVMQTT_V311) return n == 0 ? 0 : UVMQTT_EMALFORMED;
+    if (version != UVMQTT_V5) return n == 0 ? 0 : UVMQTT_EMALFORMED;
     err = decode_reason_props(&r, type, pkt);
     break;
   default: err = decode_reason_props(&r, type, pkt); break;
@@ -584,17 +614,23 @@ static int w_packet_id(wr_t *w, uint16_t id) {
 static int put_connect(const uvmqtt_connect_t *c, const uvmqtt_props_t *props, uint8_t level,
                        wr_t *w) {
   static const uint8_t name[] = {0, 4, 'M', 'Q', 'T', 'T'};
+  static const uint8_t name31[] = {0, 6, 'M', 'Q', 'I', 's', 'd', 'p'};
   int err;
+  if (level == UVMQTT_V31 && (c->client_id.len == 0 || c->client_id.len > V31_MAX_CLIENT_ID))
+    return UVMQTT_ECLIENTID;
   if (c->will) {
     if (c->will_qos > 2) return UVMQTT_EBADQOS;
   } else if (c->will_qos || c->will_retain) {
     return UVMQTT_EBADCONNECT;
   }
-  if (level == UVMQTT_V311 && c->has_password && !c->has_username) return UVMQTT_EBADCONNECT;
+  if (level != UVMQTT_V5 && c->has_password && !c->has_username) return UVMQTT_EBADCONNECT;
   uint8_t flags = (uint8_t)((c->clean_start ? 0x02 : 0) | (c->will ? 0x04 : 0) |
                             (c->will ? c->will_qos << 3 : 0) | (c->will_retain ? 0x20 : 0) |
                             (c->has_password ? 0x40 : 0) | (c->has_username ? 0x80 : 0));
-  w_raw(w, (uvmqtt_bytes_t){name, sizeof(name)});
+  if (level == UVMQTT_V31)
+    w_raw(w, (uvmqtt_bytes_t){name31, sizeof(name31)});
+  else
+    w_raw(w, (uvmqtt_bytes_t){name, sizeof(name)});
   w_u8(w, level);
   w_u8(w, flags);
   w_u16(w, c->keep_alive);
@@ -689,12 +725,12 @@ static int put_suback(const uvmqtt_packet_t *pkt, uint8_t version, wr_t *w) {
   const uvmqtt_suback_t *s = &pkt->u.suback;
   int err = w_packet_id(w, pkt->packet_id);
   if (err) return err;
-  if (pkt->type == UVMQTT_UNSUBACK && version == UVMQTT_V311) return 0;
+  if (pkt->type == UVMQTT_UNSUBACK && version != UVMQTT_V5) return 0;
   if (version == UVMQTT_V5 && (err = w_props(w, &pkt->props, UVMQTT_PROPS_SUBACK))) return err;
   if (s->count == 0) return UVMQTT_EMALFORMED;
   if (s->codes == NULL) return UVMQTT_EINVAL;
   for (uint32_t i = 0; i < s->count; i++) {
-    if (!reason_ok(pkt->type, version, s->codes[i])) return UVMQTT_EBADREASON;
+    if (!reason_ok_out(pkt->type, version, s->codes[i])) return UVMQTT_EBADREASON;
   }
   w_raw(w, (uvmqtt_bytes_t){s->codes, s->count});
   return 0;
@@ -718,7 +754,7 @@ static int put_body(const uvmqtt_packet_t *pkt, uint8_t version, wr_t *w) {
   case UVMQTT_PUBREL:
   case UVMQTT_PUBCOMP:
     if ((err = w_packet_id(w, pkt->packet_id))) return err;
-    if (version == UVMQTT_V311) return pkt->reason ? UVMQTT_EBADREASON : 0;
+    if (version != UVMQTT_V5) return pkt->reason ? UVMQTT_EBADREASON : 0;
     return put_reason_props(pkt, UVMQTT_PROPS_PUBACK, w);
   case UVMQTT_SUBSCRIBE:
   case UVMQTT_UNSUBSCRIBE: return put_subscribe(pkt, version, w);
@@ -727,10 +763,10 @@ static int put_body(const uvmqtt_packet_t *pkt, uint8_t version, wr_t *w) {
   case UVMQTT_PINGREQ:
   case UVMQTT_PINGRESP: return 0;
   case UVMQTT_DISCONNECT:
-    if (version == UVMQTT_V311) return pkt->reason ? UVMQTT_EBADREASON : 0;
+    if (version != UVMQTT_V5) return pkt->reason ? UVMQTT_EBADREASON : 0;
     return put_reason_props(pkt, UVMQTT_PROPS_DISCONNECT, w);
   case UVMQTT_AUTH:
-    if (version == UVMQTT_V311) return UVMQTT_EBADTYPE;
+    if (version != UVMQTT_V5) return UVMQTT_EBADTYPE;
     return put_reason_props(pkt, UVMQTT_PROPS_AUTH, w);
   default: return UVMQTT_EBADTYPE;
   }

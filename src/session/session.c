@@ -284,7 +284,11 @@ static int gate(const uvmqtt__session_t *s, uint8_t type, size_t len) {
     break;
   case UVMQTT__S_ONLINE: break;
   case UVMQTT__S_DRAINING:
-    if (type == UVMQTT_PUBLISH || type == UVMQTT_SUBSCRIBE || type == UVMQTT_UNSUBSCRIBE) return 1;
+    /* A drain ends the connection: no new exchange starts, authentication
+     * included. */
+    if (type == UVMQTT_PUBLISH || type == UVMQTT_SUBSCRIBE || type == UVMQTT_UNSUBSCRIBE ||
+        type == UVMQTT_AUTH)
+      return 1;
     break;
   default: return 1; /* OFFLINE, TERMINATING */
   }
@@ -371,11 +375,133 @@ static int out_ack(uvmqtt__session_t *s, uint8_t type, uint16_t id, uint8_t reas
   return g ? g : out_append(s, b, len, now);
 }
 
+/* ---- Automatic outgoing topic aliases ----------------------------------------- */
+
+static void alias_out_free(uvmqtt__session_t *s) {
+  if (s->alias_out == NULL) return;
+  for (uint32_t i = 0; i < s->alias_out_max; i++)
+    uvmqtt__free(s->alias_out[i].topic);
+  uvmqtt__free(s->alias_out);
+  s->alias_out = NULL;
+}
+
+/* The alias for a topic on this connection: *bound is 1 when the broker
+ * knows it already (the PUBLISH may leave the topic out), 0 when the alias
+ * is to be set up (or taken over from the least recently used topic) by
+ * this PUBLISH. Returns 0 (no alias: automatic aliases are off, or no
+ * memory) or the alias. The table changes only in alias_out_commit(), once
+ * the PUBLISH is in the output. */
+static uint16_t alias_out_find(uvmqtt__session_t *s, const uint8_t *topic, uint16_t len,
+                               int *bound) {
+  *bound = 0;
+  if (s->alias_out_max == 0 || len == 0) return 0;
+  if (s->alias_out == NULL) {
+    s->alias_out = uvmqtt__calloc(s->alias_out_max, sizeof *s->alias_out);
+    if (s->alias_out == NULL) return 0;
+  }
+  uint32_t victim = 0;
+  for (uint32_t i = 0; i < s->alias_out_max; i++) {
+    uvmqtt__alias_out_t *a = &s->alias_out[i];
+    if (a->topic && a->len == len && memcmp(a->topic, topic, len) == 0) {
+      *bound = 1;
+      return (uint16_t)(i + 1);
+    }
+    /* A free slot first (used 0), else the least recently used. */
+    if (a->topic == NULL ? s->alias_out[victim].topic != NULL
+                         : (s->alias_out[victim].topic && a->used < s->alias_out[victim].used))
+      victim = i;
+  }
+  return (uint16_t)(victim + 1);
+}
+
+/* Records that a PUBLISH carrying `alias` (and, unless bound, its topic)
+ * went into the output. Returns 0, or UVMQTT_ENOMEM (nothing changed). */
+static int alias_out_commit(uvmqtt__session_t *s, uint16_t alias, const uint8_t *topic,
+                            uint16_t len, int bound) {
+  uvmqtt__alias_out_t *a = &s->alias_out[alias - 1];
+  if (!bound) {
+    uint8_t *copy = a->topic && a->len >= len ? a->topic : uvmqtt__malloc(len);
+    if (copy == NULL) return UVMQTT_ENOMEM;
+    if (copy != a->topic) uvmqtt__free(a->topic);
+    memcpy(copy, topic, len);
+    a->topic = copy;
+    a->len = len;
+  }
+  a->used = ++s->alias_out_clock;
+  return 0;
+}
+
+static size_t put_varint(uint8_t *p, uint32_t v) {
+  size_t n = 0;
+  do {
+    uint8_t b = v & 0x7Fu;
+    v >>= 7;
+    p[n++] = (uint8_t)(b | (v ? 0x80u : 0));
+  } while (v);
+  return n;
+}
+
+/* Writes m's PUBLISH with a Topic Alias, rebuilt from its stored bytes
+ * (which stay as they are: a resend on another connection needs the full
+ * topic): the topic is left out when the alias is bound, and the alias
+ * property goes first in the property block. Returns 0 when written, 1 when
+ * the message goes out plainly instead (no alias, no memory, or a packet the
+ * alias would push past the broker's Maximum Packet Size). */
+static int out_publish_aliased(uvmqtt__session_t *s, uvmqtt__msg_t *m, uint64_t now) {
+  const uint8_t *topic = m->data + m->topic_off;
+  int bound;
+  uint16_t alias = alias_out_find(s, topic, m->topic_len, &bound);
+  if (alias == 0) return 1;
+  /* The stored packet: fixed header, topic, packet id, properties, payload. */
+  uint32_t props_at = m->topic_off + m->topic_len + (m->qos ? 2u : 0u);
+  uint32_t plen = 0, mult = 1, pl_bytes = 0;
+  uint8_t b;
+  do {
+    b = m->data[props_at + pl_bytes++];
+    plen += (b & 0x7Fu) * mult;
+    mult <<= 7;
+  } while (b & 0x80u);
+  uint32_t rest_at = props_at + pl_bytes; /* the old properties, then the payload */
+  uint32_t rest = m->len - rest_at;
+  uint32_t new_plen = plen + 3;
+  uint32_t topic_out = bound ? 0u : m->topic_len;
+  uint64_t remaining = 2u + (uint64_t)topic_out + (m->qos ? 2u : 0u) +
+                       (uint64_t)uvmqtt_varint_size(new_plen) + 3u + rest;
+  if (remaining > UVMQTT_MAX_REMAINING_LENGTH) return 1;
+  size_t total = 1u + (size_t)uvmqtt_varint_size((uint32_t)remaining) + (size_t)remaining;
+  if (s->broker_max_packet && total > s->broker_max_packet) return 1;
+  if (out_reserve(&s->out, total) != 0) return 1;
+  if (alias_out_commit(s, alias, topic, m->topic_len, bound) != 0) return 1;
+  uint8_t *p = s->out.buf + s->out.len;
+  size_t n = 0;
+  p[n++] = m->data[0];
+  n += put_varint(p + n, (uint32_t)remaining);
+  p[n++] = (uint8_t)(topic_out >> 8);
+  p[n++] = (uint8_t)topic_out;
+  if (topic_out) memcpy(p + n, topic, topic_out);
+  n += topic_out;
+  if (m->qos) {
+    p[n++] = m->data[m->id_off];
+    p[n++] = m->data[m->id_off + 1];
+  }
+  n += put_varint(p + n, new_plen);
+  p[n++] = UVMQTT_PROP_TOPIC_ALIAS;
+  p[n++] = (uint8_t)(alias >> 8);
+  p[n++] = (uint8_t)alias;
+  memcpy(p + n, m->data + rest_at, rest);
+  n += rest;
+  s->out.len += n;
+  s->last_send = now;
+  return 0;
+}
+
 /* Writes the PUBLISH of m (already through gate_publish). Its stored bytes
  * are always what the next send must be: once they went out under this
  * packet id, a resend is a DUP. */
 static int out_publish(uvmqtt__session_t *s, uvmqtt__msg_t *m, uint64_t now) {
-  int err = out_append(s, m->data, m->len, now);
+  int err = 0;
+  if (s->alias_out_max == 0 || m->alias != 0 || out_publish_aliased(s, m, now) != 0)
+    err = out_append(s, m->data, m->len, now);
   if (err) return err;
   m->sent = 1;
   m->conn = s->conn;
@@ -464,6 +590,8 @@ void uvmqtt__session_free(uvmqtt__session_t *s, int status) {
   s->rx_qos2 = NULL;
   s->rx_qos2_count = s->rx_qos2_cap = 0;
   aliases_free(s);
+  alias_out_free(s);
+  s->alias_out_max = 0;
   dec_drop(s);
   uvmqtt__free(s->out.buf);
   memset(&s->out, 0, sizeof s->out);
@@ -486,6 +614,8 @@ int uvmqtt__session_connect(uvmqtt__session_t *s, const uvmqtt_packet_t *connect
   /* Topic aliases belong to one network connection [MQTT-3.3.2-7]. */
   aliases_free(s);
   s->our_alias_max = 0;
+  alias_out_free(s);
+  s->alias_out_max = 0;
   if (s->version == UVMQTT_V5) {
     const uvmqtt_props_t *p = &connect->props;
     if (UVMQTT_HAS(p, UVMQTT_PROP_RECEIVE_MAXIMUM)) s->our_receive_max = p->receive_maximum;
@@ -507,6 +637,11 @@ int uvmqtt__session_connect(uvmqtt__session_t *s, const uvmqtt_packet_t *connect
   s->broker_receive_max = DEFAULT_WINDOW;
   s->broker_max_packet = 0;
   s->broker_alias_max = 0;
+  s->reauth = 0;
+  s->auth_method.data = NULL;
+  s->auth_method.len = 0;
+  if (s->version == UVMQTT_V5 && UVMQTT_HAS(&connect->props, UVMQTT_PROP_AUTHENTICATION_METHOD))
+    s->auth_method = connect->props.authentication_method;
   return out_packet(s, connect, now);
 }
 
@@ -575,16 +710,95 @@ static int resend_requests(uvmqtt__session_t *s, uint64_t now) {
 static void recompute_expiry(uvmqtt__session_t *s);
 static void rx_qos2_clear(uvmqtt__session_t *s);
 
+/* The Authentication Method of an AUTH or CONNACK from the broker: it must
+ * be the one the CONNECT named [MQTT-4.12.0-5]; without one in the CONNECT
+ * the broker may not start an exchange [MQTT-4.12.0-6]. A successful
+ * CONNACK may leave the method out. */
+static int check_auth_method(const uvmqtt__session_t *s, const uvmqtt_packet_t *p) {
+  int has = (int)UVMQTT_HAS(&p->props, UVMQTT_PROP_AUTHENTICATION_METHOD);
+  if (s->auth_method.len == 0)
+    return has || UVMQTT_HAS(&p->props, UVMQTT_PROP_AUTHENTICATION_DATA) ? UVMQTT_EPROTOCOL : 0;
+  if (!has) return p->type == UVMQTT_AUTH ? UVMQTT_EAUTHMETHOD : 0;
+  const uvmqtt_bytes_t *m = &p->props.authentication_method;
+  if (m->len != s->auth_method.len || memcmp(m->data, s->auth_method.data, m->len) != 0)
+    return UVMQTT_EAUTHMETHOD;
+  return 0;
+}
+
+/* Hands an authentication step to the owner's mechanism. */
+static int auth_step(uvmqtt__session_t *s, const uvmqtt_packet_t *p) {
+  if (s->ev->auth == NULL) return UVMQTT_EAUTH;
+  return s->ev->auth(s->owner, p);
+}
+
+static int connected(const uvmqtt__session_t *s);
+
+static int on_auth(uvmqtt__session_t *s, const uvmqtt_packet_t *p) {
+  if (s->auth_method.len == 0) return UVMQTT_EPROTOCOL;
+  int err = check_auth_method(s, p);
+  if (err) return err;
+  if (s->state == UVMQTT__S_CONNECTING) {
+    /* Before CONNACK the broker only continues; success is the CONNACK. */
+    if (p->reason != 0x18) return UVMQTT_EPROTOCOL;
+    return auth_step(s, p);
+  }
+  if (!connected(s) || !s->reauth) return UVMQTT_EPROTOCOL;
+  if (p->reason == 0x19) return UVMQTT_EPROTOCOL; /* only the client starts one */
+  if (p->reason == 0x00) s->reauth = 0;
+  return auth_step(s, p);
+}
+
+int uvmqtt__session_auth(uvmqtt__session_t *s, uint8_t reason, const uvmqtt_bytes_t *data,
+                         uint64_t now) {
+  if (s->version != UVMQTT_V5 || s->auth_method.len == 0) return UVMQTT_EINVAL;
+  if (reason != 0x18 && reason != 0x19) return UVMQTT_EINVAL;
+  if (reason == 0x19) {
+    if (s->state != UVMQTT__S_ONLINE) return UVMQTT_ENOTCONN;
+    if (s->reauth) return UVMQTT_EBUSY;
+  }
+  uvmqtt_packet_t a;
+  memset(&a, 0, sizeof a);
+  a.type = UVMQTT_AUTH;
+  a.reason = reason;
+  a.props.has = 1ull << UVMQTT_PROP_AUTHENTICATION_METHOD;
+  a.props.authentication_method = s->auth_method;
+  if (data && data->len) {
+    a.props.has |= 1ull << UVMQTT_PROP_AUTHENTICATION_DATA;
+    a.props.authentication_data = *data;
+  }
+  int err = out_packet(s, &a, now);
+  if (err == 1) return UVMQTT_ENOTCONN;
+  if (err) return err;
+  if (reason == 0x19) s->reauth = 1;
+  return 0;
+}
+
 static int on_connack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t now) {
   if (s->state != UVMQTT__S_CONNECTING) return UVMQTT_EUNEXPECTED;
   if (p->reason != 0) {
     s->state = UVMQTT__S_TERMINATING;
     if (s->ev->connack && s->ev->connack(s->owner, p)) return 1;
+    /* A refusal of our credentials during enhanced authentication is the
+     * mechanism's failure: named apart, with the reason code beside it. */
+    if (s->auth_method.len && (p->reason == 0x86 || p->reason == 0x87 || p->reason == 0x8C))
+      return UVMQTT_EAUTH;
     return UVMQTT_EREFUSED;
+  }
+  if (s->version == UVMQTT_V5) {
+    int err = check_auth_method(s, p);
+    /* The mechanism checks the broker's last word (a SCRAM server
+     * signature) before the connection counts as up. */
+    if (err == 0 && s->auth_method.len) err = auth_step(s, p);
+    if (err) return err;
   }
   /* A session we asked the broker to discard cannot be present
    * [MQTT-3.2.2-4]; 3.1.1 brokers are held to the same rule. */
   if (p->session_present && s->clean_start) return UVMQTT_EPROTOCOL;
+  /* A 3.1 CONNACK does not say whether the broker kept the session. A 3.1
+   * broker must keep it when asked (clean session 0), so the client resumes
+   * it: PUBREL rather than a second PUBLISH of a QoS 2 message, as with a
+   * 3.1.1 broker that says it kept one. */
+  int present = p->session_present || (s->version == UVMQTT_V31 && !s->clean_start);
   if (s->version == UVMQTT_V5) {
     const uvmqtt_props_t *pr = &p->props;
     if (UVMQTT_HAS(pr, UVMQTT_PROP_RECEIVE_MAXIMUM)) s->broker_receive_max = pr->receive_maximum;
@@ -594,11 +808,13 @@ static int on_connack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t n
       s->broker_max_packet = pr->maximum_packet_size;
     if (UVMQTT_HAS(pr, UVMQTT_PROP_TOPIC_ALIAS_MAXIMUM))
       s->broker_alias_max = pr->topic_alias_maximum;
+    s->alias_out_max =
+        s->alias_out_want < s->broker_alias_max ? s->alias_out_want : s->broker_alias_max;
     if (UVMQTT_HAS(pr, UVMQTT_PROP_SERVER_KEEP_ALIVE)) s->keepalive_s = pr->server_keep_alive;
   }
   s->state = UVMQTT__S_ONLINE;
   int err = 0;
-  if (p->session_present) {
+  if (present) {
     err = resend_pubrels(s, now);
   } else {
     /* No session on the broker: our incoming QoS 2 state is void too. */
@@ -672,6 +888,8 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
   /* [MQTT-3.3.4-6]: only the broker sets Subscription Identifiers. */
   if (props && (UVMQTT_HAS(props, UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER) || props->sub_id_count))
     return UVMQTT_EBADPROP;
+  /* The session owns every alias while it picks them itself. */
+  if (alias && s->alias_out_want) return UVMQTT_EINVAL;
   size_t topic_len = strlen(topic);
   if (topic_len > 65535) return UVMQTT_EBADTOPIC;
   /* An alias without a topic needs the mapping of the connection it is
@@ -1133,9 +1351,7 @@ static int handle_packet(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_
   case UVMQTT_DISCONNECT:
     if (s->ev->disconnect && s->ev->disconnect(s->owner, p)) return 1;
     return UVMQTT_EDISCONNECTED;
-  /* The client never sends an Authentication Method, so the broker must
-   * not start an AUTH exchange [MQTT-4.12.0-6]: a protocol error. */
-  case UVMQTT_AUTH: return UVMQTT_EPROTOCOL;
+  case UVMQTT_AUTH: return on_auth(s, p);
   default: return UVMQTT_EUNEXPECTED; /* CONNECT, SUBSCRIBE... sent to a client */
   }
 }

@@ -115,6 +115,14 @@ typedef struct {
    * the present, not at the last time the session saw. May be NULL (then
    * that last time stands in). */
   uint64_t (*now)(void *owner);
+  /* Enhanced authentication (v5): the broker sent AUTH (continue, or
+   * success of a re-authentication) or a successful CONNACK, on a
+   * connection whose CONNECT named an Authentication Method that this
+   * packet matches. The owner runs its mechanism and answers a continue
+   * with uvmqtt__session_auth(). Returns 0, 1 to stop (the owner is
+   * closing) or a negative error that ends the connection. May be NULL
+   * (then no exchange can go on: UVMQTT_EAUTH). */
+  int (*auth)(void *owner, const uvmqtt_packet_t *pkt);
 } uvmqtt__session_events_t;
 
 /* A store operation the store has not confirmed yet: an append (msg NULL,
@@ -127,6 +135,13 @@ struct uvmqtt__store_wait_s {
   void *arg;
   int status; /* for appends the store refused at once */
 };
+
+/* An outgoing topic alias of the current connection (automatic aliases). */
+typedef struct {
+  uint8_t *topic; /* NULL: the alias is not set up on this connection */
+  uint16_t len;
+  uint64_t used; /* the alias clock when it last went out: least recently used goes first */
+} uvmqtt__alias_out_t;
 
 /* The session's phase: what the gate lets out. */
 typedef enum {
@@ -203,6 +218,20 @@ typedef struct uvmqtt__session_s {
   uint32_t rx_qos2_count;
   uint32_t rx_qos2_cap;
   uvmqtt_bytes_t *aliases; /* incoming topic aliases of this connection, index alias-1 */
+  /* Automatic outgoing topic aliases (v5): the most the owner wants used
+   * (0: off), this connection's share of them (the broker's Topic Alias
+   * Maximum bounds it; 0 until CONNACK) and the table, index alias-1,
+   * allocated on first use and dropped with the connection. They are
+   * applied as a PUBLISH is written, never in the stored message. */
+  uint16_t alias_out_want;
+  uint16_t alias_out_max;
+  uint64_t alias_out_clock;
+  uvmqtt__alias_out_t *alias_out;
+  /* Enhanced authentication: the Authentication Method of this
+   * connection's CONNECT (a view into the owner's copy; empty: none) and
+   * whether a re-authentication waits for the broker's answer. */
+  uvmqtt_bytes_t auth_method;
+  uint8_t reauth;
   uvmqtt_delivery_decide_fn decide;
   void *decide_state;
   const uvmqtt_store_t *store; /* NULL: messages live in memory only */
@@ -272,6 +301,16 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
  * negative error (then nothing is queued and `cb` never runs). */
 int uvmqtt__session_request(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt, uvmqtt__cb_fn cb,
                             void *arg, uint64_t now);
+
+/* Sends AUTH (v5) with `reason` (0x18 continue, 0x19 re-authenticate),
+ * the connection's Authentication Method and `data` (may be NULL), through
+ * the gate: while connecting (an exchange before CONNACK) or online (a
+ * re-authentication, which 0x19 starts). Returns 0, UVMQTT_ENOTCONN when
+ * the gate is closed, UVMQTT_EINVAL without an Authentication Method (or
+ * on 3.1.1), UVMQTT_EBUSY for a 0x19 while one is in progress, or an
+ * encoding error. */
+int uvmqtt__session_auth(uvmqtt__session_t *s, uint8_t reason, const uvmqtt_bytes_t *data,
+                         uint64_t now);
 
 /* A graceful stop: while online, no new PUBLISH or request goes out; once
  * no handshake is in flight in either direction (at once, or as the acks
