@@ -34,32 +34,6 @@ static uv_loop_t g_loop;
 static uv_timer_t g_watchdog;
 static test_broker_t g_broker;
 static test_node_t g_node;
-static char g_dir[64];
-
-static const char *path_in_dir(const char *name) {
-  static char bufs[8][128];
-  static unsigned next;
-  char *b = bufs[next++ % 8];
-  snprintf(b, sizeof bufs[0], "%s/%s", g_dir, name);
-  return b;
-}
-
-static void certs_make(void) {
-  snprintf(g_dir, sizeof g_dir, "/tmp/uvmqtt-proxy-XXXXXX");
-  ck_assert_ptr_nonnull(mkdtemp(g_dir));
-  ck_assert_msg(test_make_certs(g_dir) == 0, "making certificates failed: see %s/make.log", g_dir);
-}
-
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb;
-  (void)flag;
-  (void)ftw;
-  return remove(path);
-}
-
-static void certs_remove(void) {
-  if (g_dir[0]) nftw(g_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 /* ---- tinyproxy ----------------------------------------------------------------------------------
  */
@@ -87,7 +61,7 @@ static int port_accepts(int port) {
 static void proxy_start(int allowed_port, const char *auth) {
   g_proxy.port = test_free_port();
   ck_assert_int_gt(g_proxy.port, 0);
-  const char *conf = path_in_dir("tinyproxy.conf");
+  const char *conf = test_cert("tinyproxy.conf");
   FILE *f = fopen(conf, "w");
   ck_assert_ptr_nonnull(f);
   fprintf(f,
@@ -96,7 +70,7 @@ static void proxy_start(int allowed_port, const char *auth) {
           g_proxy.port, allowed_port);
   if (auth != NULL) fprintf(f, "BasicAuth %s\n", auth);
   fclose(f);
-  const char *log = path_in_dir("tinyproxy.log");
+  const char *log = test_cert("tinyproxy.log");
   fflush(NULL);
   pid_t pid = fork();
   ck_assert_int_ge(pid, 0);
@@ -129,7 +103,7 @@ static int broker_start_tls(void) {
   int tls_port = test_free_port();
   char extra[1024];
   snprintf(extra, sizeof extra, "listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\n",
-           tls_port, path_in_dir("ca.crt"), path_in_dir("server.crt"), path_in_dir("server.key"));
+           tls_port, test_cert("ca.crt"), test_cert("server.crt"), test_cert("server.key"));
   ck_assert_msg(test_broker_start(&g_broker, extra) == 0, "mosquitto did not start");
   int tries = 0;
   while (!port_accepts(tls_port) && tries++ < 250)
@@ -229,7 +203,7 @@ static void run(const char *uri, const char *proxy, uint8_t version, int count, 
   memset(&g, 0, sizeof g);
   static uvmqtt_tls_options_t t;
   memset(&t, 0, sizeof t);
-  t.ca_file = path_in_dir("ca.crt");
+  t.ca_file = test_cert("ca.crt");
   test_loop_start(&g_loop, &g_watchdog, WATCHDOG_MS, g_broker.pid > 0 ? &g_broker : NULL);
   uvmqtt_options_t o;
   uvmqtt_options_init(&o);
@@ -304,7 +278,7 @@ END_TEST
 /* Through the proxy: _i 0 ws:// to aedes (MQTT 3.1.1), 1 wss:// and 2 ws://
  * to the relay in front of Mosquitto (MQTT 5). */
 START_TEST(proxy_websocket_stream) {
-  const char *crt = path_in_dir("server.crt"), *key = path_in_dir("server.key");
+  const char *crt = test_cert("server.crt"), *key = test_cert("server.key");
   if (_i == 0) {
     const char *args[] = {NULL};
     ck_assert(test_node_start(&g_node, "ws_broker.js", args, 1) == 0);
@@ -371,7 +345,7 @@ Suite *uvmqtt_test_suite(void) {
   Suite *s = suite_create("proxy");
   TCase *tc = tcase_create("tinyproxy");
   tcase_set_timeout(tc, TCASE_TIMEOUT_S);
-  tcase_add_unchecked_fixture(tc, certs_make, certs_remove);
+  tcase_add_unchecked_fixture(tc, test_certs_dir_make, test_certs_dir_remove);
   tcase_add_test(tc, proxy_mqtts_stream);
   tcase_add_loop_test(tc, proxy_websocket_stream, 0, 3);
   tcase_add_test(tc, proxy_refuses_port);

@@ -57,38 +57,6 @@
 
 /* ---- Certificates -------------------------------------------------------------------------- */
 
-static char g_dir[64];
-
-/* A path in the certificate directory. The options copy their strings, so a
- * few rotating buffers are enough. */
-static const char *cert(const char *name) {
-  static char bufs[16][128];
-  static unsigned next;
-  char *b = bufs[next++ % 16];
-  snprintf(b, sizeof bufs[0], "%s/%s", g_dir, name);
-  return b;
-}
-
-/* Runs in Check's parent process once per test case, before the forks. */
-static void certs_make(void) {
-  snprintf(g_dir, sizeof g_dir, "/tmp/uvmqtt-tls-XXXXXX");
-  ck_assert_ptr_nonnull(mkdtemp(g_dir));
-  ck_assert_msg(test_make_certs(g_dir) == 0, "making certificates failed: see %s/make.log", g_dir);
-}
-
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb;
-  (void)flag;
-  (void)ftw;
-  remove(path);
-  return 0;
-}
-
-static void certs_remove(void) {
-  if (g_dir[0] != '\0') nftw(g_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
-  g_dir[0] = '\0';
-}
-
 /* ---- Loop, watchdog and broker ----------------------------------------------------------------
  */
 
@@ -153,7 +121,7 @@ static int distinct_port(const int *taken, int n) {
 
 static int listener(char *out, size_t cap, int port, const char *certname, const char *more) {
   return snprintf(out, cap, "listener %d 127.0.0.1\ncafile %s\ncertfile %s.crt\nkeyfile %s.key\n%s",
-                  port, cert("ca.crt"), cert(certname), cert(certname), more);
+                  port, test_cert("ca.crt"), test_cert(certname), test_cert(certname), more);
 }
 
 /* One broker: plaintext on g_broker.port, TLS on the four g_port listeners,
@@ -225,7 +193,8 @@ static void cb_connect(uvmqtt_client_t *client, int status, const uvmqtt_connack
   p->connect_status = status;
   p->connect_ms = uv_now(&g_loop) - p->started_ms;
   if (status == 0) {
-    if (p->connect_ok < 8) p->reused[p->connect_ok] = uvmqtt__tls_ctx_reused(client->impl->cfg->tls);
+    if (p->connect_ok < 8)
+      p->reused[p->connect_ok] = uvmqtt__tls_ctx_reused(client->impl->cfg->tls);
     p->connect_ok++;
   }
   if (p->connected) p->connected(p, status);
@@ -331,7 +300,7 @@ static void peer_after(peer_t *p, uint64_t ms, void (*fn)(peer_t *p)) {
 /* TLS options trusting the test CA. */
 static void tls_trusting_ca(uvmqtt_tls_options_t *t) {
   memset(t, 0, sizeof *t);
-  t->ca_file = cert("ca.crt");
+  t->ca_file = test_cert("ca.crt");
 }
 
 /* The scenarios' shared state: a fresh process per test (fork mode). */
@@ -511,8 +480,8 @@ START_TEST(tls_client_certificate) {
   broker_start("");
   uvmqtt_tls_options_t t;
   tls_trusting_ca(&t);
-  t.cert_file = cert("client.crt");
-  t.key_file = cert(_i == 0 ? "client.key" : "client-enc.key");
+  t.cert_file = test_cert("client.crt");
+  t.key_file = test_cert(_i == 0 ? "client.key" : "client-enc.key");
   if (_i == 1) t.key_password = TEST_KEY_PASSWORD;
   if (_i == 2) {
     t.key_password_cb = password_from_callback;
@@ -538,7 +507,7 @@ START_TEST(tls_unknown_ca) {
   broker_start("");
   uvmqtt_tls_options_t t;
   memset(&t, 0, sizeof t);
-  t.ca_file = cert("other.crt");
+  t.ca_file = test_cert("other.crt");
   run_expect(uri("mqtts", "localhost", g_port.tls), _i == 0 ? &t : NULL, UVMQTT_ETLSUNKNOWNCA);
   broker_finish();
 }
@@ -573,7 +542,7 @@ START_TEST(tls_insecure_connects) {
   memset(&t, 0, sizeof t);
   t.insecure = 1;
   int port = g_port.wrong;
-  if (_i == 0) t.ca_file = cert("other.crt");
+  if (_i == 0) t.ca_file = test_cert("other.crt");
   if (_i == 1) port = g_port.expired;
   run_expect(uri("mqtts", "localhost", port), &t, 0);
   broker_finish();
@@ -656,20 +625,20 @@ START_TEST(tls_config_errors) {
   ck_assert_int_eq(init_error(&t, server), 0);
   /* TLS options also load at init for a plaintext server list. */
   ck_assert_int_eq(init_error(&t, "mqtt://localhost:1"), 0);
-  t.ca_file = cert("missing.crt");
+  t.ca_file = test_cert("missing.crt");
   ck_assert_int_eq(init_error(&t, server), UVMQTT_ETLSCONFIG);
   ck_assert_int_eq(init_error(&t, "mqtt://localhost:1"), UVMQTT_ETLSCONFIG);
 
   tls_trusting_ca(&t);
-  t.cert_file = cert("client.crt");
-  t.key_file = cert("client-enc.key");
+  t.cert_file = test_cert("client.crt");
+  t.key_file = test_cert("client-enc.key");
   ck_assert_int_eq(init_error(&t, server), UVMQTT_ETLSCONFIG); /* no password */
   t.key_password = "wrong";
   ck_assert_int_eq(init_error(&t, server), UVMQTT_ETLSCONFIG);
   t.key_password = TEST_KEY_PASSWORD;
   ck_assert_int_eq(init_error(&t, server), 0);
   t.key_password = NULL;
-  t.key_file = cert("server.key"); /* not the certificate's key */
+  t.key_file = test_cert("server.key"); /* not the certificate's key */
   ck_assert_int_eq(init_error(&t, server), UVMQTT_ETLSCONFIG);
   t.cert_file = NULL; /* a key without a certificate */
   ck_assert_int_eq(init_error(&t, server), UVMQTT_ETLSCONFIG);
@@ -1013,8 +982,8 @@ START_TEST(tls_hundred_cycles) {
   broker_start("");
   loop_start(WATCHDOG_MS * 2);
   tls_trusting_ca(&cyc.tls);
-  cyc.tls.cert_file = cert("client.crt");
-  cyc.tls.key_file = cert("client.key");
+  cyc.tls.cert_file = test_cert("client.crt");
+  cyc.tls.key_file = test_cert("client.key");
   snprintf(cyc.server, sizeof cyc.server, "%s", uri("mqtts", "localhost", g_port.mtls));
   cycle_start();
   loop_run();
@@ -1138,7 +1107,7 @@ END_TEST
 static TCase *tcase(Suite *s, const char *name, int timeout_s) {
   TCase *tc = tcase_create(name);
   tcase_set_timeout(tc, timeout_s);
-  tcase_add_unchecked_fixture(tc, certs_make, certs_remove);
+  tcase_add_unchecked_fixture(tc, test_certs_dir_make, test_certs_dir_remove);
   suite_add_tcase(s, tc);
   return tc;
 }

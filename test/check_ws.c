@@ -37,32 +37,6 @@ static uv_loop_t g_loop;
 static uv_timer_t g_watchdog;
 static test_broker_t g_broker;
 static test_node_t g_node;
-static char g_dir[64];
-
-static const char *cert(const char *name) {
-  static char bufs[8][128];
-  static unsigned next;
-  char *b = bufs[next++ % 8];
-  snprintf(b, sizeof bufs[0], "%s/%s", g_dir, name);
-  return b;
-}
-
-static void certs_make(void) {
-  snprintf(g_dir, sizeof g_dir, "/tmp/uvmqtt-ws-XXXXXX");
-  ck_assert_ptr_nonnull(mkdtemp(g_dir));
-  ck_assert_msg(test_make_certs(g_dir) == 0, "making certificates failed: see %s/make.log", g_dir);
-}
-
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb;
-  (void)flag;
-  (void)ftw;
-  return remove(path);
-}
-
-static void certs_remove(void) {
-  if (g_dir[0]) nftw(g_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 static void node_start(const char *script, const char *const *args, int needs_npm) {
   ck_assert_msg(test_node_start(&g_node, script, args, needs_npm) == 0,
@@ -164,7 +138,7 @@ static void on_stream_connect(uvmqtt_client_t *client, int status, const uvmqtt_
 static void client_start(const char *uri, uint8_t version, int tls, uvmqtt_callbacks_t *cbs) {
   static uvmqtt_tls_options_t t;
   memset(&t, 0, sizeof t);
-  t.ca_file = cert("ca.crt");
+  t.ca_file = test_cert("ca.crt");
   uvmqtt_options_t o;
   uvmqtt_options_init(&o);
   o.uri = uri;
@@ -188,7 +162,7 @@ static void client_start(const char *uri, uint8_t version, int tls, uvmqtt_callb
 START_TEST(ws_stream_qos1) {
   memset(&g, 0, sizeof g);
   int v5 = _i & 1, tls = _i >= 2;
-  const char *crt = cert("server.crt"), *key = cert("server.key");
+  const char *crt = test_cert("server.crt"), *key = test_cert("server.key");
   if (v5) {
     ck_assert_msg(test_broker_start(&g_broker, "") == 0, "mosquitto did not start");
     char target[16];
@@ -532,7 +506,7 @@ Suite *uvmqtt_test_suite(void) {
   suite_add_tcase(s, tc);
   tc = tcase_create("brokers");
   tcase_set_timeout(tc, TCASE_TIMEOUT_S);
-  tcase_add_unchecked_fixture(tc, certs_make, certs_remove);
+  tcase_add_unchecked_fixture(tc, test_certs_dir_make, test_certs_dir_remove);
   tcase_add_loop_test(tc, ws_stream_qos1, 0, 4);
   suite_add_tcase(s, tc);
   tc = tcase_create("scripted");

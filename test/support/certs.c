@@ -1,6 +1,14 @@
 /* Test certificates: one shell script run with the openssl command. */
 #include "certs.h"
 
+#include <sys/stat.h>
+
+#include <stdlib.h>
+
+#include <ftw.h>
+
+#include <check.h>
+
 #include <stdio.h>
 
 #include "broker.h"
@@ -53,4 +61,34 @@ int test_make_certs(const char *dir) {
   char cmd[1024];
   snprintf(cmd, sizeof cmd, "cd '%s' && sh make.sh >make.log 2>&1", dir);
   return test_run(cmd, 60);
+}
+
+static char certs_dir[64];
+
+const char *test_cert(const char *name) {
+  static char bufs[16][128];
+  static unsigned next;
+  char *b = bufs[next++ % 16];
+  snprintf(b, sizeof bufs[0], "%s/%s", certs_dir, name);
+  return b;
+}
+
+void test_certs_dir_make(void) {
+  snprintf(certs_dir, sizeof certs_dir, "/tmp/uvmqtt-certs-XXXXXX");
+  ck_assert_ptr_nonnull(mkdtemp(certs_dir));
+  ck_assert_msg(test_make_certs(certs_dir) == 0, "making certificates failed: see %s/make.log",
+                certs_dir);
+}
+
+static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+  (void)sb;
+  (void)flag;
+  (void)ftw;
+  remove(path);
+  return 0;
+}
+
+void test_certs_dir_remove(void) {
+  if (certs_dir[0] != '\0') nftw(certs_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+  certs_dir[0] = '\0';
 }

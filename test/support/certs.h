@@ -19,4 +19,15 @@
  * the exit status of the script. */
 int test_make_certs(const char *dir);
 
+/* One certificate directory per test process, for suites that need the
+ * certificates: test_certs_dir_make() (an unchecked fixture: it runs in
+ * Check's parent process, before the forks) makes a temporary directory and
+ * the certificates in it, test_certs_dir_remove() removes it. */
+void test_certs_dir_make(void);
+void test_certs_dir_remove(void);
+
+/* The path of `name` in that directory. Options copy their strings, so a
+ * few rotating buffers are enough. */
+const char *test_cert(const char *name);
+
 #endif
