@@ -15,8 +15,8 @@ typedef struct {
   uv_timer_t ack_timer;
   uint8_t version;
   /* Script knobs. */
-  int silent;     /* never answer PINGREQ */
-  int no_connack; /* never answer CONNECT */
+  int silent;                 /* never answer PINGREQ */
+  int no_connack;             /* never answer CONNECT */
   const uint8_t *connack_raw; /* answer CONNECT with these bytes instead */
   size_t connack_raw_len;
   uvmqtt_props_t connack_props;

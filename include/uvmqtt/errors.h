@@ -73,7 +73,7 @@ extern "C" {
   XX(ESESSIONLOST, -30069, 0,                                                                      \
      "the broker lost the session before the QoS 2 exchange ended: delivery unknown")              \
   XX(ESTORELOCKED, -30080, 0, "message store in use by another process or store")                  \
-  XX(ESTORECORRUPT, -30081, 0, "message store file is corrupt (damaged record or bad header)")  \
+  XX(ESTORECORRUPT, -30081, 0, "message store file is corrupt (damaged record or bad header)")     \
   XX(EV5UNSUPPORTED, -30095, 0, "the broker does not support MQTT 5")
 
 typedef enum {
