@@ -83,6 +83,7 @@ void uvmqtt__client_free(uvmqtt__client_t *c) {
   uvmqtt__free(c->spare_write);
   uvmqtt__subs_free(c);
   uvmqtt__tls_ctx_free(c->tls);
+  uvmqtt__servers_free(c);
   uvmqtt__free(c);
 }
 
@@ -135,6 +136,7 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
   c->handle = client;
   if (cbs) c->cbs = *cbs;
   err = copy_uris(c, opts);
+  if (err == 0) err = uvmqtt__servers_init(c, opts->server_order);
   if (err == 0) {
     int copy_err = 0;
     c->client_id =

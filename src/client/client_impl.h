@@ -101,6 +101,11 @@ struct uvmqtt__client_s {
   /* TLS: the SSL_CTX built from the options and the last session, for
    * resumption (transport_tls.h); NULL until a TLS server needs it. */
   struct uvmqtt__tls_ctx_s *tls;
+  /* The server list (servers.c): the order option, and per URI when its
+   * penalty ends (it is tried last until then) and its failures in a row. */
+  uint8_t server_order;
+  uint64_t *server_bad_until;
+  uint32_t *server_failures;
 };
 
 typedef struct uvmqtt__client_s uvmqtt__client_t;
@@ -132,6 +137,18 @@ uvmqtt__sub_t *uvmqtt__subs_match(uvmqtt__client_t *c, uvmqtt_bytes_t topic);
  * the broker's Maximum Packet Size; failures reach on_resubscribe. */
 void uvmqtt__subs_resend(uvmqtt__client_t *c, uint64_t now);
 void uvmqtt__subs_free(uvmqtt__client_t *c);
+
+/* The server list (servers.c). init picks the first server (random for
+ * UVMQTT_SERVERS_RANDOM_START); pick, at the start of an attempt, returns
+ * the server to try and makes it current: the current one or the next that
+ * is not serving a penalty. good records a CONNACK from the current server;
+ * failed records its loss or failed attempt, chooses the next candidate and
+ * returns the URI that failed. */
+int uvmqtt__servers_init(uvmqtt__client_t *c, uint8_t order);
+void uvmqtt__servers_free(uvmqtt__client_t *c);
+const char *uvmqtt__servers_pick(uvmqtt__client_t *c, uint64_t now);
+void uvmqtt__servers_good(uvmqtt__client_t *c);
+const char *uvmqtt__servers_failed(uvmqtt__client_t *c, uint64_t now, int was_connected);
 
 /* Connection lifecycle (client_conn.c). */
 void uvmqtt__client_start_attempt(uvmqtt__client_t *c);

@@ -166,7 +166,7 @@ void uvmqtt__client_start_attempt(uvmqtt__client_t *c) {
   if (c->cbs.pre_connect) c->cbs.pre_connect(c->handle, c->attempt);
   if (c->closing || c->state != UVMQTT__C_CONNECTING) return; /* the hook closed or stopped us */
   uvmqtt__uri_t uri;
-  int err = uvmqtt__uri_parse(c->uris[c->uri_index % c->uri_count], &uri);
+  int err = uvmqtt__uri_parse(uvmqtt__servers_pick(c, uvmqtt__now(c)), &uri);
   if (err == 0 && uri.scheme != UVMQTT__SCHEME_TCP && uri.scheme != UVMQTT__SCHEME_TLS)
     err = UVMQTT_EBADURI;
   c->connect_deadline = uvmqtt__now(c) + c->connect_timeout_ms;
@@ -221,8 +221,8 @@ static void after_loss(uvmqtt__client_t *c) {
       return;
     }
   }
-  /* The next attempt goes to the next server of the list. */
-  c->uri_index = (c->uri_index + 1) % c->uri_count;
+  /* The next attempt goes to the next server of the list (servers.c). */
+  info.server = uvmqtt__servers_failed(c, now, was_connected);
   int64_t delay = -1;
   if (!c->no_reconnect && c->reconnect.fn) delay = c->reconnect.fn(c->reconnect.state, &info);
   uvmqtt_disconnect_t d;
@@ -402,6 +402,7 @@ static int ev_connack(void *owner, const uvmqtt_packet_t *p) {
   c->failures = 0;
   c->down_since = 0;
   c->stats.connected = 1;
+  uvmqtt__servers_good(c);
   if (c->ever_connected) c->stats.reconnects++;
   c->ever_connected = 1;
   if (c->version == UVMQTT_V5 && UVMQTT_HAS(&p->props, UVMQTT_PROP_ASSIGNED_CLIENT_IDENTIFIER)) {
