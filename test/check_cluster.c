@@ -206,6 +206,7 @@ static struct {
   int published;
   int finishing;
   int checks;
+  int named;
   uint64_t t_start;
   uint64_t t_published;
 } fo;
@@ -237,6 +238,20 @@ static void fo_check(uv_timer_t *t) {
     fflush(stdout);
   }
   if (done == FO_MSGS && fo.t_published == 0) fo.t_published = mono_ms();
+  /* Every message acknowledged, yet a subscriber still misses some 5 s
+   * later: name a few, once, for the log of a run that is going to fail. */
+  if (fo.t_published && mono_ms() - fo.t_published > 5000 && !fo.finishing && !fo.named) {
+    fo.named = 1;
+    for (int j = 0; j < FO_SUBS; j++) {
+      peer_t *p = &fo.subs[j];
+      if (p->unique == FO_MSGS) continue;
+      printf("cluster: failover: %s misses %d messages (node %d%s), e.g. publisher/seq", p->id,
+             FO_MSGS - p->unique, p->node + 1, p->up ? "" : ", down");
+      for (int k = 0, shown = 0; k < FO_MSGS && shown < 5; k++)
+        if (!p->seen[k]) printf(" %d/%d", k / FO_PER_PUB, k % FO_PER_PUB), shown++;
+      printf("\n");
+    }
+  }
   if (done == FO_MSGS && complete == FO_SUBS && !fo.finishing) {
     fo.finishing = 1;
     /* A moment for duplicates still on their way, so they are counted. */
