@@ -1,6 +1,7 @@
 /* uvmqtt-bench: the uvmqtt driver of the benchmark harness, plus the raw TCP
  * baseline. Usage: uvmqtt-bench conn|pub|sub|pubsub|raw [options]. */
 #include <malloc.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -266,6 +267,9 @@ int main(int argc, char **argv) {
   int rc = bench_parse_options(argc, argv, "uvmqtt-bench", all, &o);
   if (rc != 0) return rc < 0 ? 2 : 0;
   if (o.cmd == BENCH_RAW) return bench_raw_run(&o);
+  /* A write to a server that just died (a cluster node failing over) must
+   * fail with EPIPE, not end the run. */
+  signal(SIGPIPE, SIG_IGN);
   uvmqtt_replace_allocator(count_malloc, count_realloc, count_calloc, count_free);
   static driver_state_t ds;
   return bench_main(&o, &driver, &ds);
