@@ -198,7 +198,7 @@ static void peer_up(peer_t *p, int status, const uvmqtt_connack_t *ack) {
 #define FO_PER_PUB  500
 #define FO_MSGS     (FO_PUBS * FO_PER_PUB)
 #define FO_TICK_MS  20 /* each publisher publishes one message per tick: 10 s in all */
-#define FO_WATCHDOG 150000
+#define FO_WATCHDOG 45000
 
 static struct {
   peer_t pubs[FO_PUBS];
