@@ -17,6 +17,8 @@
 
 /* ---- Options ---------------------------------------------------------------------- */
 
+#define BENCH_MAX_URIS 16
+
 typedef enum { BENCH_CONN, BENCH_PUB, BENCH_SUB, BENCH_PUBSUB, BENCH_RAW } bench_cmd_t;
 
 typedef struct {
@@ -45,6 +47,11 @@ typedef struct {
   int tls;                /* --tls, --cafile or an mqtts:// URI: connect over TLS */
   const char *cafile;     /* --cafile: the CA that signed the broker's certificate */
   int insecure;           /* --insecure: no certificate or host-name check */
+  /* -U: the servers, in the order given. With several (the nodes of a
+   * cluster) client k starts on uris[k % nuris]; host and port name the
+   * first, for the drivers that take one server. */
+  const char *uris[BENCH_MAX_URIS];
+  uint32_t nuris;
 } bench_opts_t;
 
 /* Parses argv (argv[1] is the subcommand). `allowed` is a bitmask of
@@ -187,6 +194,9 @@ typedef struct {
   uint32_t failed;
   uint64_t reconnects;
   uint64_t errors; /* failed publishes, subscribes, lost connections, malformed */
+  /* Connections established per server of -U (first ones and reconnects),
+   * counted by the drivers that spread clients over several servers. */
+  uint64_t node_connects[BENCH_MAX_URIS];
   uint64_t pub_sent;
   uint64_t pub_ok;
   uint64_t pub_failed;

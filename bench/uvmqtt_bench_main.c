@@ -1,6 +1,7 @@
 /* uvmqtt-bench: the uvmqtt driver of the benchmark harness, plus the raw TCP
  * baseline. Usage: uvmqtt-bench conn|pub|sub|pubsub|raw [options]. */
 #include <malloc.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,9 +70,13 @@ static bench_client_t *bench_client_of(uvmqtt_client_t *client) {
 }
 
 static void on_connect(uvmqtt_client_t *client, int status, const uvmqtt_connack_t *ack) {
-  (void)ack;
   bench_client_t *cl = bench_client_of(client);
-  if (status == 0) bench_on_connected(cl->bench, cl);
+  if (status != 0) return;
+  /* Which node took the connection: counted per server of -U. */
+  const bench_opts_t *o = cl->bench->o;
+  for (uint32_t i = 0; o->nuris > 1 && i < o->nuris; i++)
+    if (ack->server && strcmp(ack->server, o->uris[i]) == 0) cl->bench->r.node_connects[i]++;
+  bench_on_connected(cl->bench, cl);
 }
 
 static void on_disconnect(uvmqtt_client_t *client, const uvmqtt_disconnect_t *info) {
@@ -134,6 +139,18 @@ static int drv_connect(bench_t *b, bench_client_t *cl) {
   uvmqtt_options_t opts;
   uvmqtt_options_init(&opts);
   opts.uri = ds->uri;
+  /* Several servers: client k starts on server k mod n, then goes round
+   * the list from there, so the clients spread evenly over a cluster and
+   * each can fail over to the other nodes. */
+  const char *list[BENCH_MAX_URIS];
+  uint32_t n = b->o->nuris;
+  if (n > 1) {
+    uint32_t k = (uint32_t)(cl - b->clients);
+    for (uint32_t i = 0; i < n; i++)
+      list[i] = b->o->uris[(k + i) % n];
+    opts.uris = list;
+    opts.uri_count = n;
+  }
   opts.version = b->o->version == 5 ? UVMQTT_V5 : UVMQTT_V311;
   opts.client_id = cl->id;
   opts.keepalive = (uint16_t)b->o->keepalive;
@@ -249,6 +266,9 @@ int main(int argc, char **argv) {
   int rc = bench_parse_options(argc, argv, "uvmqtt-bench", all, &o);
   if (rc != 0) return rc < 0 ? 2 : 0;
   if (o.cmd == BENCH_RAW) return bench_raw_run(&o);
+  /* A write to a server that just died (a cluster node failing over) must
+   * fail with EPIPE, not end the run. */
+  signal(SIGPIPE, SIG_IGN);
   uvmqtt_replace_allocator(count_malloc, count_realloc, count_calloc, count_free);
   static driver_state_t ds;
   return bench_main(&o, &driver, &ds);

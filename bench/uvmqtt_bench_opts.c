@@ -16,7 +16,9 @@ static void usage(FILE *f, const char *prog, unsigned allowed) {
           "\n"
           "  -h HOST            broker host (127.0.0.1)\n"
           "  -p PORT            broker port (1883)\n"
-          "  -U URI             mqtt://host:port (or mqtts://) instead of -h/-p\n"
+          "  -U URI[,URI...]    mqtt://host:port (or mqtts://) instead of -h/-p; with\n"
+          "                     several (a cluster's nodes), clients start on them in\n"
+          "                     turn and the report counts connections per server\n"
           "  --tls              connect over TLS (the system's CAs unless --cafile)\n"
           "  --cafile FILE      trust the CA in FILE (implies --tls)\n"
           "  --insecure         TLS without certificate or host-name verification\n"
@@ -101,6 +103,26 @@ static int parse_uri(const char *uri, bench_opts_t *o) {
   return 0;
 }
 
+/* "uri1,uri2,...": each URI is checked, all plain or all TLS; the first
+ * sets host and port (parsed last, since parse_uri() keeps one host). The
+ * list is kept in a static buffer, like the host. */
+static int parse_uri_list(const char *list, bench_opts_t *o) {
+  static char copy[4096];
+  if (strlen(list) >= sizeof copy) return -1;
+  memcpy(copy, list, strlen(list) + 1);
+  o->nuris = 0;
+  int first_tls = 0;
+  for (char *save = NULL, *u = strtok_r(copy, ",", &save); u; u = strtok_r(NULL, ",", &save)) {
+    bench_opts_t scratch = *o;
+    scratch.tls = 0;
+    if (o->nuris == BENCH_MAX_URIS || parse_uri(u, &scratch)) return -1;
+    if (o->nuris == 0) first_tls = scratch.tls;
+    if (scratch.tls != first_tls) return -1;
+    o->uris[o->nuris++] = u;
+  }
+  return o->nuris ? parse_uri(o->uris[0], o) : -1;
+}
+
 enum {
   OPT_DURATION = 256,
   OPT_DRAIN,
@@ -167,7 +189,7 @@ int bench_parse_options(int argc, char **argv, const char *prog, unsigned allowe
       bad = parse_u32(optarg, 65535, &u) || u == 0;
       o->port = (int)u;
       break;
-    case 'U': bad = parse_uri(optarg, o); break;
+    case 'U': bad = parse_uri_list(optarg, o); break;
     case 'c': bad = parse_u32(optarg, 1000000, &o->clients) || o->clients == 0; break;
     case 'n': bad = parse_u32(optarg, 100000000, &o->start_index); break;
     case 'R': bad = parse_double(optarg, &o->conn_rate); break;

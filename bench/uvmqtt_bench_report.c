@@ -118,6 +118,9 @@ void bench_report_print(const bench_t *b) {
     printf("%-18s %.3f s, %.0f conn/s\n", "connect phase", r->connect_s,
            rate(r->connected, r->connect_s));
     print_hist("connect latency", &r->connect_lat);
+    for (uint32_t i = 0; o->nuris > 1 && i < o->nuris; i++)
+      printf("%-18s %s: %llu connections\n", i == 0 ? "per server" : "", o->uris[i],
+             (unsigned long long)r->node_connects[i]);
   }
   if (o->cmd == BENCH_CONN) {
     printf("%-18s %.0f bytes/conn (C heap), %.0f bytes/conn (RSS)", "memory", heap_per_conn(r),
@@ -199,6 +202,13 @@ int bench_report_json(const bench_t *b, const char *path) {
           r->clients, r->connected, r->failed, (unsigned long long)r->reconnects,
           (unsigned long long)r->errors, r->connect_s, rate(r->connected, r->connect_s));
   json_hist(f, "connect_latency_us", &r->connect_lat);
+  fprintf(f, ",\"servers\":[");
+  for (uint32_t i = 0; o->nuris > 1 && i < o->nuris; i++) {
+    fprintf(f, "%s{\"uri\":", i ? "," : "");
+    json_string(f, o->uris[i]);
+    fprintf(f, ",\"connections\":%llu}", (unsigned long long)r->node_connects[i]);
+  }
+  fprintf(f, "]");
   fprintf(f,
           ",\"published\":%llu,\"publish_failed\":%llu,\"received\":%llu,\"unique\":%llu,"
           "\"expected\":%llu,\"lost\":%llu,\"duplicated\":%llu,\"reordered\":%llu,"

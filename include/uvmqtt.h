@@ -72,6 +72,7 @@ typedef struct {
   uint8_t reason;        /**< the broker's reason code (CONNACK or DISCONNECT), else 0 */
   uint64_t connected_ms; /**< how long the last connection lived; 0 if it never came up */
   uint64_t down_ms;      /**< time since the connection was lost (or the first attempt began) */
+  const char *server;    /**< the URI that failed or dropped us (valid during the call) */
 } uvmqtt_reconnect_info_t;
 
 /** Returns the delay in ms before the next attempt, or a negative value to
@@ -204,6 +205,26 @@ int uvmqtt_auth_scram_sha256(uvmqtt_auth_t *auth, const char *user, const char *
 void uvmqtt_auth_scram_free(uvmqtt_auth_t *auth);
 
 /* ---- Options ----------------------------------------------------------------- */
+
+/** How attempts go through the server list (uvmqtt_options_t.server_order).
+ * With every order, a server that refused us, could not be reached or
+ * dropped the connection is tried last for a while (1 s after its first
+ * failure, doubling with each failure in a row up to 30 s, cleared by its
+ * next CONNACK): the others are tried first, and when every server is
+ * serving such a penalty the one whose penalty ends first is tried. */
+typedef enum {
+  /** Start with the first server; after each loss or failed attempt go to
+   * the next one. */
+  UVMQTT_SERVERS_ROUND_ROBIN = 0,
+  /** Start with a server chosen at random, then as round robin: a fleet
+   * started with the same list spreads over the servers instead of all
+   * connecting to the first. */
+  UVMQTT_SERVERS_RANDOM_START,
+  /** Stay with the last server that accepted us: after the loss of an
+   * established connection try it again first; move to the next server
+   * only when an attempt fails. */
+  UVMQTT_SERVERS_STICKY
+} uvmqtt_server_order_t;
 
 /** How a client connects and behaves: uvmqtt_options_init() fills the defaults, then set what
  * differs. */
@@ -355,6 +376,10 @@ typedef struct {
    * attempt with UVMQTT_EAUTH; a broker answering with another method, with
    * UVMQTT_EAUTHMETHOD. NULL: none. */
   const uvmqtt_auth_t *auth;
+
+  /** The order in which attempts go through `uris` (uvmqtt_server_order_t);
+   * 0: UVMQTT_SERVERS_ROUND_ROBIN. */
+  uint8_t server_order;
 } uvmqtt_options_t;
 
 /** Fills `opts` with the defaults. */

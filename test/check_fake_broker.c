@@ -27,8 +27,10 @@ typedef struct {
   uv_timer_t ack_timer;
   uint8_t version;
   /* Script knobs. */
-  int silent;     /* never answer PINGREQ */
-  int no_connack; /* never answer CONNECT */
+  int silent;                 /* never answer PINGREQ */
+  int no_connack;             /* never answer CONNECT */
+  const uint8_t *connack_raw; /* answer CONNECT with these bytes instead */
+  size_t connack_raw_len;
   uvmqtt_props_t connack_props;
   uint8_t session_present;
   int ack_form;   /* v5 PUBACK encoding under test */
@@ -182,6 +184,10 @@ static void broker_packet(fake_broker_t *fb, fake_conn_t *conn, const uvmqtt_pac
   switch (pkt->type) {
   case UVMQTT_CONNECT: {
     if (f->no_connack) return;
+    if (f->connack_raw) {
+      ck_assert_int_eq(fake_send(conn, f->connack_raw, f->connack_raw_len), 0);
+      return;
+    }
     uvmqtt_packet_t ack;
     memset(&ack, 0, sizeof ack);
     ack.type = UVMQTT_CONNACK;
@@ -576,6 +582,28 @@ START_TEST(fake_connack_stall_times_out) {
   RUN_UNTIL(f, f->disconnects == 1, 3000);
   ck_assert_int_eq(f->connect_status, UVMQTT_ECONNTIMEDOUT);
   ck_assert_int_eq(f->last_disc_status, UVMQTT_ECONNTIMEDOUT);
+  finish(f);
+  fx_end(f);
+  free(f);
+}
+END_TEST
+
+/* A 3.1.1-only broker (aedes, for one) answers a v5 CONNECT with a 3.1.1
+ * CONNACK: refused with 0x01 "unacceptable protocol version", or accepted
+ * without the property length v5 requires. Either way the client names the
+ * cause instead of reporting a malformed packet. */
+START_TEST(fake_v311_connack_to_v5_named) {
+  static const uint8_t refused[] = {0x20, 0x02, 0x00, 0x01};
+  static const uint8_t accepted[] = {0x20, 0x02, 0x00, 0x00};
+  fx_t *f = calloc(1, sizeof *f);
+  f->connack_raw = _i ? accepted : refused;
+  f->connack_raw_len = 4;
+  fx_start(f, UVMQTT_V5, 30, 1, NULL);
+  RUN_UNTIL(f, f->disconnects == 1, 3000);
+  ck_assert_int_eq(f->connects, 0);
+  ck_assert_int_eq(f->connect_status, UVMQTT_EV5UNSUPPORTED);
+  ck_assert_int_eq(f->last_disc_status, UVMQTT_EV5UNSUPPORTED);
+  ck_assert_str_eq(uvmqtt_strerror(UVMQTT_EV5UNSUPPORTED), "the broker does not support MQTT 5");
   finish(f);
   fx_end(f);
   free(f);
@@ -1144,6 +1172,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(tc, fake_oversized_remaining_length_rejected);
   tcase_add_test(tc, fake_truncated_packet_then_close);
   tcase_add_test(tc, fake_connack_stall_times_out);
+  tcase_add_loop_test(tc, fake_v311_connack_to_v5_named, 0, 2);
   tcase_add_loop_test(tc, fake_resend_with_dup_after_loss, 0, 2);
   tcase_add_test(tc, fake_close_inside_message_callback);
   tcase_add_test(tc, fake_subscribe_sent_once_and_restored);

@@ -90,7 +90,8 @@ extern "C" {
   XX(EAUTH, -30111, 0x87,                                                                          \
      "enhanced authentication failed: refused by the broker or by the mechanism")                  \
   XX(EAUTHMETHOD, -30112, 0x82, "the broker answered with another authentication method")          \
-  XX(ETIMEDOUT, -30113, 0, "no response before the timeout")
+  XX(ETIMEDOUT, -30113, 0, "no response before the timeout")                                       \
+  XX(EV5UNSUPPORTED, -30120, 0, "the broker does not support MQTT 5")
 
 /** The library's error codes: UVMQTT_ followed by each name of UVMQTT_ERRNO_MAP, with its value
  * there. */

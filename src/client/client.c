@@ -73,6 +73,7 @@ void uvmqtt__client_free(uvmqtt__client_t *c) {
   uvmqtt__free(c->auth);
   uvmqtt__free(c->spare_write);
   uvmqtt__subs_free(c);
+  uvmqtt__servers_free(c);
   if (c->cfg) uvmqtt__config_put(c->lp, c->cfg);
   uvmqtt__free(c);
 }
@@ -123,6 +124,7 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
     return UVMQTT_ENOMEM;
   }
   err = uvmqtt__config_get(c->lp, opts, cbs, &c->cfg);
+  if (err == 0) err = uvmqtt__servers_init(c, opts->server_order);
   if (err == 0) {
     c->client_id =
         (opts->client_id && opts->client_id[0])

@@ -164,6 +164,14 @@ struct uvmqtt__client_s {
   /* The proxy the environment names for the current attempt
    * (proxy_from_env), parsed. */
   struct uvmqtt__proxy_config_s *env_proxy;
+  /* The server list (servers.c): the order option, and with several
+   * servers, per URI when its penalty ends (it is tried last until then)
+   * and its failures in a row. */
+  uint8_t server_order;
+  struct uvmqtt__server_s {
+    uint64_t bad_until;
+    uint32_t failures;
+  } * servers;
 };
 
 /* Credentials a pre_connect hook set for one client. */
@@ -228,6 +236,17 @@ void uvmqtt__subs_free(uvmqtt__client_t *c);
 uint64_t uvmqtt__requests_next(const uvmqtt__client_t *c);
 void uvmqtt__requests_expire(uvmqtt__client_t *c, uint64_t now);
 void uvmqtt__requests_free(uvmqtt__client_t *c);
+/* The server list (servers.c). init picks the first server (random for
+ * UVMQTT_SERVERS_RANDOM_START); pick, at the start of an attempt, returns
+ * the server to try and makes it current: the current one or the next that
+ * is not serving a penalty. good records a CONNACK from the current server;
+ * failed records its loss or failed attempt, chooses the next candidate and
+ * returns the URI that failed. */
+int uvmqtt__servers_init(uvmqtt__client_t *c, uint8_t order);
+void uvmqtt__servers_free(uvmqtt__client_t *c);
+const char *uvmqtt__servers_pick(uvmqtt__client_t *c, uint64_t now);
+void uvmqtt__servers_good(uvmqtt__client_t *c);
+const char *uvmqtt__servers_failed(uvmqtt__client_t *c, uint64_t now, int was_connected);
 
 /* Connection lifecycle (client_conn.c). */
 void uvmqtt__client_start_attempt(uvmqtt__client_t *c);

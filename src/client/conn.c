@@ -201,7 +201,7 @@ static void run_attempt(uvmqtt__client_t *c) {
   if (c->cfg->cbs.pre_connect) c->cfg->cbs.pre_connect(c->handle, c->attempt);
   if (c->closing || c->state != UVMQTT__C_CONNECTING) return; /* the hook closed or stopped us */
   uvmqtt__uri_t uri;
-  int err = uvmqtt__uri_parse(uvmqtt__client_uri(c), &uri);
+  int err = uvmqtt__uri_parse(uvmqtt__servers_pick(c, uvmqtt__now(c)), &uri);
   /* The timeout starts now, not when the attempt was queued. */
   c->connect_deadline = uvmqtt__now(c) + c->cfg->connect_timeout_ms;
   const uvmqtt__proxy_config_t *proxy = NULL;
@@ -277,8 +277,8 @@ static void after_loss(uvmqtt__client_t *c) {
       return;
     }
   }
-  /* The next attempt goes to the next server of the list. */
-  c->uri_index = (c->uri_index + 1) % c->cfg->uri_count;
+  /* The next attempt goes to the next server of the list (servers.c). */
+  info.server = uvmqtt__servers_failed(c, now, was_connected);
   int64_t delay = -1;
   if (!c->cfg->no_reconnect && c->cfg->reconnect.fn)
     delay = c->cfg->reconnect.fn(c->cfg->reconnect.state, &info);
@@ -470,6 +470,7 @@ static int ev_connack(void *owner, const uvmqtt_packet_t *p) {
   c->failures = 0;
   c->down_since = 0;
   c->stat_connected = 1;
+  uvmqtt__servers_good(c);
   if (c->ever_connected) c->stat_reconnects++;
   c->ever_connected = 1;
   if (c->cfg->version == UVMQTT_V5 &&

@@ -1364,6 +1364,12 @@ static int recv_packets(uvmqtt__session_t *s, uvmqtt_decoder_t *dec, const uint8
     int got = 0;
     ssize_t n = uvmqtt_decode(dec, data + off, len - off, &pkt, &got);
     int err = n < 0 ? (int)n : 0;
+    /* A 3.1.1 broker answers a v5 CONNECT with a 3.1.1 CONNACK (no
+     * properties, or its code 0x01 "unacceptable protocol version"), which
+     * does not parse as v5: name that cause rather than the parse error. */
+    if (n < 0 && s->state == UVMQTT__S_CONNECTING && s->version == UVMQTT_V5 &&
+        (dec->header >> 4) == UVMQTT_CONNACK && err != UVMQTT_ETOOLARGE && err != UVMQTT_ENOMEM)
+      err = UVMQTT_EV5UNSUPPORTED;
     if (err == 0 && got) err = handle_packet(s, &pkt, now);
     if (err == 1) return 0; /* the owner is closing: stop quietly */
     if (err) {
