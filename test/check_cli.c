@@ -471,6 +471,39 @@ START_TEST(cli_pub_v5_properties_and_url) {
 }
 END_TEST
 
+/* -V mqttv31: both tools speak MQTT 3.1 ("MQIsdp") with a 3.1 peer of
+ * Mosquitto's. */
+START_TEST(cli_mqtt31_both_ways) {
+  test_broker_t b;
+  scratch_t s;
+  scratch_init(&s);
+  start_broker(&b, BROKER_UNLIMITED);
+  const char *out = scratch_file(&s, "out.txt");
+  make_session(&b, "mqttv31", "cli-v31", "v31/t", 1);
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "%s -h 127.0.0.1 -p %d -V mqttv31 -t v31/t -q 1 -m 'from uvmqtt'",
+           tool("uvmqtt-pub"), b.port);
+  ck_assert_int_eq(test_run(cmd, 20), 0);
+  snprintf(cmd, sizeof cmd,
+           "mosquitto_sub -h 127.0.0.1 -p %d -V mqttv31 -c -i cli-v31 -q 1 -t v31/t -C 1 -W 10 "
+           "> %s",
+           b.port, out);
+  ck_assert_int_eq(test_run(cmd, 20), 0);
+  assert_file_eq(out, "from uvmqtt\n", 12);
+  make_session(&b, "mqttv31", "cli-v31b", "v31/u", 1);
+  snprintf(cmd, sizeof cmd, "mosquitto_pub -h 127.0.0.1 -p %d -V mqttv31 -t v31/u -q 1 -m back",
+           b.port);
+  ck_assert_int_eq(test_run(cmd, 20), 0);
+  snprintf(cmd, sizeof cmd,
+           "%s -h 127.0.0.1 -p %d -V 31 -c -i cli-v31b -q 1 -t v31/u -C 1 -W 10 > %s",
+           tool("uvmqtt-sub"), b.port, out);
+  ck_assert_int_eq(test_run(cmd, 20), 0);
+  assert_file_eq(out, "back\n", 5);
+  test_broker_cleanup(&b);
+  scratch_cleanup(&s);
+}
+END_TEST
+
 /* ---- Output like mosquitto_sub's --------------------------------------------------------- */
 
 /* The same options given to uvmqtt-sub and to mosquitto_sub, run side by
@@ -1336,6 +1369,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(interop, cli_pub_lines_reach_mosquitto_sub_v5);
   tcase_add_test(interop, cli_pub_lines_from_pipe);
   tcase_add_test(interop, cli_websocket_url);
+  tcase_add_test(interop, cli_mqtt31_both_ways);
   suite_add_tcase(s, interop);
 
   TCase *single = tcase_create("single");

@@ -294,7 +294,7 @@ static void usage(const cli_opts_t *o) {
          " -u, --username USER   user name\n"
          " -P, --pw PASSWORD     password\n"
          " -c                    persistent session (needs -i): no clean session/start\n"
-         " -V, --protocol-version mqttv311|mqttv5|311|5 (default 311)\n"
+         " -V, --protocol-version mqttv31|mqttv311|mqttv5|31|311|5 (default 311)\n"
          " -x SECS               v5 session expiry interval; -1 for never\n"
          " -D CMD PROP VALUE     v5 property; CMD is connect, %s or will;\n"
          "                       user-property takes NAME VALUE\n"
@@ -332,6 +332,10 @@ static int parse_ulong(const char *s, unsigned long long max, unsigned long long
 }
 
 static int parse_version(const char *s, uint8_t *out) {
+  if (strcmp(s, "mqttv31") == 0 || strcmp(s, "31") == 0) {
+    *out = UVMQTT_V31;
+    return 0;
+  }
   if (strcmp(s, "mqttv311") == 0 || strcmp(s, "311") == 0) {
     *out = UVMQTT_V311;
     return 0;
