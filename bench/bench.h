@@ -45,6 +45,8 @@ typedef struct {
   const char *ready_path; /* --ready-file: created once subscribers are subscribed */
   int quiet;              /* -Q: no progress lines */
   int tls;                /* --tls, --cafile or an mqtts:// URI: connect over TLS */
+  int ws;                 /* a ws:// or wss:// URI: MQTT over WebSocket */
+  const char *ws_path;    /* its path, "/mqtt" by default */
   const char *cafile;     /* --cafile: the CA that signed the broker's certificate */
   int insecure;           /* --insecure: no certificate or host-name check */
   /* -U: the servers, in the order given. With several (the nodes of a
@@ -169,6 +171,8 @@ typedef struct {
   size_t (*lib_heap)(void);
   /* Optional: why --ifaddr cannot be honoured (NULL: it can). */
   const char *ifaddr_unsupported;
+  /* Optional: why ws:// and wss:// URIs cannot be honoured (NULL: they can). */
+  const char *ws_unsupported;
 } bench_driver_t;
 
 /* One per-second sample of the measured phase. */

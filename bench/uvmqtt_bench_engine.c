@@ -641,6 +641,11 @@ int bench_main(const bench_opts_t *o, const bench_driver_t *drv, void *drv_state
             drv->ifaddr_unsupported);
     return 2;
   }
+  if (o->ws && drv->ws_unsupported) {
+    fprintf(stderr, "ws:// is not supported by the %s driver: %s\n", drv->name,
+            drv->ws_unsupported);
+    return 2;
+  }
   if (o->plot_path && bench_plot_check(o->plot_path) < 0) return 2;
   bench_t *b = calloc(1, sizeof *b);
   uv_loop_t *loop = calloc(1, sizeof *loop);

@@ -116,9 +116,9 @@ static const uvmqtt_callbacks_t callbacks = {
 static int drv_setup(bench_t *b) {
   driver_state_t *ds = b->drv_state;
   const char *h = b->o->host;
-  const char *scheme = b->o->tls ? "mqtts" : "mqtt";
-  snprintf(ds->uri, sizeof ds->uri, strchr(h, ':') ? "%s://[%s]:%d" : "%s://%s:%d", scheme, h,
-           b->o->port);
+  const char *scheme = b->o->ws ? (b->o->tls ? "wss" : "ws") : (b->o->tls ? "mqtts" : "mqtt");
+  snprintf(ds->uri, sizeof ds->uri, strchr(h, ':') ? "%s://[%s]:%d%s" : "%s://%s:%d%s", scheme, h,
+           b->o->port, b->o->ws ? b->o->ws_path : "");
   ds->tls.ca_file = b->o->cafile;
   ds->tls.insecure = (uint8_t)b->o->insecure;
   /* A few quick retries, so a refused connection ends the run instead of

@@ -76,14 +76,37 @@ static int parse_double(const char *s, double *out) {
  * (port optional). The host part is kept in a static buffer: there is one
  * set of options per process. */
 static int parse_uri(const char *uri, bench_opts_t *o) {
-  static char host[256];
+  static char host[256], path[256];
   const char *p = strstr(uri, "://");
   if (p == NULL) return -1;
-  if (strncmp(uri, "mqtts://", 8) == 0)
+  if (strncmp(uri, "mqtts://", 8) == 0) {
     o->tls = 1;
-  else if (strncmp(uri, "mqtt://", 7) != 0 && strncmp(uri, "tcp://", 6) != 0)
+  } else if (strncmp(uri, "wss://", 6) == 0) {
+    o->tls = 1;
+    o->ws = 1;
+    o->port = 443;
+  } else if (strncmp(uri, "ws://", 5) == 0) {
+    o->ws = 1;
+    o->port = 80;
+  } else if (strncmp(uri, "mqtt://", 7) != 0 && strncmp(uri, "tcp://", 6) != 0) {
     return -1;
+  }
   p += 3;
+  /* WebSocket URIs carry the request path after the authority. */
+  size_t authority = strcspn(p, "/");
+  if (o->ws) {
+    const char *slash = p + authority;
+    if (strlen(slash) >= sizeof path) return -1;
+    snprintf(path, sizeof path, "%s", *slash ? slash : "/mqtt");
+    o->ws_path = path;
+  } else if (p[authority] != '\0') {
+    return -1;
+  }
+  char auth[256];
+  if (authority >= sizeof auth) return -1;
+  memcpy(auth, p, authority);
+  auth[authority] = '\0';
+  p = auth;
   const char *colon = strrchr(p, ':');
   const char *close = strrchr(p, ']');
   size_t hostlen = (colon && (!close || colon > close)) ? (size_t)(colon - p) : strlen(p);
@@ -104,20 +127,25 @@ static int parse_uri(const char *uri, bench_opts_t *o) {
 }
 
 /* "uri1,uri2,...": each URI is checked, all plain or all TLS; the first
- * sets host and port (parsed last, since parse_uri() keeps one host). The
+ * sets host and port (parsed last, since parse_uri() keeps one host); all
+ * WebSocket or none. The
  * list is kept in a static buffer, like the host. */
 static int parse_uri_list(const char *list, bench_opts_t *o) {
   static char copy[4096];
   if (strlen(list) >= sizeof copy) return -1;
   memcpy(copy, list, strlen(list) + 1);
   o->nuris = 0;
-  int first_tls = 0;
+  int first_tls = 0, first_ws = 0;
   for (char *save = NULL, *u = strtok_r(copy, ",", &save); u; u = strtok_r(NULL, ",", &save)) {
     bench_opts_t scratch = *o;
     scratch.tls = 0;
+    scratch.ws = 0;
     if (o->nuris == BENCH_MAX_URIS || parse_uri(u, &scratch)) return -1;
-    if (o->nuris == 0) first_tls = scratch.tls;
-    if (scratch.tls != first_tls) return -1;
+    if (o->nuris == 0) {
+      first_tls = scratch.tls;
+      first_ws = scratch.ws;
+    }
+    if (scratch.tls != first_tls || scratch.ws != first_ws) return -1;
     o->uris[o->nuris++] = u;
   }
   return o->nuris ? parse_uri(o->uris[0], o) : -1;

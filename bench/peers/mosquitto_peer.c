@@ -233,6 +233,7 @@ static const bench_driver_t driver = {
     .publish = drv_publish,
     .close = drv_close,
     .teardown = drv_teardown,
+    .ws_unsupported = "libmosquitto has no WebSocket client",
 };
 
 int main(int argc, char **argv) {

@@ -161,9 +161,10 @@ static void on_disconnect_failed5(void *context, MQTTAsync_failureData5 *r) {
 static int drv_setup(bench_t *b) {
   driver_state_t *ds = b->drv_state;
   const char *h = b->o->host;
-  const char *scheme = b->o->tls ? "ssl" : "tcp";
-  snprintf(ds->uri, sizeof ds->uri, strchr(h, ':') ? "%s://[%s]:%d" : "%s://%s:%d", scheme, h,
-           b->o->port);
+  /* MQTTAsync speaks WebSocket itself ("ws://", "wss://" with a path). */
+  const char *scheme = b->o->ws ? (b->o->tls ? "wss" : "ws") : (b->o->tls ? "ssl" : "tcp");
+  snprintf(ds->uri, sizeof ds->uri, strchr(h, ':') ? "%s://[%s]:%d%s" : "%s://%s:%d%s", scheme, h,
+           b->o->port, b->o->ws ? b->o->ws_path : "");
   ds->v5 = b->o->version == 5;
   return 0;
 }
