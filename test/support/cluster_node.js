@@ -20,7 +20,11 @@ async function main () {
   const redis = { host: '127.0.0.1', port: redisPort }
   const broker = await Aedes.createBroker({
     id,
-    mq: mqemitterRedis(redis),
+    // No ready check on the emitter's connections: after a reconnect
+    // ioredis would send INFO on a connection already in subscriber mode
+    // and fail the node at start with "only subscriber commands may be
+    // used".
+    mq: mqemitterRedis({ ...redis, enableReadyCheck: false }),
     // The default delivers at most 1000 offline messages per reconnect and
     // silently drops the rest; a failover test queues far more than that.
     persistence: redisPersistence({ ...redis, maxSessionDelivery: 1000000 }),
