@@ -419,6 +419,9 @@ static void end_connect(bench_t *b) {
   case BENCH_CONN:
     b->phase = BENCH_PH_HOLD;
     arm_phase_timer(b, on_deadline, b->o->duration_s);
+    /* A script measuring the idle connections from outside (CPU, keepalive
+     * traffic) starts its window here, once every connection is up. */
+    write_ready_file(b);
     break;
   case BENCH_SUB:
     write_ready_file(b);

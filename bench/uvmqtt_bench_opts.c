@@ -43,6 +43,7 @@ static void usage(FILE *f, const char *prog, unsigned allowed) {
           "  --json FILE        write the report as one JSON object\n"
           "  --plot FILE        draw throughput and latency (.png or .svg) with gnuplot\n"
           "  --ready-file FILE  create FILE once every subscriber is subscribed\n"
+          "                     (conn: once every client is connected)\n"
           "  -Q                 no progress lines\n",
           BENCH_HEADER_LEN);
 }
