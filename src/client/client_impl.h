@@ -274,8 +274,9 @@ int uvmqtt__loop_try_start(uvmqtt__loop_t *lp, uvmqtt__client_t *c);
 /* The client's attempt ended (or will not start): frees its slot or its
  * place in the queue. */
 void uvmqtt__loop_release(uvmqtt__loop_t *lp, uvmqtt__client_t *c);
-/* Starts closing: the transport, then the timer; uvmqtt__client_free() and
- * the close callback run once both are closed. */
+/* Starts closing: the transport first; uvmqtt__client_free() and the close
+ * callback run once it is closed (from the loop's timer when there was no
+ * transport to close, so never inside uvmqtt_close()). */
 void uvmqtt__client_begin_close(uvmqtt__client_t *c);
 void uvmqtt__client_free(uvmqtt__client_t *c);
 extern const uvmqtt__session_events_t uvmqtt__client_session_events;
