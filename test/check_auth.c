@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "auth/scram.h"
+#include "broker.h"
 #include "fake_broker.h"
 #include "uvmqtt.h"
 
@@ -414,6 +415,85 @@ START_TEST(auth_options_checked) {
 }
 END_TEST
 
+/* ---- The command-line tools ----------------------------------------------------------------- */
+
+typedef struct {
+  sx_t x;
+  uv_process_t proc;
+  int exited;
+  int64_t exit_status;
+} cli_auth_t;
+
+static void cli_exited(uv_process_t *p, int64_t status, int signal) {
+  cli_auth_t *t = p->data;
+  (void)signal;
+  t->exited = 1;
+  t->exit_status = status;
+  uv_close((uv_handle_t *)p, NULL);
+  fake_broker_stop(&t->x.fb);
+  uv_timer_stop(&t->x.watchdog);
+  uv_close((uv_handle_t *)&t->x.watchdog, NULL);
+}
+
+/* uvmqtt-pub --auth-method SCRAM-SHA-256 -u user -P PASSWORD against the
+ * scripted SCRAM broker; returns the tool's exit status. */
+static int64_t cli_scram_publish(cli_auth_t *t, const char *password) {
+  sx_t *x = &t->x;
+  ck_assert_int_eq(uv_loop_init(&x->loop), 0);
+  x->fb.data = x;
+  x->password = "pencil";
+  x->method = "SCRAM-SHA-256";
+  ck_assert_int_eq(fake_broker_start(&x->fb, &x->loop, sx_packet), 0);
+  uv_timer_init(&x->loop, &x->watchdog);
+  uv_timer_start(&x->watchdog, sx_watchdog, 8000, 0);
+  char tool[512], port[16];
+  snprintf(tool, sizeof tool, "%s/tools/uvmqtt-pub", test_build_root());
+  snprintf(port, sizeof port, "%d", x->fb.port);
+  char *args[] = {tool,
+                  "-h",
+                  "127.0.0.1",
+                  "-p",
+                  port,
+                  "--auth-method",
+                  "SCRAM-SHA-256",
+                  "-u",
+                  "user",
+                  "-P",
+                  (char *)password,
+                  "-t",
+                  "auth/cli",
+                  "-q",
+                  "1",
+                  "-m",
+                  "scram",
+                  NULL};
+  uv_process_options_t po;
+  memset(&po, 0, sizeof po);
+  po.file = tool;
+  po.args = args;
+  po.exit_cb = cli_exited;
+  t->proc.data = t;
+  ck_assert_int_eq(uv_spawn(&x->loop, &t->proc, &po), 0);
+  ck_assert_int_eq(uv_run(&x->loop, UV_RUN_DEFAULT), 0);
+  ck_assert(t->exited);
+  ck_assert_int_eq(uv_loop_close(&x->loop), 0);
+  return t->exit_status;
+}
+
+/* The tools speak SCRAM-SHA-256 with -u and -P: a right password connects
+ * and publishes, a wrong one fails the tool. */
+START_TEST(auth_cli_scram) {
+  cli_auth_t *t = calloc(1, sizeof *t);
+  ck_assert_int_eq(cli_scram_publish(t, "pencil"), 0);
+  ck_assert_int_eq(t->x.auth_packets, 1); /* the client-final message */
+  free(t);
+  t = calloc(1, sizeof *t);
+  ck_assert_int_ne(cli_scram_publish(t, "crayon"), 0);
+  ck_assert_int_eq(t->x.auth_packets, 1);
+  free(t);
+}
+END_TEST
+
 Suite *uvmqtt_test_suite(void) {
   Suite *s = suite_create("auth");
   TCase *tc = tcase_create("scram");
@@ -425,6 +505,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(tc, auth_scram_forged_server_signature);
   tcase_add_test(tc, auth_scram_reauthenticate_while_publishing);
   tcase_add_test(tc, auth_options_checked);
+  tcase_add_test(tc, auth_cli_scram);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -112,6 +112,11 @@ typedef struct {
   const char *ws_path;
   const char *proxy;
   uint8_t proxy_from_env;
+  /* --auth-method: MQTT 5 enhanced authentication with -u/-P as the
+   * mechanism's credentials (SCRAM-SHA-256 is the one built in); `auth` is
+   * filled by cli_client_options() and freed by cli_opts_free(). */
+  const char *auth_method;
+  uvmqtt_auth_t auth;
 
   char url[1024]; /* -L, split in place into host, credentials and topic */
   char uri[320];
@@ -124,7 +129,10 @@ int cli_parse(cli_opts_t *o, cli_tool_t tool, int argc, char **argv);
 /* Fills `out` from parsed options. The client copies strings and property
  * sets, but the reconnect policy's state lives in `o`: keep `o` until the
  * client is closed. */
-void cli_client_options(const cli_opts_t *o, uvmqtt_options_t *out);
+/* Releases what cli_client_options() allocated (the SCRAM state). */
+void cli_opts_free(cli_opts_t *o);
+
+void cli_client_options(cli_opts_t *o, uvmqtt_options_t *out);
 
 /* 1 when the tool should keep trying while the first connection fails: the
  * user asked for a reconnect policy or for queued (deadline or until

@@ -452,12 +452,14 @@ int main(int argc, char **argv) {
   p.app.data = &p;
   if (cli_app_start(&p.app, &loop, &p.opts, &hooks, NULL) != 0) {
     uv_loop_close(&loop);
+    cli_opts_free(&p.opts);
     return CLI_EXIT_ERROR;
   }
   start_timers(&p, &loop);
   if (p.opts.delivery.kind != UVMQTT_DELIVERY_DROP) start_publishing(&p);
   uv_run(&loop, UV_RUN_DEFAULT);
   int exit_code = p.app.exit_code;
+  cli_opts_free(&p.opts);
   if (uv_loop_close(&loop) != 0) {
     cli_error(&p.opts, "handles still open at exit");
     exit_code = CLI_EXIT_ERROR;

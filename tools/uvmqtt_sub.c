@@ -125,6 +125,7 @@ int main(int argc, char **argv) {
   s.app.data = &s;
   if (cli_app_start(&s.app, &loop, &s.opts, &hooks, on_message) != 0) {
     uv_loop_close(&loop);
+    cli_opts_free(&s.opts);
     return CLI_EXIT_ERROR;
   }
   uv_timer_init(&loop, &s.timeout);
@@ -135,6 +136,7 @@ int main(int argc, char **argv) {
     uv_timer_start(&s.timeout, on_timeout, (uint64_t)s.opts.timeout_s * 1000, 0);
   uv_run(&loop, UV_RUN_DEFAULT);
   int exit_code = s.app.exit_code;
+  cli_opts_free(&s.opts);
   if (uv_loop_close(&loop) != 0) {
     cli_error(&s.opts, "handles still open at exit");
     exit_code = CLI_EXIT_ERROR;
