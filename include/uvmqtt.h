@@ -380,6 +380,14 @@ typedef struct {
   /** The order in which attempts go through `uris` (uvmqtt_server_order_t);
    * 0: UVMQTT_SERVERS_ROUND_ROBIN. */
   uint8_t server_order;
+
+  /** 1 (v5): each uvmqtt_subscribe() call with a per-subscription callback
+   * and no Subscription Identifier of its own gets one from the client, and
+   * a message carrying it goes straight to that callback instead of being
+   * matched against every stored filter (a hash lookup instead of a walk
+   * through the filters: `bench/dispatch_bench.c` measures both). The
+   * identifier is visible in the message's properties. 0: off. */
+  uint8_t sub_id_dispatch;
 } uvmqtt_options_t;
 
 /** Fills `opts` with the defaults. */

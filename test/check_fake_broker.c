@@ -12,6 +12,8 @@ typedef struct {
   uv_loop_t loop;
   fake_broker_t fb;
   const char *bind_address;
+  int sub_id_dispatch;
+  int got_a, got_b;
   void (*on_resubscribe)(uvmqtt_client_t *c, int status, const char *filter, uint8_t reason);
   /* SUBSCRIBEs as the broker saw them: filters, Subscription Identifier,
    * encoded size; and what on_resubscribe reported. */
@@ -331,6 +333,7 @@ static void fx_start(fx_t *f, uint8_t version, uint16_t keepalive, int no_reconn
   o.clean_start = (uint8_t)f->clean_start;
   o.no_max_packet_size = (uint8_t)f->no_max_packet_size;
   o.bind_address = f->bind_address;
+  o.sub_id_dispatch = (uint8_t)f->sub_id_dispatch;
   o.connect_props = connect_props;
   o.reconnect.fn = uvmqtt_reconnect_fixed;
   o.reconnect.state = &fast_retry;
@@ -1157,6 +1160,72 @@ START_TEST(fake_allocations_per_message) {
 }
 END_TEST
 
+static void dispatch_a(uvmqtt_client_t *c, const uvmqtt_message_t *m, void *arg) {
+  (void)m;
+  (void)arg;
+  fx_of_client(c)->got_a++;
+}
+
+static void dispatch_b(uvmqtt_client_t *c, const uvmqtt_message_t *m, void *arg) {
+  (void)m;
+  (void)arg;
+  fx_of_client(c)->got_b++;
+}
+
+static void send_with_sub_id(fx_t *f, uint32_t sub_id) {
+  uvmqtt_packet_t p;
+  memset(&p, 0, sizeof p);
+  p.type = UVMQTT_PUBLISH;
+  p.u.publish.topic.data = (const uint8_t *)"x/y";
+  p.u.publish.topic.len = 3;
+  p.u.publish.payload.data = (const uint8_t *)"m";
+  p.u.publish.payload.len = 1;
+  if (sub_id) {
+    p.props.has = 1ull << UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER;
+    p.props.subscription_id = sub_id;
+  }
+  ck_assert_int_eq(fake_send_packet(f->conn, &p), 0);
+}
+
+/* sub_id_dispatch: each subscribe call with a callback gets its own
+ * Subscription Identifier, and a message carrying one goes to that call's
+ * callback by the identifier alone (here even one whose filter does not
+ * match the topic, which filter matching would never choose); a message
+ * without one is matched by filter as before. */
+START_TEST(fake_dispatch_by_subscription_identifier) {
+  fx_t *f = calloc(1, sizeof *f);
+  f->sub_id_dispatch = 1;
+  fx_start(f, UVMQTT_V5, 30, 1, NULL);
+  RUN_UNTIL(f, f->connects == 1, 2000);
+  uvmqtt_topic_sub_t a = {{(const uint8_t *)"other/#", 7}, 0};
+  uvmqtt_topic_sub_t b = {{(const uint8_t *)"x/#", 3}, 0};
+  ck_assert_int_eq(uvmqtt_subscribe(&f->client, &a, 1, NULL, dispatch_a, NULL, NULL), 0);
+  ck_assert_int_eq(uvmqtt_subscribe(&f->client, &b, 1, NULL, dispatch_b, NULL, NULL), 0);
+  RUN_UNTIL(f, f->broker_subscribes == 2, 2000);
+  ck_assert_uint_ne(f->sub_id[0], 0);
+  ck_assert_uint_ne(f->sub_id[1], 0);
+  ck_assert_uint_ne(f->sub_id[0], f->sub_id[1]);
+  send_with_sub_id(f, f->sub_id[0]);
+  RUN_UNTIL(f, f->got_a == 1, 2000);
+  ck_assert_int_eq(f->got_a, 1);
+  ck_assert_int_eq(f->got_b, 0);
+  send_with_sub_id(f, 0);
+  RUN_UNTIL(f, f->got_b == 1, 2000);
+  ck_assert_int_eq(f->got_a, 1);
+  ck_assert_int_eq(f->got_b, 1);
+  /* Unsubscribed: its identifier no longer dispatches. */
+  const char *gone[] = {"other/#"};
+  ck_assert_int_eq(uvmqtt_unsubscribe(&f->client, gone, 1, NULL, NULL), 0);
+  send_with_sub_id(f, f->sub_id[0]);
+  RUN_UNTIL(f, f->got_b == 2, 2000);
+  ck_assert_int_eq(f->got_a, 1);
+  ck_assert_int_eq(f->got_b, 2);
+  finish(f);
+  fx_end(f);
+  free(f);
+}
+END_TEST
+
 Suite *uvmqtt_test_suite(void) {
   Suite *s = suite_create("fake_broker");
   TCase *tc = tcase_create("faults");
@@ -1185,6 +1254,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(tc, fake_bind_address_other_family_fails);
   tcase_add_test(tc, fake_resubscribe_keeps_props_splits_reports);
   tcase_add_test(tc, fake_allocations_per_message);
+  tcase_add_test(tc, fake_dispatch_by_subscription_identifier);
   tcase_add_loop_test(tc, fake_keepalive_slow_uplink, 0, 2);
   tcase_add_loop_test(tc, fake_graceful_disconnect_half_closes, 0, 2);
   suite_add_tcase(s, tc);

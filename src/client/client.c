@@ -125,6 +125,7 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
   }
   err = uvmqtt__config_get(c->lp, opts, cbs, &c->cfg);
   if (err == 0) err = uvmqtt__servers_init(c, opts->server_order);
+  c->sub_id_dispatch = opts->sub_id_dispatch;
   if (err == 0) {
     c->client_id =
         (opts->client_id && opts->client_id[0])
@@ -280,8 +281,24 @@ int uvmqtt_subscribe(uvmqtt_client_t *client, const uvmqtt_topic_sub_t *subs, si
     if (err) return err;
     if ((subs[i].options & 3) > 2) return UVMQTT_EBADQOS;
   }
+  /* sub_id_dispatch: a call with its own callback and no identifier of its
+   * own gets one (1..268,435,455, the variable byte integer's range). */
+  uvmqtt_props_t with_id;
+  if (c->sub_id_dispatch && c->cfg->version == UVMQTT_V5 && on_message != NULL &&
+      !(props && (UVMQTT_HAS(props, UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER) || props->sub_id_count))) {
+    if (props)
+      with_id = *props;
+    else
+      memset(&with_id, 0, sizeof with_id);
+    c->next_sub_id = c->next_sub_id % 268435455u + 1;
+    with_id.has |= 1ull << UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER;
+    with_id.subscription_id = c->next_sub_id;
+    props = &with_id;
+  }
   uvmqtt__subs_batch_t batch;
+  c->giving_sub_id = props == &with_id ? with_id.subscription_id : 0;
   err = uvmqtt__subs_prepare(c, subs, count, props, on_message, arg, &batch);
+  c->giving_sub_id = 0;
   if (err) return err;
   uvmqtt_packet_t p;
   memset(&p, 0, sizeof p);

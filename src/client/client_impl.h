@@ -28,7 +28,8 @@ typedef struct uvmqtt__sub_s {
   uvmqtt_props_t *props; /* owned copy (v5), or NULL */
   uint32_t batch;
   uint8_t options;
-  uint8_t is_new; /* prepared, not yet in the list */
+  uint8_t is_new;  /* prepared, not yet in the list */
+  uint32_t sub_id; /* the Subscription Identifier the client gave its call, 0: none */
   uint16_t len;
   uint16_t req_id; /* the SUBSCRIBE carrying it while unacknowledged, else 0 */
   char filter[];
@@ -156,6 +157,13 @@ struct uvmqtt__client_s {
   uvmqtt__write_t *spare_write;
   uvmqtt__sub_t *subs;
   uint32_t sub_batches;
+  /* sub_id_dispatch: the identifiers given so far, and an open-addressing
+   * index from identifier to a stored subscription of that call. */
+  uint8_t sub_id_dispatch;
+  uint32_t next_sub_id;
+  uint32_t giving_sub_id; /* during uvmqtt_subscribe(): the identifier its call gets */
+  uvmqtt__sub_t **sub_index;
+  uint32_t sub_index_cap, sub_index_len;
   uvmqtt_close_cb close_cb;
   /* What uvmqtt_client_stats() cannot derive. */
   uint32_t stat_attempts;
@@ -223,6 +231,8 @@ void uvmqtt__subs_resubscribed(uvmqtt__client_t *c, uint16_t req_id, int status,
 /* The SUBSCRIBE `req_id` was acknowledged (or failed for good). */
 void uvmqtt__subs_acked(uvmqtt__client_t *c, uint16_t req_id);
 void uvmqtt__subs_remove(uvmqtt__client_t *c, const char *const *filters, size_t count);
+/* The subscription the client gave identifier `id` to, or NULL. */
+uvmqtt__sub_t *uvmqtt__subs_by_id(uvmqtt__client_t *c, uint32_t id);
 /* The per-subscription callback for `topic`, or NULL. */
 uvmqtt__sub_t *uvmqtt__subs_match(uvmqtt__client_t *c, uvmqtt_bytes_t topic);
 /* Subscribes again to every stored filter not already on its way: one

@@ -507,7 +507,13 @@ static int ev_message(void *owner, const uvmqtt_packet_t *p, uvmqtt_bytes_t topi
   m.dup = p->u.publish.dup;
   m.packet_id = p->packet_id;
   m.props = c->cfg->version == UVMQTT_V5 ? &p->props : NULL;
-  uvmqtt__sub_t *s = c->subs ? uvmqtt__subs_match(c, topic) : NULL;
+  /* A subscription the client gave an identifier to is found by it; the
+   * others by matching their filters. */
+  uvmqtt__sub_t *s = NULL;
+  if (c->sub_index != NULL && m.props &&
+      (m.props->sub_id_count || UVMQTT_HAS(m.props, UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER)))
+    s = uvmqtt__subs_by_id(c, m.props->subscription_id);
+  if (s == NULL && c->subs) s = uvmqtt__subs_match(c, topic);
   if (s)
     s->on_message(c->handle, &m, s->arg);
   else if (c->cfg->cbs.on_message)

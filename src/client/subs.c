@@ -20,6 +20,55 @@ static uvmqtt__sub_t *find(uvmqtt__client_t *c, const uint8_t *filter, size_t le
   return NULL;
 }
 
+/* ---- The identifier index (sub_id_dispatch) ---------------------------------- */
+
+static uint32_t slot_of(uint32_t id, uint32_t cap) {
+  return (id * 2654435761u) & (cap - 1); /* Knuth's multiplicative hash */
+}
+
+static void index_put(uvmqtt__sub_t **tab, uint32_t cap, uvmqtt__sub_t *s) {
+  uint32_t i = slot_of(s->sub_id, cap);
+  while (tab[i] != NULL && tab[i]->sub_id != s->sub_id)
+    i = (i + 1) & (cap - 1);
+  if (tab[i] == NULL) tab[i] = s;
+}
+
+/* Adds s under its identifier (one entry per identifier: the calls' filters
+ * share it and their callback). Out of memory leaves it out: its messages
+ * are then matched by filter. */
+static void index_add(uvmqtt__client_t *c, uvmqtt__sub_t *s) {
+  if (s->sub_id == 0) return;
+  if ((c->sub_index_len + 1) * 2 > c->sub_index_cap) {
+    uint32_t cap = c->sub_index_cap ? c->sub_index_cap * 2 : 64;
+    uvmqtt__sub_t **tab = uvmqtt__calloc(cap, sizeof *tab);
+    if (tab == NULL) return;
+    for (uint32_t i = 0; i < c->sub_index_cap; i++)
+      if (c->sub_index[i]) index_put(tab, cap, c->sub_index[i]);
+    uvmqtt__free(c->sub_index);
+    c->sub_index = tab;
+    c->sub_index_cap = cap;
+  }
+  if (uvmqtt__subs_by_id(c, s->sub_id) == NULL) c->sub_index_len++;
+  index_put(c->sub_index, c->sub_index_cap, s);
+}
+
+/* After removals: the index again from the list (rare: unsubscribes). */
+static void index_rebuild(uvmqtt__client_t *c) {
+  if (c->sub_index == NULL) return;
+  memset(c->sub_index, 0, c->sub_index_cap * sizeof *c->sub_index);
+  c->sub_index_len = 0;
+  for (uvmqtt__sub_t *s = c->subs; s; s = s->next)
+    index_add(c, s);
+}
+
+uvmqtt__sub_t *uvmqtt__subs_by_id(uvmqtt__client_t *c, uint32_t id) {
+  if (c->sub_index == NULL || id == 0) return NULL;
+  for (uint32_t i = slot_of(id, c->sub_index_cap); c->sub_index[i] != NULL;
+       i = (i + 1) & (c->sub_index_cap - 1))
+    if (c->sub_index[i]->sub_id == id) return c->sub_index[i];
+  return NULL;
+}
+
 static void sub_free(uvmqtt__sub_t *s) {
   uvmqtt__free(s->props);
   uvmqtt__free(s);
@@ -57,6 +106,7 @@ int uvmqtt__subs_prepare(uvmqtt__client_t *c, const uvmqtt_topic_sub_t *subs, si
     s->on_message = cb;
     s->arg = arg;
     s->batch = batch;
+    s->sub_id = c->giving_sub_id; /* the identifier the client gave this call, or 0 */
     s->is_new = find(c, in->filter.data, in->filter.len, NULL) == NULL;
     if (props && c->cfg->version == UVMQTT_V5) s->props = uvmqtt__props_clone(props, &err);
   }
@@ -75,7 +125,10 @@ void uvmqtt__subs_commit(uvmqtt__client_t *c, uvmqtt__subs_batch_t *b, uint16_t 
       /* The same filter again: the new entry takes its place in the order. */
       s->next = old->next;
       *link = s;
+      int indexed = old->sub_id != 0;
       sub_free(old);
+      if (indexed) index_rebuild(c);
+      index_add(c, s);
       continue;
     }
     /* Appended, so dispatch and re-subscription keep the caller's order. */
@@ -84,19 +137,23 @@ void uvmqtt__subs_commit(uvmqtt__client_t *c, uvmqtt__subs_batch_t *b, uint16_t 
     while (*tail)
       tail = &(*tail)->next;
     *tail = s;
+    index_add(c, s);
   }
   uvmqtt__subs_discard(b);
 }
 
 void uvmqtt__subs_remove(uvmqtt__client_t *c, const char *const *filters, size_t count) {
+  int indexed = 0;
   for (size_t i = 0; i < count; i++) {
     uvmqtt__sub_t **link;
     uvmqtt__sub_t *s = find(c, (const uint8_t *)filters[i], strlen(filters[i]), &link);
     if (s) {
       *link = s->next;
+      indexed |= s->sub_id != 0;
       sub_free(s);
     }
   }
+  if (indexed) index_rebuild(c);
 }
 
 uvmqtt__sub_t *uvmqtt__subs_match(uvmqtt__client_t *c, uvmqtt_bytes_t topic) {
@@ -216,6 +273,9 @@ void uvmqtt__subs_resend(uvmqtt__client_t *c, uint64_t now) {
 }
 
 void uvmqtt__subs_free(uvmqtt__client_t *c) {
+  uvmqtt__free(c->sub_index);
+  c->sub_index = NULL;
+  c->sub_index_cap = c->sub_index_len = 0;
   while (c->subs) {
     uvmqtt__sub_t *s = c->subs;
     c->subs = s->next;
