@@ -896,8 +896,12 @@ static void dl_down(uvmqtt_client_t *c, const uvmqtt_disconnect_t *d) {
   ck_assert_msg(d->will_retry, "%s gave up", p->id);
   if (p->up) p->losses++;
   p->up = 0;
-  /* The publisher knows it is offline: publish now. */
-  if (p == &dl.pub && dl.phase == 1) after(50, dl_publish);
+  /* The publisher knows it is offline: publish now, once (a failed retry
+   * can report another loss before the timer fires). */
+  if (p == &dl.pub && dl.phase == 1) {
+    dl.phase = 2;
+    after(50, dl_publish);
+  }
 }
 
 static void dl_message(uvmqtt_client_t *c, const uvmqtt_message_t *m, void *arg) {
