@@ -38,6 +38,7 @@ extern "C" {
   XX(ESHORT, -30019, 0x81, "packet ends before its declared content")                              \
   XX(EBADCONNECT, -30020, 0x81, "invalid CONNECT flags")                                           \
   XX(EBADSUBOPT, -30021, 0x81, "invalid subscription options")                                     \
+  XX(ECLIENTID, -30022, 0x82, "client id not allowed: MQTT 3.1 needs 1 to 23 bytes")               \
   XX(ENOBUFS, -30030, 0, "output buffer too small")                                                \
   XX(EINVAL, -30031, 0, "invalid argument")                                                        \
   XX(ENOMEM, -30032, 0, "out of memory")                                                           \
@@ -86,7 +87,6 @@ extern "C" {
   XX(EPROXYAUTH, -30101, 0, "HTTP proxy wants (other) credentials (status 407 or 401)")            \
   XX(EPROXYHEADER, -30102, 0, "HTTP proxy response too large or malformed")                        \
   XX(EPROXYCLOSED, -30103, 0, "HTTP proxy closed the connection before answering")                 \
-  XX(ECLIENTID, -30110, 0x82, "client id not allowed: MQTT 3.1 needs 1 to 23 bytes")               \
   XX(EAUTH, -30111, 0x87,                                                                          \
      "enhanced authentication failed: refused by the broker or by the mechanism")                  \
   XX(EAUTHMETHOD, -30112, 0x82, "the broker answered with another authentication method")          \
