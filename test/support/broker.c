@@ -156,22 +156,7 @@ static pid_t spawn(const test_broker_t *b) {
   /* A test that crashes must not leave its broker running. */
   prctl(PR_SET_PDEATHSIG, SIGTERM);
 #endif
-  int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-  if (fd >= 0) {
-    dup2(fd, STDOUT_FILENO);
-    dup2(fd, STDERR_FILENO);
-    close(fd);
-  }
-  int null_fd = open("/dev/null", O_RDONLY);
-  if (null_fd >= 0) {
-    dup2(null_fd, STDIN_FILENO);
-    close(null_fd);
-  }
-  /* The broker must not hold the test's pipes and sockets open: a reader
-   * waiting for EOF on a pipe would hang while the broker lives. */
-  long max_fd = sysconf(_SC_OPEN_MAX);
-  for (int i = STDERR_FILENO + 1; i < (max_fd > 0 && max_fd < 65536 ? max_fd : 1024); i++)
-    close(i);
+  test_child_stdio(log, 0, NULL);
   char *argv[] = {"mosquitto", "-c", conf, NULL};
   execvp(argv[0], argv);
   /* /usr/sbin is often missing from PATH for users other than root. */
@@ -357,4 +342,28 @@ void test_loop_finish(uv_loop_t *loop, uv_timer_t *watchdog) {
   uv_close((uv_handle_t *)watchdog, NULL);
   uv_run(loop, UV_RUN_DEFAULT);
   ck_assert_int_eq(uv_loop_close(loop), 0);
+}
+
+void test_child_stdio(const char *out, int truncate_out, const char *err) {
+  int fd = open(out, O_WRONLY | O_CREAT | (truncate_out ? O_TRUNC : O_APPEND), 0644);
+  if (fd >= 0) {
+    dup2(fd, STDOUT_FILENO);
+    if (err == NULL) dup2(fd, STDERR_FILENO);
+    close(fd);
+  }
+  if (err != NULL) {
+    fd = open(err, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+      dup2(fd, STDERR_FILENO);
+      close(fd);
+    }
+  }
+  int null_fd = open("/dev/null", O_RDONLY);
+  if (null_fd >= 0) {
+    dup2(null_fd, STDIN_FILENO);
+    close(null_fd);
+  }
+  long max_fd = sysconf(_SC_OPEN_MAX);
+  for (int i = STDERR_FILENO + 1; i < (max_fd > 0 && max_fd < 65536 ? max_fd : 1024); i++)
+    close(i);
 }

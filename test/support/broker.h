@@ -51,6 +51,13 @@ void test_loop_finish(uv_loop_t *loop, uv_timer_t *watchdog);
  * Returns 0, or -1 when the hard limit is lower. */
 int test_raise_fd_limit(unsigned long want);
 
+/* In a child just forked to exec a server: stdout to `out` (truncated when
+ * `truncate_out`, else appended), stderr to `err` (appended; NULL: the
+ * same file as stdout), stdin from /dev/null, and every other descriptor
+ * closed, so the server holds none of the test's pipes and sockets open (a
+ * reader waiting for EOF on a pipe would hang while the server lives). */
+void test_child_stdio(const char *out, int truncate_out, const char *err);
+
 /* The build and source roots (from UVMQTT_BUILD_ROOT / UVMQTT_SOURCE_ROOT,
  * which the meson test environment sets). */
 const char *test_build_root(void);

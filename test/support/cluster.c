@@ -121,25 +121,7 @@ static pid_t spawn(char *const argv[], const char *fallback, const char *out, co
   /* A test that crashes must not leave its cluster running. */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
 #endif
-  int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd >= 0) {
-    dup2(fd, STDOUT_FILENO);
-    close(fd);
-  }
-  fd = open(err, O_WRONLY | O_CREAT | O_APPEND, 0644);
-  if (fd >= 0) {
-    dup2(fd, STDERR_FILENO);
-    close(fd);
-  }
-  int null_fd = open("/dev/null", O_RDONLY);
-  if (null_fd >= 0) {
-    dup2(null_fd, STDIN_FILENO);
-    close(null_fd);
-  }
-  /* The servers must not hold the test's sockets and pipes open. */
-  long max_fd = sysconf(_SC_OPEN_MAX);
-  for (int i = STDERR_FILENO + 1; i < (max_fd > 0 && max_fd < 65536 ? max_fd : 1024); i++)
-    close(i);
+  test_child_stdio(out, 1, err);
   if (node_path) setenv("NODE_PATH", node_path, 1);
   execvp(argv[0], argv);
   if (fallback) execv(fallback, argv);
