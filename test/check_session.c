@@ -21,6 +21,7 @@ typedef struct {
   int last_status;
   uint8_t last_reason;
   int statuses[256];
+  void *args[256]; /* each completed publish's arg, in completion order */
   int requests;
   int disconnects;
   int wakes;
@@ -52,10 +53,12 @@ static int ev_message(void *o, const uvmqtt_packet_t *p, uvmqtt_bytes_t topic) {
   return 0;
 }
 
-static int ev_done(void *o, uvmqtt__msg_t *m, int status, uint8_t reason) {
+static int ev_done(void *o, const uvmqtt__done_t *m, int status, uint8_t reason) {
   fixture_t *f = o;
-  (void)m;
-  if (f->done < 256) f->statuses[f->done] = status;
+  if (f->done < 256) {
+    f->statuses[f->done] = status;
+    f->args[f->done] = m->arg;
+  }
   f->done++;
   f->last_status = status;
   f->last_reason = reason;
@@ -855,7 +858,7 @@ START_TEST(session_unsent_qos0_follows_policy_at_loss) {
 END_TEST
 
 /* Publishes once from inside the callback of a dropped message. */
-static int ev_done_republish(void *o, uvmqtt__msg_t *m, int status, uint8_t reason) {
+static int ev_done_republish(void *o, const uvmqtt__done_t *m, int status, uint8_t reason) {
   fixture_t *f = o;
   ev_done(o, m, status, reason);
   if (status == UVMQTT_EDROPPED && f->done == 1) {
@@ -1910,6 +1913,68 @@ START_TEST(session_request_enomem_leaves_nothing) {
 }
 END_TEST
 
+/* A QoS 0 PUBLISH with nothing waiting before it goes straight into the
+ * output, allocating nothing; behind queued messages it keeps its place;
+ * completions come in publish order; one that cannot become a message of
+ * its own at a loss (no memory) fails with UVMQTT_ENOMEM, never silently. */
+START_TEST(session_qos0_direct_path) {
+  fixture_t f;
+  setup_session(&f, UVMQTT_V311, 0, 0);
+  connack(&f, 0, NULL);
+  drain(&f);
+  uvmqtt__publish_t o;
+  memset(&o, 0, sizeof o);
+  o.policy = UVMQTT_DELIVERY_UNTIL_DELIVERED;
+  /* Warm: one write sizes the next output. */
+  for (int i = 0; i < 50; i++)
+    ck_assert_int_eq(uvmqtt__session_publish(&f.s, "t", "p", 1, &o, 1), 0);
+  drain(&f);
+  f.done = 0;
+  uvmqtt_replace_allocator(failing_malloc, failing_realloc, failing_calloc, free);
+  g_fail_after = 2; /* the output buffer and its records, then nothing */
+  for (intptr_t i = 0; i < 50; i++) {
+    o.arg = (void *)(i + 1);
+    ck_assert_int_eq(uvmqtt__session_publish(&f.s, "t", "p", 1, &o, 1), 0);
+  }
+  ck_assert_int_ge(g_fail_after, 0); /* at most two allocations for 50 publishes */
+  g_fail_after = -1;
+  uvmqtt_replace_allocator(malloc, realloc, calloc, free);
+  ck_assert_int_eq(f.s.queued, 50);
+  ck_assert_int_eq(drain(&f), 50);
+  ck_assert_int_eq(f.done, 50);
+  for (intptr_t i = 0; i < 50; i++) {
+    ck_assert_int_eq(f.statuses[i], 0);
+    ck_assert_ptr_eq(f.args[i], (void *)(i + 1));
+  }
+  ck_assert_int_eq(f.s.queued, 0);
+
+  /* Lost before the write: one is rebuilt and kept, the next finds no
+   * memory and fails. */
+  f.done = 0;
+  o.arg = (void *)1;
+  ck_assert_int_eq(uvmqtt__session_publish(&f.s, "kept", "p", 1, &o, 1), 0);
+  o.arg = (void *)2;
+  ck_assert_int_eq(uvmqtt__session_publish(&f.s, "nomem", "p", 1, &o, 1), 0);
+  uvmqtt_replace_allocator(failing_malloc, failing_realloc, failing_calloc, free);
+  g_fail_after = 1;
+  uvmqtt__session_lost(&f.s, UV_EOF, 2);
+  g_fail_after = -1;
+  uvmqtt_replace_allocator(malloc, realloc, calloc, free);
+  ck_assert_int_eq(f.done, 1);
+  ck_assert_int_eq(f.statuses[0], UVMQTT_ENOMEM);
+  ck_assert_ptr_eq(f.args[0], (void *)2);
+  ck_assert_int_eq(f.s.queued, 1);
+  reconnect(&f, 1);
+  ck_assert_int_eq(drain(&f), 1);
+  ck_assert_int_eq(f.out[0].type, UVMQTT_PUBLISH);
+  ck_assert_int_eq(memcmp(f.out[0].u.publish.topic.data, "kept", 4), 0);
+  ck_assert_int_eq(f.done, 2);
+  ck_assert_int_eq(f.statuses[1], 0);
+  ck_assert_ptr_eq(f.args[1], (void *)1);
+  teardown(&f);
+}
+END_TEST
+
 /* Defect 16: with a store, the incoming QoS 2 ids waiting for PUBREL
  * outlive the process: a restarted subscriber answers the broker's DUP
  * resend with PUBREC and does not deliver it again. */
@@ -2004,6 +2069,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(recon, session_drop_oldest_room_kept_for_the_publish);
   tcase_add_test(recon, session_free_completes_everything);
   tcase_add_test(recon, session_unsent_qos0_follows_policy_at_loss);
+  tcase_add_test(recon, session_qos0_direct_path);
   suite_add_tcase(s, recon);
 
   TCase *bad = tcase_create("bad_input");

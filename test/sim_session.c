@@ -354,7 +354,7 @@ static void cin_remove(sim_t *x, uint16_t id) {
     }
 }
 
-static int ev_done(void *o, uvmqtt__msg_t *m, int status, uint8_t reason) {
+static int ev_done(void *o, const uvmqtt__done_t *m, int status, uint8_t reason) {
   sim_t *x = o;
   (void)reason;
   int t = (int)(intptr_t)m->arg - 1;
@@ -1021,14 +1021,14 @@ static void check_invariants(sim_t *x) {
     inflight++;
     bytes += m->len;
   }
-  for (uvmqtt__msg_t *m = s->out.msgs.head; m; m = m->next) {
+  for (uint32_t i = 0; i < s->out.npubs; i++) {
     queued++;
-    bytes += m->len;
+    bytes += s->out.pubs[i].len;
   }
   /* A write in progress still holds its QoS 0 messages. */
-  for (uvmqtt__msg_t *m = x->wr_active ? x->wr.msgs.head : NULL; m; m = m->next) {
+  for (uint32_t i = 0; x->wr_active && i < x->wr.npubs; i++) {
     queued++;
-    bytes += m->len;
+    bytes += x->wr.pubs[i].len;
   }
   for (uvmqtt__req_t *r = s->reqs; r; r = r->next)
     check_ids(x, ids, &nids, r->id);

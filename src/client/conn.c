@@ -521,7 +521,7 @@ static int ev_message(void *owner, const uvmqtt_packet_t *p, uvmqtt_bytes_t topi
   return c->closing;
 }
 
-static int ev_publish_done(void *owner, uvmqtt__msg_t *m, int status, uint8_t reason) {
+static int ev_publish_done(void *owner, const uvmqtt__done_t *m, int status, uint8_t reason) {
   uvmqtt__client_t *c = owner;
   if (m->cb)
     ((uvmqtt_publish_cb)m->cb)(c->handle, status, reason, m->arg);

@@ -12,6 +12,7 @@
 
 #include "base/alloc.h"
 #include "codec/codec_internal.h"
+#include "codec/utf8.h"
 
 #define DEFAULT_MAX_QUEUED       65536u
 #define DEFAULT_MAX_QUEUED_BYTES (16u * 1024u * 1024u)
@@ -323,9 +324,25 @@ static int gate_publish(const uvmqtt__session_t *s, const uvmqtt__msg_t *m, int 
   return 0;
 }
 
-static int out_reserve(uvmqtt__output_t *o, size_t extra) {
+/* Room for one more QoS 0 PUBLISH record in the output. */
+static int out_pubs_reserve(uvmqtt__session_t *s) {
+  uvmqtt__output_t *o = &s->out;
+  if (o->npubs < o->pubs_cap) return 0;
+  uint32_t cap = o->pubs_cap ? o->pubs_cap * 2 : (s->out_pubs_hint > 16 ? s->out_pubs_hint : 16);
+  uvmqtt__out_pub_t *p = uvmqtt__realloc(o->pubs, (size_t)cap * sizeof *p);
+  if (p == NULL) return UVMQTT_ENOMEM;
+  o->pubs = p;
+  o->pubs_cap = cap;
+  return 0;
+}
+
+/* A new output starts at the size of the last one written, so that a steady
+ * stream of messages costs one allocation per write, not a series of
+ * reallocations; an idle connection keeps only that number. */
+static int out_reserve(uvmqtt__session_t *s, size_t extra) {
+  uvmqtt__output_t *o = &s->out;
   if (o->cap - o->len >= extra) return 0;
-  size_t cap = o->cap ? o->cap : 256;
+  size_t cap = o->cap ? o->cap : (s->out_hint > 256 ? s->out_hint : 256);
   while (cap - o->len < extra)
     cap *= 2;
   uint8_t *buf = uvmqtt__realloc(o->buf, cap);
@@ -337,7 +354,7 @@ static int out_reserve(uvmqtt__output_t *o, size_t extra) {
 
 /* Appends bytes the caller has passed through the gate. */
 static int out_append(uvmqtt__session_t *s, const uint8_t *bytes, size_t len, uint64_t now) {
-  int err = out_reserve(&s->out, len);
+  int err = out_reserve(s, len);
   if (err) return err;
   memcpy(s->out.buf + s->out.len, bytes, len);
   s->out.len += len;
@@ -352,7 +369,7 @@ static int out_packet(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt, uint64_t
   if (size < 0) return (int)size;
   int g = gate(s, pkt->type, (size_t)size);
   if (g) return g;
-  int err = out_reserve(&s->out, (size_t)size);
+  int err = out_reserve(s, (size_t)size);
   if (err) return err;
   ssize_t n = uvmqtt_encode(pkt, s->version, s->out.buf + s->out.len, s->out.cap - s->out.len);
   if (n < 0) return (int)n;
@@ -470,7 +487,7 @@ static int out_publish_aliased(uvmqtt__session_t *s, uvmqtt__msg_t *m, uint64_t 
   if (remaining > UVMQTT_MAX_REMAINING_LENGTH) return 1;
   size_t total = 1u + (size_t)uvmqtt_varint_size((uint32_t)remaining) + (size_t)remaining;
   if (s->broker_max_packet && total > s->broker_max_packet) return 1;
-  if (out_reserve(&s->out, total) != 0) return 1;
+  if (out_reserve(s, total) != 0) return 1;
   if (alias_out_commit(s, alias, topic, m->topic_len, bound) != 0) return 1;
   uint8_t *p = s->out.buf + s->out.len;
   size_t n = 0;
@@ -543,8 +560,48 @@ static void msg_finish(uvmqtt__session_t *s, uvmqtt__msg_t *m, int status, uint8
   id_release(s, m->id);
   s->queued--;
   s->queued_bytes -= m->len;
-  if (s->ev->publish_done) s->ev->publish_done(s->owner, m, status, reason);
+  uvmqtt__done_t d = {m->cb, m->arg, m->id, m->restored};
   uvmqtt__free(m);
+  if (s->ev->publish_done) s->ev->publish_done(s->owner, &d, status, reason);
+}
+
+/* The message a QoS 0 PUBLISH published straight into the output becomes
+ * when the output is lost before the write: its bytes, as queued messages
+ * keep them. NULL without memory. */
+static uvmqtt__msg_t *out_pub_to_msg(uvmqtt__session_t *s, const uvmqtt__out_pub_t *op,
+                                     uint64_t now) {
+  uvmqtt__msg_t *m = uvmqtt__malloc(sizeof *m + op->len);
+  if (m == NULL) return NULL;
+  memset(m, 0, sizeof *m);
+  memcpy(m->data, s->out.buf + op->off, op->len);
+  uint32_t fixed = 1;
+  while (m->data[fixed] & 0x80)
+    fixed++;
+  fixed++;
+  m->seq = op->seq;
+  m->created = now;
+  m->deadline = op->deadline;
+  m->cb = op->cb;
+  m->arg = op->arg;
+  m->len = op->len;
+  m->topic_off = fixed + 2;
+  m->topic_len = (uint16_t)((m->data[fixed] << 8) | m->data[fixed + 1]);
+  m->conn = s->conn;
+  m->retain = m->data[0] & 1;
+  m->policy = op->policy;
+  return m;
+}
+
+/* Completes a QoS 0 PUBLISH of an output. */
+static void out_pub_finish(uvmqtt__session_t *s, const uvmqtt__out_pub_t *op, int status) {
+  if (op->msg) {
+    msg_finish(s, op->msg, status, 0);
+    return;
+  }
+  s->queued--;
+  s->queued_bytes -= op->len;
+  uvmqtt__done_t d = {op->cb, op->arg, 0, 0};
+  if (s->ev->publish_done) s->ev->publish_done(s->owner, &d, status, 0);
 }
 
 static void aliases_free(uvmqtt__session_t *s) {
@@ -594,6 +651,7 @@ void uvmqtt__session_free(uvmqtt__session_t *s, int status) {
   s->alias_out_max = 0;
   dec_drop(s);
   uvmqtt__free(s->out.buf);
+  uvmqtt__free(s->out.pubs);
   memset(&s->out, 0, sizeof s->out);
   store_detach(s);
 }
@@ -878,6 +936,62 @@ static int connected(const uvmqtt__session_t *s) {
   return s->state == UVMQTT__S_ONLINE || s->state == UVMQTT__S_DRAINING;
 }
 
+/* A QoS 0 PUBLISH may skip the queue when nothing waits before it, it goes
+ * out at once, and all it needs besides its bytes fits an output record:
+ * online, below the output's high water, nothing queued or to resend, no
+ * store, no properties or aliases, a policy the session applies itself. */
+static int direct_ok(const uvmqtt__session_t *s, const uvmqtt__publish_t *p,
+                     const uvmqtt_props_t *props) {
+  return p->qos == 0 && s->state == UVMQTT__S_ONLINE && s->queue.head == NULL &&
+         s->resend.head == NULL && s->store == NULL && props == NULL && s->alias_out_max == 0 &&
+         p->policy != UVMQTT_DELIVERY_CUSTOM && s->out.len < UVMQTT__OUT_HIGH_WATER &&
+         !(p->policy == UVMQTT_DELIVERY_DEADLINE && p->deadline_ms == 0); /* stale at once */
+}
+
+/* Encodes a QoS 0 PUBLISH (checked by the caller but for its topic) straight
+ * into the output: no message is allocated and the bytes are copied once.
+ * The queue bounds count it until its write completes, as they count a
+ * queued QoS 0 message in the output. */
+static int publish_direct(uvmqtt__session_t *s, const uint8_t *topic, size_t topic_len,
+                          const void *payload, size_t len, const uvmqtt__publish_t *p,
+                          uint64_t now) {
+  size_t rem = 2 + topic_len + (s->version == UVMQTT_V5 ? 1u : 0u) + len;
+  if (rem > UVMQTT_MAX_REMAINING_LENGTH) return UVMQTT_EPKTTOOBIG;
+  size_t total = 1u + (size_t)uvmqtt_varint_size((uint32_t)rem) + rem;
+  int g = gate(s, UVMQTT_PUBLISH, total);
+  if (g < 0) return g;
+  int err = uvmqtt__utf8_scan(topic, topic_len, 1);
+  if (err) return err;
+  if (s->queued + 1 > s->max_queued || s->queued_bytes + total > s->max_queued_bytes)
+    return UVMQTT_EQUEUEFULL;
+  if (out_reserve(s, total) != 0 || out_pubs_reserve(s) != 0) return UVMQTT_ENOMEM;
+  uint8_t *b = s->out.buf + s->out.len;
+  size_t n = 0;
+  b[n++] = (uint8_t)((UVMQTT_PUBLISH << 4) | (p->retain ? 1u : 0u));
+  n += put_varint(b + n, (uint32_t)rem);
+  b[n++] = (uint8_t)(topic_len >> 8);
+  b[n++] = (uint8_t)topic_len;
+  memcpy(b + n, topic, topic_len);
+  n += topic_len;
+  if (s->version == UVMQTT_V5) b[n++] = 0; /* no properties */
+  if (len) memcpy(b + n, payload, len);
+  n += len;
+  uvmqtt__out_pub_t *op = &s->out.pubs[s->out.npubs++];
+  op->msg = NULL;
+  op->cb = p->cb;
+  op->arg = p->arg;
+  op->seq = s->next_seq++;
+  op->deadline = p->policy == UVMQTT_DELIVERY_DEADLINE ? now + p->deadline_ms : 0;
+  op->off = (uint32_t)s->out.len;
+  op->len = (uint32_t)n;
+  op->policy = p->policy;
+  s->out.len += n;
+  s->last_send = now;
+  s->queued++;
+  s->queued_bytes += n;
+  return 0;
+}
+
 int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void *payload,
                             size_t len, const uvmqtt__publish_t *p, uint64_t now) {
   if (topic == NULL || p == NULL || (payload == NULL && len > 0)) return UVMQTT_EINVAL;
@@ -902,6 +1016,8 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
     if (p->retain && !s->broker_retain) return UVMQTT_ERETAINNOTSUP;
     if (alias > s->broker_alias_max) return UVMQTT_ETOPICALIAS;
   }
+  if (topic_len > 0 && direct_ok(s, p, props))
+    return publish_direct(s, (const uint8_t *)topic, topic_len, payload, len, p, now);
 
   uvmqtt_packet_t pkt;
   memset(&pkt, 0, sizeof pkt);
@@ -989,7 +1105,7 @@ void uvmqtt__session_pump(uvmqtt__session_t *s, uint64_t now) {
       refuse(s, &s->resend, m, g);
       continue;
     }
-    if (out_reserve(&s->out, m->len) != 0) break; /* out of memory: retry later */
+    if (out_reserve(s, m->len) != 0) break; /* out of memory: retry later */
     list_pop(&s->resend);
     (void)out_publish(s, m, now);
     m->state = UVMQTT__MSG_WAIT_ACK;
@@ -1005,12 +1121,17 @@ void uvmqtt__session_pump(uvmqtt__session_t *s, uint64_t now) {
       refuse(s, &s->queue, m, g);
       continue;
     }
-    if (out_reserve(&s->out, m->len) != 0) break; /* out of memory: retry later */
+    if (out_reserve(s, m->len) != 0) break; /* out of memory: retry later */
     if (m->qos == 0) {
+      if (out_pubs_reserve(s) != 0) break;
       list_pop(&s->queue);
       (void)out_publish(s, m, now);
       m->state = UVMQTT__MSG_WRITING;
-      list_push(&s->out.msgs, m);
+      m->next = NULL;
+      uvmqtt__out_pub_t *op = &s->out.pubs[s->out.npubs++];
+      memset(op, 0, sizeof *op);
+      op->msg = m;
+      op->len = m->len;
       continue;
     }
     int id = next_packet_id(s);
@@ -1064,7 +1185,7 @@ static void phase_stored(uvmqtt__session_t *s, uvmqtt__msg_t *m) {
       list_unlink(&s->window, prev, m);
       s->inflight--;
       msg_finish(s, m, g, 0);
-    } else if (g == 1 || out_reserve(&s->out, m->len) != 0) {
+    } else if (g == 1 || out_reserve(s, m->len) != 0) {
       /* Not on this connection: it waits with the resends, its id known to
        * the store (and maybe to the broker). */
       list_unlink(&s->window, prev, m);
@@ -1094,7 +1215,7 @@ int uvmqtt__session_request(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt, uv
   int g = gate(s, pkt->type, (size_t)size);
   if (g < 0) return g;
   /* Room in the output first: once queued, a request must go out. */
-  if (g == 0 && out_reserve(&s->out, (size_t)size) != 0) return UVMQTT_ENOMEM;
+  if (g == 0 && out_reserve(s, (size_t)size) != 0) return UVMQTT_ENOMEM;
   uvmqtt__req_t *r = uvmqtt__malloc(sizeof *r + (size_t)size);
   if (r == NULL) return UVMQTT_ENOMEM;
   memset(r, 0, sizeof *r);
@@ -1483,12 +1604,22 @@ void uvmqtt__session_lost(uvmqtt__session_t *s, int status, uint64_t now) {
   uvmqtt__msg_t *m;
   /* Output the owner never took did not reach the socket: its QoS 0
    * messages were never sent, so they go back to the queue and their
-   * delivery policy decides below, like any unsent message. */
-  while ((m = list_pop(&s->out.msgs)) != NULL) {
+   * delivery policy decides below, like any unsent message. One published
+   * straight into the output becomes a message of its own now (without
+   * memory for that, it fails with UVMQTT_ENOMEM below). */
+  uint32_t unkept = 0;
+  for (uint32_t i = 0; i < s->out.npubs; i++) {
+    uvmqtt__out_pub_t *op = &s->out.pubs[i];
+    m = op->msg ? op->msg : out_pub_to_msg(s, op, now);
+    if (m == NULL) {
+      s->out.pubs[unkept++] = *op;
+      continue;
+    }
     m->state = UVMQTT__MSG_QUEUED;
     m->sent = 0;
     list_insert_by_seq(&s->queue, m);
   }
+  s->out.npubs = 0;
   s->out.len = 0;
   s->out.has_ping = 0;
   s->state = UVMQTT__S_OFFLINE;
@@ -1517,6 +1648,10 @@ void uvmqtt__session_lost(uvmqtt__session_t *s, int status, uint64_t now) {
   apply_loss_policy(s, &s->resend, 0, status, now);
   apply_loss_policy(s, &s->queue, 0, status, now);
   recompute_expiry(s);
+  for (uint32_t i = 0; i < unkept; i++) {
+    uvmqtt__out_pub_t op = s->out.pubs[i];
+    out_pub_finish(s, &op, UVMQTT_ENOMEM);
+  }
 }
 
 int uvmqtt__session_tick(uvmqtt__session_t *s, uint64_t now) {
@@ -1682,9 +1817,10 @@ int uvmqtt__session_take_output(uvmqtt__session_t *s, uvmqtt__output_t *out) {
 
 void uvmqtt__session_written(uvmqtt__session_t *s, uvmqtt__output_t *out, int status,
                              uint64_t now) {
-  uvmqtt__msg_t *m;
-  while ((m = list_pop(&out->msgs)) != NULL)
-    msg_finish(s, m, status, 0);
+  /* A callback may publish: that goes to s->out, never to this output. */
+  uint32_t npubs = out->npubs;
+  for (uint32_t i = 0; i < npubs; i++)
+    out_pub_finish(s, &out->pubs[i], status);
   if (status == 0) {
     s->last_written = now;
     if (out->has_ping && s->ping == 1) {
@@ -1692,6 +1828,9 @@ void uvmqtt__session_written(uvmqtt__session_t *s, uvmqtt__output_t *out, int st
       s->ping_sent = now;
     }
   }
+  s->out_hint =
+      out->len < UVMQTT__OUT_HIGH_WATER * 2 ? (uint32_t)out->len : UVMQTT__OUT_HIGH_WATER * 2;
+  s->out_pubs_hint = npubs;
   /* While busy, keep the buffer for the next output rather than allocating
    * again; an idle connection keeps none. */
   int busy = s->queue.head != NULL || s->window.head != NULL || s->resend.head != NULL;
@@ -1700,6 +1839,12 @@ void uvmqtt__session_written(uvmqtt__session_t *s, uvmqtt__output_t *out, int st
     s->out.cap = out->cap;
   } else {
     uvmqtt__free(out->buf);
+  }
+  if (busy && s->out.pubs == NULL) {
+    s->out.pubs = out->pubs;
+    s->out.pubs_cap = out->pubs_cap;
+  } else {
+    uvmqtt__free(out->pubs);
   }
   memset(out, 0, sizeof *out);
 }

@@ -31,6 +31,14 @@
 typedef void (*uvmqtt__cb_fn)(void);
 
 typedef struct uvmqtt__msg_s uvmqtt__msg_t;
+
+/* What publish_done tells of a finished message. */
+typedef struct {
+  uvmqtt__cb_fn cb;
+  void *arg;
+  uint16_t id;      /* its packet id, 0: none */
+  uint8_t restored; /* published by an earlier process, found in the store */
+} uvmqtt__done_t;
 typedef struct uvmqtt__req_s uvmqtt__req_t;
 typedef struct uvmqtt__store_wait_s uvmqtt__store_wait_t;
 
@@ -97,8 +105,8 @@ typedef struct {
   /* `topic` is the resolved topic (alias applied). The ack is queued after
    * this returns 0. */
   int (*message)(void *owner, const uvmqtt_packet_t *pkt, uvmqtt_bytes_t topic);
-  /* The message is freed right after this returns. */
-  int (*publish_done)(void *owner, uvmqtt__msg_t *msg, int status, uint8_t reason);
+  /* A message completed (`d` is valid during the call only). */
+  int (*publish_done)(void *owner, const uvmqtt__done_t *d, int status, uint8_t reason);
   /* The request is freed right after this returns; `ack` is NULL on error. */
   int (*request_done)(void *owner, uvmqtt__req_t *req, int status, const uvmqtt_packet_t *ack);
   /* A v5 DISCONNECT from the broker; the owner closes the connection. */
@@ -161,12 +169,30 @@ typedef struct {
   uvmqtt__msg_t *tail;
 } uvmqtt__msg_list_t;
 
+/* A QoS 0 PUBLISH in the output, in publish order: a message that waited in
+ * the queue (`msg`), or one published straight into the buffer while
+ * nothing waited (msg NULL). Such a message is never allocated: its bytes
+ * are buf[off, off + len) and the rest of it is what its completion, and a
+ * loss before the write, need. */
+typedef struct {
+  uvmqtt__msg_t *msg;
+  uvmqtt__cb_fn cb;
+  void *arg;
+  uint64_t seq;
+  uint64_t deadline; /* ms; 0: none */
+  uint32_t off;
+  uint32_t len;
+  uint8_t policy;
+} uvmqtt__out_pub_t;
+
 typedef struct {
   uint8_t *buf;
   size_t len;
   size_t cap;
-  uvmqtt__msg_list_t msgs; /* QoS 0 messages whose bytes are in buf */
-  uint8_t has_ping;        /* a PINGREQ is in buf: timed from when buf is written */
+  uvmqtt__out_pub_t *pubs; /* the QoS 0 PUBLISHes in buf */
+  uint32_t npubs;
+  uint32_t pubs_cap;
+  uint8_t has_ping; /* a PINGREQ is in buf: timed from when buf is written */
 } uvmqtt__output_t;
 
 typedef struct uvmqtt__session_s {
@@ -210,6 +236,8 @@ typedef struct uvmqtt__session_s {
   uint32_t dec_max;  /* the largest packet accepted on this connection */
   uint8_t receiving; /* inside uvmqtt__session_recv: the decoder is in use */
   uvmqtt__output_t out;
+  uint32_t out_hint;         /* bytes of the last output written: where the next starts */
+  uint32_t out_pubs_hint;    /* its QoS 0 PUBLISHes */
   uvmqtt__msg_list_t queue;  /* QUEUED, in publish order */
   uvmqtt__msg_list_t resend; /* READY, in first-send order */
   uvmqtt__msg_list_t window; /* STORING, WAIT_ACK, WAIT_COMP */
