@@ -419,8 +419,51 @@ START_TEST(session_server_keep_alive_applied) {
   pr.has = 1ull << UVMQTT_PROP_SERVER_KEEP_ALIVE;
   pr.server_keep_alive = 5;
   connack(&f, 0, &pr);
-  ck_assert_uint_eq(uvmqtt__session_next_deadline(&f.s), 5000);
+  /* 5 s, not 60, on the keepalive grid (a sixteenth: 312 ms steps). */
+  ck_assert_uint_eq(uvmqtt__session_next_deadline(&f.s), 5000 - 5000 % 312);
   teardown(&f);
+}
+END_TEST
+
+/* Keepalive deadlines sit on a grid, so that a loop wakes once for the
+ * pings of many clients: never later than keep_alive for a PINGREQ (up to
+ * one step early), never earlier than the bounded wait for its answer. */
+START_TEST(session_keepalive_grid) {
+  static fixture_t f[3];
+  const uint64_t starts[3] = {100, 700, 1300};
+  for (int i = 0; i < 3; i++) {
+    memset(&f[i], 0, sizeof f[i]);
+    uvmqtt__session_init(&f[i].s, &f[i], &events, UVMQTT_V311);
+    uvmqtt_packet_t c = connect_packet(UVMQTT_V311, 1);
+    c.u.connect.keep_alive = 60;
+    ck_assert_int_eq(uvmqtt__session_connect(&f[i].s, &c, starts[i]), 0);
+    drain(&f[i]);
+    uvmqtt_packet_t p;
+    memset(&p, 0, sizeof p);
+    p.type = UVMQTT_CONNACK;
+    feed_packet(&f[i], &p, starts[i], 0);
+  }
+  /* 60 s keepalive: steps of 1 s. The first two share their deadline. */
+  ck_assert_uint_eq(uvmqtt__session_next_deadline(&f[0].s), 60000);
+  ck_assert_uint_eq(uvmqtt__session_next_deadline(&f[1].s), 60000);
+  ck_assert_uint_eq(uvmqtt__session_next_deadline(&f[2].s), 61000);
+  for (int i = 0; i < 3; i++) {
+    uint64_t d = uvmqtt__session_next_deadline(&f[i].s);
+    ck_assert_uint_le(d, starts[i] + 60000);
+    ck_assert_uint_gt(d + UVMQTT__KEEPALIVE_GRID_MS, starts[i] + 60000);
+    ck_assert_int_eq(uvmqtt__session_tick(&f[i].s, d - 1), 0);
+    ck_assert_int_eq(drain(&f[i]), 0);
+    ck_assert_int_eq(uvmqtt__session_tick(&f[i].s, d), 0);
+    ck_assert_int_eq(drain(&f[i]), 1);
+    ck_assert_int_eq(f[i].out[0].type, UVMQTT_PINGREQ);
+  }
+  /* The wait for PINGRESP (half a keep_alive from the write) ends on a
+   * step too, never before it has run its length. */
+  uint64_t wait = uvmqtt__session_next_deadline(&f[0].s);
+  ck_assert_uint_ge(wait, 60000 + 30000);
+  ck_assert_uint_eq(wait % 1000, 0);
+  for (int i = 0; i < 3; i++)
+    teardown(&f[i]);
 }
 END_TEST
 
@@ -2050,6 +2093,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(limits, session_max_inflight_caps_window);
   tcase_add_test(limits, session_broker_limits_fail_locally);
   tcase_add_test(limits, session_server_keep_alive_applied);
+  tcase_add_test(limits, session_keepalive_grid);
   tcase_add_loop_test(limits, session_keepalive_ping_and_timeout, 0, 2);
   tcase_add_test(limits, session_keepalive_pingresp_keeps_alive);
   tcase_add_test(limits, session_packet_ids_never_reused_in_flight);

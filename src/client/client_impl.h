@@ -99,6 +99,12 @@ typedef enum {
 
 typedef struct uvmqtt__client_s uvmqtt__client_t;
 
+/* A client in its loop's deadline heap (loop.c). */
+typedef struct {
+  uint64_t due;
+  uvmqtt__client_t *c;
+} uvmqtt__heap_entry_t;
+
 /* What the clients of one libuv loop share (loop.c). */
 typedef struct uvmqtt__loop_s {
   struct uvmqtt__loop_s *next; /* the process-wide registry */
@@ -108,7 +114,7 @@ typedef struct uvmqtt__loop_s {
   uint8_t timer_open; /* the timer is initialised (from the first deadline on) */
   uv_timer_t timer;
   uint64_t timer_due;
-  uvmqtt__client_t **heap; /* clients with a deadline, earliest first */
+  uvmqtt__heap_entry_t *heap; /* clients with a deadline, earliest first */
   uint32_t heap_len, heap_cap;
   uint32_t connecting; /* attempts holding a slot */
   uint32_t max_connecting;

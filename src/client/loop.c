@@ -32,48 +32,51 @@ static void registry_init(void) {
 
 /* ---- The heap ------------------------------------------------------------- */
 
-static void heap_place(uvmqtt__loop_t *lp, uint32_t i, uvmqtt__client_t *c) {
-  lp->heap[i] = c;
-  c->heap_idx = i;
+/* Entries carry their deadline, so sifting compares within the array and
+ * touches a client's struct only to record where it moved: with thousands
+ * of clients, each struct read is a likely cache miss. */
+static void heap_place(uvmqtt__loop_t *lp, uint32_t i, uvmqtt__heap_entry_t e) {
+  lp->heap[i] = e;
+  e.c->heap_idx = i;
 }
 
 static void heap_up(uvmqtt__loop_t *lp, uint32_t i) {
-  uvmqtt__client_t *c = lp->heap[i];
+  uvmqtt__heap_entry_t e = lp->heap[i];
   while (i > 0) {
     uint32_t parent = (i - 1) / 2;
-    if (lp->heap[parent]->timer_due <= c->timer_due) break;
+    if (lp->heap[parent].due <= e.due) break;
     heap_place(lp, i, lp->heap[parent]);
     i = parent;
   }
-  heap_place(lp, i, c);
+  heap_place(lp, i, e);
 }
 
 static void heap_down(uvmqtt__loop_t *lp, uint32_t i) {
-  uvmqtt__client_t *c = lp->heap[i];
+  uvmqtt__heap_entry_t e = lp->heap[i];
   for (;;) {
     uint32_t l = 2 * i + 1, r = l + 1, m = i;
-    uint64_t due = c->timer_due;
-    if (l < lp->heap_len && lp->heap[l]->timer_due < due) {
+    uint64_t due = e.due;
+    if (l < lp->heap_len && lp->heap[l].due < due) {
       m = l;
-      due = lp->heap[l]->timer_due;
+      due = lp->heap[l].due;
     }
-    if (r < lp->heap_len && lp->heap[r]->timer_due < due) m = r;
+    if (r < lp->heap_len && lp->heap[r].due < due) m = r;
     if (m == i) break;
     heap_place(lp, i, lp->heap[m]);
     i = m;
   }
-  heap_place(lp, i, c);
+  heap_place(lp, i, e);
 }
 
 static void heap_remove(uvmqtt__loop_t *lp, uvmqtt__client_t *c) {
   uint32_t i = c->heap_idx;
   if (i == NOT_IN_HEAP) return;
   c->heap_idx = NOT_IN_HEAP;
-  uvmqtt__client_t *last = lp->heap[--lp->heap_len];
-  if (last == c) return;
+  uvmqtt__heap_entry_t last = lp->heap[--lp->heap_len];
+  if (last.c == c) return;
   heap_place(lp, i, last);
   heap_down(lp, i);
-  heap_up(lp, last->heap_idx);
+  heap_up(lp, last.c->heap_idx);
 }
 
 /* ---- The timer -------------------------------------------------------------- */
@@ -95,7 +98,7 @@ static void rearm(uvmqtt__loop_t *lp) {
     lp->timer_due = 0;
     return;
   }
-  uint64_t next = lp->heap[0]->timer_due;
+  uint64_t next = lp->heap[0].due;
   /* A timer that fires early only re-arms itself, so it is moved only
    * earlier: keepalive deadlines move on every packet. */
   if (lp->timer_due && lp->timer_due <= next) return;
@@ -113,6 +116,7 @@ void uvmqtt__loop_schedule(uvmqtt__loop_t *lp, uvmqtt__client_t *c, uint64_t due
   if (c->heap_idx != NOT_IN_HEAP) {
     uint64_t old = c->timer_due;
     c->timer_due = due;
+    lp->heap[c->heap_idx].due = due;
     if (due < old)
       heap_up(lp, c->heap_idx);
     else
@@ -120,7 +124,7 @@ void uvmqtt__loop_schedule(uvmqtt__loop_t *lp, uvmqtt__client_t *c, uint64_t due
   } else {
     if (lp->heap_len == lp->heap_cap) {
       uint32_t cap = lp->heap_cap ? lp->heap_cap * 2 : 64;
-      uvmqtt__client_t **h = uvmqtt__realloc(lp->heap, cap * sizeof *h);
+      uvmqtt__heap_entry_t *h = uvmqtt__realloc(lp->heap, cap * sizeof *h);
       /* Without room the client is served by the next sweep: every client
        * is also re-armed after each of its events. */
       if (h == NULL) return;
@@ -128,7 +132,8 @@ void uvmqtt__loop_schedule(uvmqtt__loop_t *lp, uvmqtt__client_t *c, uint64_t due
       lp->heap_cap = cap;
     }
     c->timer_due = due;
-    lp->heap[lp->heap_len] = c;
+    lp->heap[lp->heap_len].due = due;
+    lp->heap[lp->heap_len].c = c;
     c->heap_idx = lp->heap_len++;
     heap_up(lp, c->heap_idx);
   }
@@ -142,8 +147,8 @@ static void on_loop_timer(uv_timer_t *timer) {
   /* A bounded sweep: a client re-armed for `now` during the sweep waits for
    * the next turn of the loop instead of spinning here. */
   uint32_t budget = lp->heap_len;
-  while (budget-- > 0 && lp->heap_len > 0 && lp->heap[0]->timer_due <= now) {
-    uvmqtt__client_t *c = lp->heap[0];
+  while (budget-- > 0 && lp->heap_len > 0 && lp->heap[0].due <= now) {
+    uvmqtt__client_t *c = lp->heap[0].c;
     heap_remove(lp, c);
     c->timer_due = 0;
     uvmqtt__client_on_timer(c, now);

@@ -1699,11 +1699,26 @@ static uint64_t max3(uint64_t a, uint64_t b, uint64_t c) {
  * only drains while the broker acknowledges our bytes, and on a slow uplink
  * the PINGREQ may sit there behind megabytes the broker has yet to read. A
  * PINGREQ that cannot even be written is given a whole keep_alive without
- * any write progress or byte received. */
+ * any write progress or byte received.
+ *
+ * The deadlines sit on a grid of a sixteenth of keep_alive, at most
+ * UVMQTT__KEEPALIVE_GRID_MS: a PINGREQ goes out up to one step early (the
+ * protocol allows it: keep_alive bounds the silence, it does not set the
+ * beat) and the wait for its answer ends up to one step late. A loop holding
+ * thousands of clients then wakes once per step for every ping due in it,
+ * and writes them and reads their answers in one burst, instead of waking
+ * once per client. */
+static uint64_t keepalive_grid(uint64_t ka_ms) {
+  uint64_t g = ka_ms / 16;
+  if (g > UVMQTT__KEEPALIVE_GRID_MS) g = UVMQTT__KEEPALIVE_GRID_MS;
+  return g ? g : 1;
+}
+
 uint64_t uvmqtt__session_next_deadline(const uvmqtt__session_t *s) {
   uint64_t next = s->next_expiry;
   if (connected(s) && s->keepalive_s) {
     uint64_t ka = (uint64_t)s->keepalive_s * 1000u;
+    uint64_t g = keepalive_grid(ka);
     uint64_t t;
     if (s->ping == 2)
       t = max3(s->ping_sent, s->last_recv, s->last_written) + ka / 2;
@@ -1711,6 +1726,10 @@ uint64_t uvmqtt__session_next_deadline(const uvmqtt__session_t *s) {
       t = max3(s->ping_sent, s->last_written, s->last_recv) + ka;
     else
       t = (s->last_send < s->last_recv ? s->last_send : s->last_recv) + ka;
+    if (s->ping)
+      t += (g - t % g) % g;
+    else
+      t -= t % g;
     if (next == 0 || t < next) next = t;
   }
   return next;

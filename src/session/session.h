@@ -371,6 +371,9 @@ uint64_t uvmqtt__session_next_deadline(const uvmqtt__session_t *s);
  * handed to the socket) until the owner takes the output. */
 #define UVMQTT__OUT_HIGH_WATER (64u * 1024u)
 
+/* The coarsest step keepalive deadlines are rounded to (ms). */
+#define UVMQTT__KEEPALIVE_GRID_MS 1000u
+
 /* Moves resends and queued messages into the output while the gate allows
  * and the high-water mark is not reached. The entry points above call it;
  * the owner calls it after taking the output. */
