@@ -362,7 +362,7 @@ int uvmqtt_disconnect(uvmqtt_client_t *client, uint8_t reason) {
   switch (c->state) {
   case UVMQTT__C_CONNECTED:
     c->state = UVMQTT__C_DISCONNECTING;
-    c->stop_deadline = uvmqtt__now(c) + c->cfg->disconnect_timeout_ms;
+    c->state_deadline = uvmqtt__now(c) + c->cfg->disconnect_timeout_ms;
     err = uvmqtt__session_stop(&c->sess, c->cfg->version == UVMQTT_V5 ? reason : 0, uvmqtt__now(c));
     if (err < 0)
       uvmqtt__client_lost(c, err);

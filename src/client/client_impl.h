@@ -122,25 +122,62 @@ typedef struct uvmqtt__loop_s {
   uvmqtt__config_t *configs;
 } uvmqtt__loop_t;
 
+/* Ordered by size so that thousands of idle clients carry no padding:
+ * pointers and 64-bit values, then 32-bit values, then bytes. */
 struct uvmqtt__client_s {
   uvmqtt_client_t *handle;
   uvmqtt__session_t sess;
   uvmqtt__transport_t tr;
   uvmqtt__loop_t *lp;
-  uint32_t heap_idx;
-  uint8_t pace; /* uvmqtt__pace_t */
   uvmqtt__client_t *pace_next;
   uvmqtt__config_t *cfg; /* the options, shared with the loop's clients that have the same */
-  /* Per client: the id (the broker may assign one), the place in the server
-   * list, and what pre_connect hooks replaced for this client alone. */
+  /* Per client: the id (the broker may assign one) and what pre_connect
+   * hooks replaced for this client alone. */
   char *client_id;
-  uint32_t uri_index;
   char **own_uris;                     /* a private copy of cfg->uris after uvmqtt_client_set_uri */
   struct uvmqtt__creds_s *creds;       /* after uvmqtt_client_set_credentials */
   struct uvmqtt__auth_s *auth;         /* enhanced authentication (v5), or NULL */
   struct uvmqtt__requests_s *requests; /* uvmqtt_request() state, or NULL */
+  /* The deadline of the state the client is in, each state reading only its
+   * own: the attempt's timeout (CONNECTING, WAIT_CONNACK, DROPPING), the next
+   * attempt (WAIT_RETRY), the end of the drain and then of the wait for EOF
+   * (DISCONNECTING). */
+  uint64_t state_deadline;
+  uint64_t ping_mark; /* bytes written up to the PINGREQ in flight; 0: none written */
+  uint64_t connected_at;
+  uint64_t down_since;
+  uvmqtt__write_t *writes; /* pending writes, in order */
+  uvmqtt__write_t *spare_write;
+  uvmqtt__sub_t *subs;
+  /* sub_id_dispatch: an open-addressing index from identifier to a stored
+   * subscription of that call. */
+  uvmqtt__sub_t **sub_index;
+  uvmqtt_close_cb close_cb;
+  /* The proxy the environment names for the current attempt
+   * (proxy_from_env), parsed. */
+  struct uvmqtt__proxy_config_s *env_proxy;
+  /* The server list (servers.c): with several servers, per URI when its
+   * penalty ends (it is tried last until then) and its failures in a row. */
+  struct uvmqtt__server_s {
+    uint64_t bad_until;
+    uint32_t failures;
+  } * servers;
 
-  /* State. */
+  uint32_t heap_idx;
+  uint32_t uri_index; /* the place in the server list */
+  int last_status;
+  int fail_status;   /* the error ending this connection, before a write error can mask it */
+  uint32_t attempt;  /* attempts made since the last good connection */
+  uint32_t failures; /* losses and failed attempts since then: what the policy is told */
+  uint32_t sub_batches;
+  uint32_t next_sub_id;   /* sub_id_dispatch: the identifiers given so far */
+  uint32_t giving_sub_id; /* during uvmqtt_subscribe(): the identifier its call gets */
+  uint32_t sub_index_cap, sub_index_len;
+  /* What uvmqtt_client_stats() cannot derive. */
+  uint32_t stat_attempts;
+  uint32_t stat_reconnects;
+
+  uint8_t pace; /* uvmqtt__pace_t */
   uint8_t state;
   uint8_t closing;
   uint8_t transport_active;
@@ -148,44 +185,9 @@ struct uvmqtt__client_s {
   uint8_t ever_connected;
   uint8_t last_reason;
   uint8_t shut; /* the transport is half-closed after DISCONNECT */
-  int last_status;
-  int fail_status;   /* the error ending this connection, before a write error can mask it */
-  uint32_t attempt;  /* attempts made since the last good connection */
-  uint32_t failures; /* losses and failed attempts since then: what the policy is told */
-  uint64_t timer_due;
-  uint64_t connect_deadline;
-  uint64_t retry_at;
-  uint64_t ping_mark;     /* bytes written up to the PINGREQ in flight; 0: none written */
-  uint64_t stop_deadline; /* DISCONNECTING: end of the drain, then of the wait for EOF */
-  uint64_t connected_at;
-  uint64_t down_since;
-  uvmqtt__write_t *writes; /* pending writes, in order */
-  uvmqtt__write_t *spare_write;
-  uvmqtt__sub_t *subs;
-  uint32_t sub_batches;
-  /* sub_id_dispatch: the identifiers given so far, and an open-addressing
-   * index from identifier to a stored subscription of that call. */
   uint8_t sub_id_dispatch;
-  uint32_t next_sub_id;
-  uint32_t giving_sub_id; /* during uvmqtt_subscribe(): the identifier its call gets */
-  uvmqtt__sub_t **sub_index;
-  uint32_t sub_index_cap, sub_index_len;
-  uvmqtt_close_cb close_cb;
-  /* What uvmqtt_client_stats() cannot derive. */
-  uint32_t stat_attempts;
-  uint32_t stat_reconnects;
   uint8_t stat_connected;
-  /* The proxy the environment names for the current attempt
-   * (proxy_from_env), parsed. */
-  struct uvmqtt__proxy_config_s *env_proxy;
-  /* The server list (servers.c): the order option, and with several
-   * servers, per URI when its penalty ends (it is tried last until then)
-   * and its failures in a row. */
-  uint8_t server_order;
-  struct uvmqtt__server_s {
-    uint64_t bad_until;
-    uint32_t failures;
-  } * servers;
+  uint8_t server_order; /* the server list's order option */
 };
 
 /* Credentials a pre_connect hook set for one client. */
@@ -284,6 +286,8 @@ uvmqtt__loop_t *uvmqtt__loop_ref(uv_loop_t *loop, uint32_t max_connecting);
 void uvmqtt__loop_unref(uvmqtt__loop_t *lp);
 /* Sets the client's deadline (0: none). */
 void uvmqtt__loop_schedule(uvmqtt__loop_t *lp, uvmqtt__client_t *c, uint64_t due);
+/* When the client's timer is due (ms, uv_now's clock), 0: not armed. */
+uint64_t uvmqtt__loop_due(const uvmqtt__loop_t *lp, const uvmqtt__client_t *c);
 /* 1: the client may start its attempt now (it holds a slot); 0: it waits
  * in the queue and is scheduled when a slot frees. */
 int uvmqtt__loop_try_start(uvmqtt__loop_t *lp, uvmqtt__client_t *c);

@@ -28,20 +28,22 @@ void uvmqtt__client_arm(uvmqtt__client_t *c) {
   } else {
     next = uvmqtt__session_next_deadline(&c->sess);
     if ((c->state == UVMQTT__C_CONNECTING || c->state == UVMQTT__C_WAIT_CONNACK) &&
-        c->pace != UVMQTT__PACE_WAITING && (next == 0 || c->connect_deadline < next))
-      next = c->connect_deadline;
-    if (c->state == UVMQTT__C_WAIT_RETRY && (next == 0 || c->retry_at < next)) next = c->retry_at;
+        c->pace != UVMQTT__PACE_WAITING && (next == 0 || c->state_deadline < next))
+      next = c->state_deadline;
+    if (c->state == UVMQTT__C_WAIT_RETRY && (next == 0 || c->state_deadline < next))
+      next = c->state_deadline;
     if (c->state == UVMQTT__C_DISCONNECTING && c->transport_active &&
-        (next == 0 || c->stop_deadline < next))
-      next = c->stop_deadline;
+        (next == 0 || c->state_deadline < next))
+      next = c->state_deadline;
     uint64_t rq = uvmqtt__requests_next(c);
     if (rq && (next == 0 || rq < next)) next = rq;
     if (c->flush_scheduled || c->pace == UVMQTT__PACE_GRANTED) next = now;
   }
   /* A deadline that fires early only re-arms the client, so it is moved
    * only earlier: keepalive deadlines move on every packet. */
-  if (next != 0 && c->timer_due && c->timer_due <= next) return;
-  if (next == 0 && c->timer_due == 0) return;
+  uint64_t due = uvmqtt__loop_due(c->lp, c);
+  if (next != 0 && due && due <= next) return;
+  if (next == 0 && due == 0) return;
   uvmqtt__loop_schedule(c->lp, c, next);
 }
 
@@ -68,7 +70,7 @@ static void close_transport(uvmqtt__client_t *c) {
  * sent instead of receiving a reset. */
 static void half_close(uvmqtt__client_t *c) {
   c->shut = 1;
-  c->stop_deadline = uvmqtt__now(c) + c->cfg->disconnect_timeout_ms;
+  c->state_deadline = uvmqtt__now(c) + c->cfg->disconnect_timeout_ms;
   if (uvmqtt__transport_shutdown(&c->tr) != 0) close_transport(c);
 }
 
@@ -203,7 +205,7 @@ static void run_attempt(uvmqtt__client_t *c) {
   uvmqtt__uri_t uri;
   int err = uvmqtt__uri_parse(uvmqtt__servers_pick(c, uvmqtt__now(c)), &uri);
   /* The timeout starts now, not when the attempt was queued. */
-  c->connect_deadline = uvmqtt__now(c) + c->cfg->connect_timeout_ms;
+  c->state_deadline = uvmqtt__now(c) + c->cfg->connect_timeout_ms;
   const uvmqtt__proxy_config_t *proxy = NULL;
   if (err == 0) err = pick_proxy(c, &uri, &proxy);
   if (err == 0) {
@@ -232,7 +234,7 @@ static void run_attempt(uvmqtt__client_t *c) {
     uvmqtt__loop_release(c->lp, c);
     c->last_status = err;
     c->state = UVMQTT__C_DROPPING;
-    c->connect_deadline = uvmqtt__now(c);
+    c->state_deadline = uvmqtt__now(c);
   }
   uvmqtt__client_arm(c);
 }
@@ -289,7 +291,7 @@ static void after_loss(uvmqtt__client_t *c) {
   d.attempt = c->failures;
   if (delay >= 0) {
     c->state = UVMQTT__C_WAIT_RETRY;
-    c->retry_at = now + (uint64_t)delay;
+    c->state_deadline = now + (uint64_t)delay;
     d.will_retry = 1;
     d.retry_in_ms = (uint64_t)delay;
   } else {
@@ -420,20 +422,20 @@ void uvmqtt__client_on_timer(uvmqtt__client_t *c, uint64_t now) {
   if (c->pace == UVMQTT__PACE_GRANTED) {
     c->pace = UVMQTT__PACE_RUNNING;
     run_attempt(c);
-  } else if (c->state == UVMQTT__C_DROPPING && !c->transport_active && now >= c->connect_deadline) {
+  } else if (c->state == UVMQTT__C_DROPPING && !c->transport_active && now >= c->state_deadline) {
     after_loss(c); /* an attempt that could not even start */
   } else if ((c->state == UVMQTT__C_CONNECTING || c->state == UVMQTT__C_WAIT_CONNACK) &&
-             c->pace != UVMQTT__PACE_WAITING && now >= c->connect_deadline) {
+             c->pace != UVMQTT__PACE_WAITING && now >= c->state_deadline) {
     uvmqtt__client_lost(c, UVMQTT_ECONNTIMEDOUT);
-  } else if (c->state == UVMQTT__C_WAIT_RETRY && now >= c->retry_at) {
+  } else if (c->state == UVMQTT__C_WAIT_RETRY && now >= c->state_deadline) {
     uvmqtt__client_start_attempt(c);
   } else if (c->state == UVMQTT__C_DISCONNECTING && c->transport_active &&
-             now >= c->stop_deadline) {
+             now >= c->state_deadline) {
     if (c->shut || uvmqtt__session_terminating(&c->sess)) {
       close_transport(c); /* the broker did not close in time (or the socket is stuck) */
     } else {
       (void)uvmqtt__session_stop_now(&c->sess, now); /* the drain ran out of time */
-      c->stop_deadline = now + c->cfg->disconnect_timeout_ms;
+      c->state_deadline = now + c->cfg->disconnect_timeout_ms;
     }
   }
   if (c->closing) return;

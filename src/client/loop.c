@@ -107,15 +107,17 @@ static void rearm(uvmqtt__loop_t *lp) {
   uv_timer_start(&lp->timer, on_loop_timer, next > now ? next - now : 0, 0);
 }
 
+uint64_t uvmqtt__loop_due(const uvmqtt__loop_t *lp, const uvmqtt__client_t *c) {
+  return c->heap_idx == NOT_IN_HEAP ? 0 : lp->heap[c->heap_idx].due;
+}
+
 void uvmqtt__loop_schedule(uvmqtt__loop_t *lp, uvmqtt__client_t *c, uint64_t due) {
   if (due == 0) {
     heap_remove(lp, c);
-    c->timer_due = 0;
     return;
   }
   if (c->heap_idx != NOT_IN_HEAP) {
-    uint64_t old = c->timer_due;
-    c->timer_due = due;
+    uint64_t old = lp->heap[c->heap_idx].due;
     lp->heap[c->heap_idx].due = due;
     if (due < old)
       heap_up(lp, c->heap_idx);
@@ -131,7 +133,6 @@ void uvmqtt__loop_schedule(uvmqtt__loop_t *lp, uvmqtt__client_t *c, uint64_t due
       lp->heap = h;
       lp->heap_cap = cap;
     }
-    c->timer_due = due;
     lp->heap[lp->heap_len].due = due;
     lp->heap[lp->heap_len].c = c;
     c->heap_idx = lp->heap_len++;
@@ -150,7 +151,6 @@ static void on_loop_timer(uv_timer_t *timer) {
   while (budget-- > 0 && lp->heap_len > 0 && lp->heap[0].due <= now) {
     uvmqtt__client_t *c = lp->heap[0].c;
     heap_remove(lp, c);
-    c->timer_due = 0;
     uvmqtt__client_on_timer(c, now);
     if (lp->closing) return; /* the last client closed */
   }
