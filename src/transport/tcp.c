@@ -1,14 +1,27 @@
 /* The TCP transport: resolve a name, try each address until one connects,
- * then a plain libuv stream. Requests live on the heap only while in use, so
- * an open idle connection holds nothing but its uv_tcp_t.
+ * then a non-blocking socket watched by one uv_poll_t.
+ *
+ * Why not uv_tcp_t: a gateway holds thousands of idle connections, and a
+ * uv_tcp_t is 248 bytes of stream machinery (write queues, connect and
+ * shutdown requests, accept state) where a uv_poll_t is 160. The socket
+ * calls the stream would make are few and done here: connect, recv,
+ * sendmsg, shutdown. State that only a connection attempt needs (the
+ * resolver's request, the address list) lives in one allocation while the
+ * attempt runs, and writes the socket did not take at once wait in a FIFO,
+ * so an open idle connection holds its poll handle and a few fields.
  *
  * With an HTTP proxy, the connection goes to the proxy, and a CONNECT step
  * runs between the TCP connection and on_connect: the owner (or TLS or
  * WebSocket above) sees a stream to the broker, as without a proxy. */
 #include "transport/transport.h"
 
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "base/alloc.h"
 #include "transport/http.h"
@@ -16,37 +29,72 @@
 #include "transport/read_pool.h"
 #include "uvmqtt/errors.h"
 
+/* A read that fills the pool's buffer may have more behind it: read again,
+ * up to this many times per readiness event (as libuv's streams do), so one
+ * busy connection cannot starve the others. */
+#define READS_PER_EVENT 32
+
+/* sendmsg takes at most IOV_MAX buffers at a time. */
+#define MAX_IOV 64
+
 /* The CONNECT step of one connection attempt. */
 typedef struct uvmqtt__proxy_step_s {
   char *head; /* the proxy's answer while it arrives */
   size_t head_len;
   uint8_t done;          /* the proxy answered 2xx: the tunnel is up */
-  uint8_t write_pending; /* the request is still in the socket's queue */
+  uint8_t write_pending; /* the request is still in the write queue */
   size_t request_len;
   char request[];
 } proxy_step_t;
 
-/* One uv_write that uv_try_write could not finish: the request, the user's
- * argument and the buffers that are left, advanced past what already went. */
-typedef struct {
-  uv_write_t req;
-  uvmqtt__transport_t *t;
+/* A connection attempt: the resolver's request and the addresses to try. */
+typedef struct uvmqtt__dial_s {
+  uv_getaddrinfo_t req;
+  uvmqtt__transport_t *t; /* NULL once the transport no longer waits for the resolver */
+  struct addrinfo *addrs; /* resolved (ours to free), or NULL for a caller's list */
+  struct addrinfo *next_addr;
+  int last_error;
+  uint8_t resolving; /* the resolver has not called back yet */
+} dial_t;
+
+/* Bytes write() accepted that the socket has not taken yet, with the
+ * owner's argument; completed in order. */
+typedef struct uvmqtt__tcp_write_s {
+  struct uvmqtt__tcp_write_s *next;
   void *arg;
-  size_t bytes;
+  size_t bytes; /* what is left */
+  unsigned first, nbufs;
   uv_buf_t bufs[];
 } write_req_t;
 
 static void try_next_addr(uvmqtt__transport_t *t);
+static void on_poll(uv_poll_t *h, int status, int events);
+
+static int os_error(void) {
+  return errno == 0 ? UV_EIO : -errno;
+}
 
 static void start_reading(uvmqtt__transport_t *t) {
   uvmqtt__read_pool_ref();
   t->reading = 1;
 }
 
+/* Watches what the connection needs now: input while reading, room to
+ * write while writes wait (or the connect completes). */
+static int watch(uvmqtt__transport_t *t) {
+  if (!t->poll_open || uv_is_closing((uv_handle_t *)&t->h.poll)) return 0;
+  int events = 0;
+  if (t->state == UVMQTT__T_CONNECTING || t->wq_head != NULL) events |= UV_WRITABLE;
+  if (t->reading) events |= UV_READABLE;
+  if (events == t->events) return 0;
+  t->events = (uint8_t)events;
+  return events ? uv_poll_start(&t->h.poll, events, on_poll) : uv_poll_stop(&t->h.poll);
+}
+
 static void stop_reading(uvmqtt__transport_t *t) {
   if (!t->reading) return;
   t->reading = 0;
-  uv_read_stop((uv_stream_t *)&t->tcp);
+  (void)watch(t);
   uvmqtt__read_pool_unref();
 }
 
@@ -57,21 +105,55 @@ static void proxy_free(uvmqtt__transport_t *t) {
   t->proxy = NULL;
 }
 
-static void drop_addrs(uvmqtt__transport_t *t) {
-  /* A list given to connect_addrs() is the caller's: only resolved lists are
-   * recorded in addrs. */
-  if (t->addrs != NULL) uv_freeaddrinfo(t->addrs);
-  t->addrs = NULL;
-  t->next_addr = NULL;
+/* The attempt is over (connected, failed or closed). A resolver still
+ * running keeps the block until it calls back. */
+static void dial_end(uvmqtt__transport_t *t) {
+  dial_t *d = t->dial;
+  if (d == NULL) return;
+  t->dial = NULL;
+  if (d->addrs != NULL) uv_freeaddrinfo(d->addrs);
+  d->addrs = NULL;
+  d->next_addr = NULL;
+  d->t = NULL;
+  if (!d->resolving) uvmqtt__free(d);
 }
 
-/* Completes a close once the resolver, the connect request and the handle
- * have all called back. Only ever reached from a libuv callback, so on_close
- * is always asynchronous. */
+static dial_t *dial_begin(uvmqtt__transport_t *t, int initial_error) {
+  dial_t *d = uvmqtt__malloc(sizeof *d);
+  if (d == NULL) return NULL;
+  memset(d, 0, sizeof *d);
+  d->t = t;
+  d->req.data = d;
+  d->last_error = initial_error;
+  t->dial = d;
+  return d;
+}
+
+/* Completes every write still queued with `status` (UV_ECANCELED at a
+ * close), in order. */
+static void fail_writes(uvmqtt__transport_t *t, int status) {
+  while (t->wq_head != NULL) {
+    write_req_t *w = t->wq_head;
+    t->wq_head = w->next;
+    if (t->wq_head == NULL) t->wq_tail = NULL;
+    t->pending_bytes -= w->bytes;
+    void *arg = w->arg;
+    uvmqtt__free(w);
+    if (t->proxy != NULL && arg == t->proxy) {
+      t->proxy->write_pending = 0;
+      continue;
+    }
+    t->cb->on_write(t, status, arg);
+  }
+}
+
+/* Completes a close once the resolver and the handle have called back.
+ * Only ever reached from a libuv callback, so on_close is always
+ * asynchronous. */
 static void maybe_finish_close(uvmqtt__transport_t *t) {
   if (t->state != UVMQTT__T_CLOSING) return;
-  if (t->resolve != NULL || t->connect_req != NULL || t->tcp_open) return;
-  drop_addrs(t);
+  if (t->poll_open) return;
+  dial_end(t);
   proxy_free(t);
   if (t->reading) {
     t->reading = 0;
@@ -81,67 +163,222 @@ static void maybe_finish_close(uvmqtt__transport_t *t) {
   t->cb->on_close(t);
 }
 
-static void tcp_closed_cb(uv_handle_t *handle) {
+static void handle_closed_cb(uv_handle_t *handle) {
   uvmqtt__transport_t *t = handle->data;
-  t->tcp_open = 0;
+  t->poll_open = 0;
+  t->events = 0;
+  if (t->fd >= 0) {
+    close(t->fd);
+    t->fd = -1;
+  }
+  /* Writes queued on a connection that is gone: the close, or a failed
+   * proxy step, ends them. */
+  fail_writes(t, UV_ECANCELED);
   if (t->state == UVMQTT__T_CONNECTING)
     try_next_addr(t);
   else
     maybe_finish_close(t);
 }
 
-static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
-  (void)handle;
-  (void)suggested;
-  uvmqtt__read_pool_alloc(buf);
+/* Closes the socket's handle; its close callback goes on from there. */
+static void close_handle(uvmqtt__transport_t *t) {
+  if (t->poll_open && !uv_is_closing((uv_handle_t *)&t->h.poll))
+    uv_close((uv_handle_t *)&t->h.poll, handle_closed_cb);
 }
 
 static void proxy_read(uvmqtt__transport_t *t, ssize_t nread, const uint8_t *data);
 
-static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
-  uvmqtt__transport_t *t = stream->data;
-  if (nread != 0 && t->proxy != NULL && !t->proxy->done) {
-    proxy_read(t, nread, (const uint8_t *)buf->base);
+/* Hands input to the owner (or the proxy step) until the socket is empty,
+ * the owner stops reading or closes, or the per-event bound is reached. */
+static void do_read(uvmqtt__transport_t *t) {
+  for (int i = 0; i < READS_PER_EVENT && t->reading && t->state == UVMQTT__T_OPEN; i++) {
+    uv_buf_t buf;
+    uvmqtt__read_pool_alloc(&buf);
+    ssize_t n;
+    if (buf.base == NULL) {
+      n = UV_ENOBUFS; /* as a libuv stream reports a read without a buffer */
+    } else {
+      do
+        n = recv(t->fd, buf.base, buf.len, 0);
+      while (n < 0 && errno == EINTR);
+      if (n == 0) n = UV_EOF;
+      if (n < 0 && n != UV_EOF) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+        n = os_error();
+      }
+    }
+    if (t->proxy != NULL && !t->proxy->done) {
+      proxy_read(t, n, (const uint8_t *)buf.base);
+      if (n < 0 || (size_t)n < buf.len) return;
+      continue;
+    }
+    if (n > 0) {
+      t->cb->on_read(t, n, (const uint8_t *)buf.base);
+      if ((size_t)n < buf.len) return;
+      continue;
+    }
+    stop_reading(t);
+    t->cb->on_read(t, n, NULL);
     return;
   }
-  if (nread > 0) {
-    t->cb->on_read(t, nread, (const uint8_t *)buf->base);
-    return;
+}
+
+/* Sends from bufs[first..] what the socket takes. Returns the bytes sent,
+ * 0 when it takes nothing now, or a negative error. */
+static ssize_t send_bufs(int fd, const uv_buf_t *bufs, unsigned nbufs) {
+  struct iovec iov[MAX_IOV];
+  unsigned n = nbufs < MAX_IOV ? nbufs : MAX_IOV;
+  for (unsigned i = 0; i < n; i++) {
+    iov[i].iov_base = bufs[i].base;
+    iov[i].iov_len = bufs[i].len;
   }
-  /* 0 is libuv's "nothing this time" (EAGAIN): no event for the owner. */
-  if (nread == 0) return;
-  stop_reading(t);
-  t->cb->on_read(t, nread, NULL);
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = iov;
+  msg.msg_iovlen = n;
+  ssize_t r;
+  /* MSG_NOSIGNAL: a peer that closed gives EPIPE, not a SIGPIPE that would
+   * end the application. */
+  do
+    r = sendmsg(fd, &msg, MSG_NOSIGNAL);
+  while (r < 0 && errno == EINTR);
+  if (r >= 0) return r;
+  if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+  return os_error();
+}
+
+/* Moves `w` past `n` sent bytes. */
+static void advance(write_req_t *w, size_t n) {
+  w->bytes -= n;
+  while (n > 0) {
+    uv_buf_t *b = &w->bufs[w->first];
+    if (n < b->len) {
+      b->base += n;
+      b->len -= n;
+      return;
+    }
+    n -= b->len;
+    w->first++;
+  }
+  while (w->first < w->nbufs && w->bufs[w->first].len == 0)
+    w->first++;
+}
+
+static void proxy_write_done(uvmqtt__transport_t *t, int status);
+
+/* The socket has room: sends the queued writes in order, completing each
+ * that is out. A failed send ends the connection like a read error. */
+static void do_write(uvmqtt__transport_t *t) {
+  while (t->wq_head != NULL && t->state == UVMQTT__T_OPEN) {
+    write_req_t *w = t->wq_head;
+    ssize_t n = send_bufs(t->fd, w->bufs + w->first, w->nbufs - w->first);
+    if (n < 0) {
+      /* Reported through the read side, once (after EOF the owner is
+       * closing already): the queued writes end with the close. */
+      int err = (int)n;
+      t->events = 0;
+      (void)uv_poll_stop(&t->h.poll);
+      if (!t->reading) return;
+      t->reading = 0;
+      uvmqtt__read_pool_unref();
+      t->cb->on_read(t, err, NULL);
+      return;
+    }
+    if (n == 0) break;
+    t->pending_bytes -= (size_t)n;
+    advance(w, (size_t)n);
+    if (w->bytes > 0) continue;
+    t->wq_head = w->next;
+    if (t->wq_head == NULL) t->wq_tail = NULL;
+    void *arg = w->arg;
+    uvmqtt__free(w);
+    if (t->proxy != NULL && arg == t->proxy) {
+      proxy_write_done(t, 0);
+      continue;
+    }
+    t->cb->on_write(t, 0, arg);
+  }
+  if (t->wq_head == NULL && t->shut_pending && t->state == UVMQTT__T_OPEN) {
+    t->shut_pending = 0;
+    (void)shutdown(t->fd, SHUT_WR);
+  }
+  (void)watch(t);
 }
 
 static void proxy_send(uvmqtt__transport_t *t);
 
-static void connect_cb(uv_connect_t *req, int status) {
-  uvmqtt__transport_t *t = req->data;
-  uvmqtt__free(req);
-  t->connect_req = NULL;
-  /* After close() the status is UV_ECANCELED and the owner hears nothing:
-   * the handle's close callback completes the close. */
-  if (t->state == UVMQTT__T_CLOSING) return;
-  if (status == 0) status = uv_read_start((uv_stream_t *)&t->tcp, alloc_cb, read_cb);
-  if (status < 0) {
-    t->last_error = status;
+static void connected(uvmqtt__transport_t *t) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(t->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (err != 0) {
+    t->dial->last_error = -err;
     /* The socket of a failed attempt is spent: close it and try the next
      * address from its close callback. */
-    uv_close((uv_handle_t *)&t->tcp, tcp_closed_cb);
+    close_handle(t);
     return;
   }
-  drop_addrs(t);
-  start_reading(t);
   /* Nagle would hold back small packets such as PINGREQ and PUBACK; a
    * failure here costs latency only, so the stream is used regardless. */
-  uv_tcp_nodelay(&t->tcp, 1);
+  int on = 1;
+  (void)setsockopt(t->fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
   t->state = UVMQTT__T_OPEN;
+  start_reading(t);
+  int r = watch(t);
+  if (r < 0) {
+    stop_reading(t);
+    t->state = UVMQTT__T_CONNECTING;
+    t->dial->last_error = r;
+    close_handle(t);
+    return;
+  }
+  /* Through a proxy the attempt goes on until it answers (a refusal ends
+   * it like a failed connection). */
   if (t->proxy != NULL) {
     proxy_send(t);
     return;
   }
+  dial_end(t);
   t->cb->on_connect(t, 0);
+}
+
+/* libuv reports a socket error (POLLERR) as UV_EBADF and stops the handle;
+ * the socket itself says what happened. */
+static int socket_error(uvmqtt__transport_t *t, int status) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  t->events = 0;
+  if (getsockopt(t->fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err != 0) return -err;
+  return status;
+}
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+  uvmqtt__transport_t *t = h->data;
+  if (t->state == UVMQTT__T_CONNECTING) {
+    if (status < 0) {
+      t->dial->last_error = socket_error(t, status);
+      close_handle(t);
+      return;
+    }
+    connected(t);
+    return;
+  }
+  if (t->state != UVMQTT__T_OPEN) return;
+  if (status < 0) {
+    /* What arrived before the error (a reset) is read first, as the
+     * stream would: it may say why the peer gave up. recv then reports the
+     * error itself. */
+    t->events = 0;
+    if (t->reading) do_read(t);
+    if (t->state != UVMQTT__T_OPEN || !t->reading) return;
+    status = socket_error(t, status);
+    stop_reading(t);
+    t->cb->on_read(t, status, NULL);
+    return;
+  }
+  /* Writes first: a read may make the owner write (an ack) or close. */
+  if (events & UV_WRITABLE) do_write(t);
+  if ((events & UV_READABLE) && t->state == UVMQTT__T_OPEN) do_read(t);
 }
 
 /* Binds the socket to the local address the owner chose before it
@@ -151,80 +388,102 @@ static void connect_cb(uv_connect_t *req, int status) {
  * addresses to one broker would otherwise run out of ports, or make the
  * kernel search its port range for every connection. */
 static int bind_local(uvmqtt__transport_t *t) {
-  uv_os_fd_t fd;
   int on = 1;
   int port = t->bind->sa_family == AF_INET6 ? ((const struct sockaddr_in6 *)t->bind)->sin6_port
                                             : ((const struct sockaddr_in *)t->bind)->sin_port;
 #ifdef IP_BIND_ADDRESS_NO_PORT
-  if (port == 0 && uv_fileno((uv_handle_t *)&t->tcp, &fd) == 0)
-    (void)setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &on, sizeof on);
+  if (port == 0) (void)setsockopt(t->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &on, sizeof on);
 #else
-  (void)fd;
   (void)on;
   (void)port;
 #endif
-  return uv_tcp_bind(&t->tcp, t->bind, 0);
+  socklen_t len =
+      t->bind->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+  return bind(t->fd, t->bind, len) == 0 ? 0 : os_error();
+}
+
+/* Opens a socket for `ai` and starts connecting. Returns 0 (the poll
+ * handle is open and watches the connect) or an error (nothing open). */
+static int start_connect(uvmqtt__transport_t *t, const struct addrinfo *ai) {
+  t->fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+  if (t->fd < 0) return os_error();
+  int r = t->bind != NULL ? bind_local(t) : 0;
+  if (r == 0) {
+    int c;
+    do
+      c = connect(t->fd, ai->ai_addr, ai->ai_addrlen);
+    while (c < 0 && errno == EINTR);
+    if (c < 0 && errno != EINPROGRESS) r = os_error();
+  }
+  if (r == 0) r = uv_poll_init_socket(t->loop, &t->h.poll, t->fd);
+  if (r != 0) {
+    close(t->fd);
+    t->fd = -1;
+    return r;
+  }
+  t->h.poll.data = t;
+  t->poll_open = 1;
+  t->events = 0;
+  /* Even a connect that completed at once reports from the loop. */
+  r = watch(t);
+  if (r != 0) {
+    t->dial->last_error = r;
+    close_handle(t);
+  }
+  return 0;
 }
 
 static void try_next_addr(uvmqtt__transport_t *t) {
-  while (t->next_addr != NULL) {
-    struct addrinfo *ai = t->next_addr;
-    t->next_addr = ai->ai_next;
+  dial_t *d = t->dial;
+  while (d->next_addr != NULL) {
+    struct addrinfo *ai = d->next_addr;
+    d->next_addr = ai->ai_next;
     if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6) continue;
     /* A local address of another family cannot reach this one. */
     if (t->bind != NULL && t->bind->sa_family != ai->ai_family) {
-      t->last_error = UV_EAFNOSUPPORT;
+      d->last_error = UV_EAFNOSUPPORT;
       continue;
     }
-    int r = uv_tcp_init_ex(t->loop, &t->tcp, (unsigned)ai->ai_family);
-    if (r < 0) {
-      t->last_error = r;
-      continue;
-    }
-    t->tcp.data = t;
-    t->tcp_open = 1;
-    if (t->bind != NULL) r = bind_local(t);
-    uv_connect_t *req = r < 0 ? NULL : uvmqtt__malloc(sizeof(*req));
-    if (r < 0) {
-      /* the bind failed: this address is out of reach */
-    } else if (req == NULL) {
-      r = UVMQTT_ENOMEM;
-    } else {
-      req->data = t;
-      r = uv_tcp_connect(req, &t->tcp, ai->ai_addr, connect_cb);
-      if (r == 0) {
-        t->connect_req = req;
-        return;
-      }
-      uvmqtt__free(req);
-    }
-    t->last_error = r;
-    uv_close((uv_handle_t *)&t->tcp, tcp_closed_cb);
+    int r = start_connect(t, ai);
+    if (r == 0) return;
+    d->last_error = r;
+    /* on_connect must come from the loop: the next address is tried from
+     * a callback, through a handle that closes at once. */
+    uv_idle_init(t->loop, &t->h.idle);
+    t->h.idle.data = t;
+    t->poll_open = 1;
+    uv_close((uv_handle_t *)&t->h.idle, handle_closed_cb);
     return;
   }
-  drop_addrs(t);
+  int err = d->last_error;
+  dial_end(t);
   t->state = UVMQTT__T_IDLE;
-  t->cb->on_connect(t, t->last_error);
+  t->cb->on_connect(t, err);
 }
 
 static void resolved_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
-  uvmqtt__transport_t *t = req->data;
-  uvmqtt__free(req);
-  t->resolve = NULL;
-  if (t->state == UVMQTT__T_CLOSING) {
+  dial_t *d = req->data;
+  uvmqtt__transport_t *t = d->t;
+  d->resolving = 0;
+  if (t == NULL || t->state == UVMQTT__T_CLOSING) {
     /* Cancelled (UV_EAI_CANCELED), or the lookup finished before the
      * cancellation reached it: either way the owner hears nothing. */
     uv_freeaddrinfo(res);
+    if (t == NULL) {
+      uvmqtt__free(d);
+      return;
+    }
     maybe_finish_close(t);
     return;
   }
   if (status < 0) {
+    dial_end(t);
     t->state = UVMQTT__T_IDLE;
     t->cb->on_connect(t, status);
     return;
   }
-  t->addrs = res;
-  t->next_addr = res;
+  d->addrs = res;
+  d->next_addr = res;
   t->state = UVMQTT__T_CONNECTING;
   try_next_addr(t);
 }
@@ -256,19 +515,16 @@ static int tcp_connect(uvmqtt__transport_t *t, const char *host, uint16_t port) 
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_protocol = IPPROTO_TCP;
   hints.ai_flags = AI_NUMERICSERV;
-  uv_getaddrinfo_t *req = uvmqtt__malloc(sizeof(*req));
-  if (req != NULL) req->data = t;
-  int r = req != NULL ? uv_getaddrinfo(t->loop, req, resolved_cb, dial, service, &hints)
-                      : UVMQTT_ENOMEM;
+  dial_t *d = dial_begin(t, UV_EAI_NONAME);
+  int r = d != NULL ? uv_getaddrinfo(t->loop, &d->req, resolved_cb, dial, service, &hints)
+                    : UVMQTT_ENOMEM;
   if (r < 0) {
-    uvmqtt__free(req);
+    dial_end(t);
     proxy_free(t);
     return r;
   }
-  t->resolve = req;
-  t->port = port;
+  d->resolving = 1;
   t->pending_bytes = 0;
-  t->last_error = UV_EAI_NONAME;
   t->state = UVMQTT__T_RESOLVING;
   return 0;
 }
@@ -281,10 +537,10 @@ int uvmqtt__transport_tcp_connect_addrs(uvmqtt__transport_t *t, struct addrinfo 
     ai = ai->ai_next;
   if (ai == NULL) return UVMQTT_EINVAL;
   if (!can_connect(t)) return UVMQTT_EBUSY;
-  t->addrs = NULL;
-  t->next_addr = list;
+  dial_t *d = dial_begin(t, UV_EAI_ADDRFAMILY);
+  if (d == NULL) return UVMQTT_ENOMEM;
+  d->next_addr = list;
   t->pending_bytes = 0;
-  t->last_error = UV_EAI_ADDRFAMILY;
   t->state = UVMQTT__T_CONNECTING;
   try_next_addr(t);
   return 0;
@@ -292,42 +548,9 @@ int uvmqtt__transport_tcp_connect_addrs(uvmqtt__transport_t *t, struct addrinfo 
 
 static void proxy_fail(uvmqtt__transport_t *t, int err);
 
-static void write_cb(uv_write_t *req, int status) {
-  write_req_t *w = req->data;
-  uvmqtt__transport_t *t = w->t;
-  void *arg = w->arg;
-  t->pending_bytes -= w->bytes;
-  uvmqtt__free(w);
-  if (t->proxy != NULL && arg == t->proxy) {
-    /* The CONNECT request: the owner never wrote it. */
-    t->proxy->write_pending = 0;
-    if (t->proxy->done) {
-      proxy_free(t);
-    } else if (status < 0 && t->state == UVMQTT__T_OPEN) {
-      proxy_fail(t, status);
-    }
-    return;
-  }
-  t->cb->on_write(t, status, arg);
-}
-
-static int tcp_write(uvmqtt__transport_t *t, const uv_buf_t *bufs, unsigned nbufs, void *arg) {
-  if (t->state != UVMQTT__T_OPEN) return UVMQTT_ENOTCONN;
-  size_t total = 0;
-  for (unsigned i = 0; i < nbufs; i++)
-    total += bufs[i].len;
-  uv_stream_t *stream = (uv_stream_t *)&t->tcp;
-  /* uv_try_write refuses (UV_EAGAIN) while earlier writes are queued, which
-   * keeps the byte order. */
-  int n = uv_try_write(stream, bufs, nbufs);
-  if (n == UV_EAGAIN)
-    n = 0;
-  else if (n < 0)
-    return n;
-  t->sent_total += (size_t)n;
-  if ((size_t)n == total) return 1;
-
-  size_t skip = (size_t)n;
+/* Queues bufs (from `skip` bytes in) behind the writes already waiting. */
+static int enqueue(uvmqtt__transport_t *t, const uv_buf_t *bufs, unsigned nbufs, size_t skip,
+                   size_t left, void *arg) {
   unsigned first = 0;
   while (skip >= bufs[first].len) {
     skip -= bufs[first].len;
@@ -339,42 +562,88 @@ static int tcp_write(uvmqtt__transport_t *t, const uv_buf_t *bufs, unsigned nbuf
   memcpy(w->bufs, bufs + first, rest * sizeof(uv_buf_t));
   w->bufs[0].base += skip;
   w->bufs[0].len -= skip;
-  w->t = t;
+  w->next = NULL;
   w->arg = arg;
-  w->bytes = total - (size_t)n;
-  w->req.data = w;
-  int r = uv_write(&w->req, stream, w->bufs, rest, write_cb);
-  if (r < 0) {
-    uvmqtt__free(w);
-    return r;
+  w->bytes = left;
+  w->first = 0;
+  w->nbufs = rest;
+  int r = 0;
+  if (t->wq_head == NULL) {
+    t->wq_head = w;
+    t->wq_tail = w;
+    r = watch(t);
+    if (r < 0) {
+      t->wq_head = t->wq_tail = NULL;
+      uvmqtt__free(w);
+      return r;
+    }
+  } else {
+    t->wq_tail->next = w;
+    t->wq_tail = w;
   }
-  t->pending_bytes += w->bytes;
-  t->sent_total += w->bytes;
+  t->pending_bytes += left;
   return 0;
 }
 
-static void shutdown_cb(uv_shutdown_t *req, int status) {
-  /* Nothing to report: reads end with EOF or the owner's close. */
-  (void)status;
-  uvmqtt__free(req);
+int uvmqtt__transport_tcp_try_write(uvmqtt__transport_t *t, const uv_buf_t *bufs, unsigned nbufs) {
+  if (t->state != UVMQTT__T_OPEN) return UVMQTT_ENOTCONN;
+  /* Behind queued bytes nothing may jump the line. */
+  if (t->wq_head != NULL) return UV_EAGAIN;
+  ssize_t n = send_bufs(t->fd, bufs, nbufs);
+  if (n < 0) return (int)n;
+  if (n == 0) return UV_EAGAIN;
+  t->sent_total += (size_t)n;
+  return (int)n;
+}
+
+static int tcp_write(uvmqtt__transport_t *t, const uv_buf_t *bufs, unsigned nbufs, void *arg) {
+  if (t->state != UVMQTT__T_OPEN) return UVMQTT_ENOTCONN;
+  size_t total = 0;
+  for (unsigned i = 0; i < nbufs; i++)
+    total += bufs[i].len;
+  size_t n = 0;
+  if (t->wq_head == NULL) {
+    while (n < total) {
+      /* Resume within the buffers past what went. */
+      size_t skip = n;
+      unsigned first = 0;
+      while (skip >= bufs[first].len) {
+        skip -= bufs[first].len;
+        first++;
+      }
+      uv_buf_t head[MAX_IOV];
+      unsigned cnt = nbufs - first < MAX_IOV ? nbufs - first : MAX_IOV;
+      memcpy(head, bufs + first, cnt * sizeof(uv_buf_t));
+      head[0].base += skip;
+      head[0].len -= skip;
+      ssize_t r = send_bufs(t->fd, head, cnt);
+      if (r < 0) return (int)r;
+      if (r == 0) break;
+      n += (size_t)r;
+    }
+  }
+  t->sent_total += total;
+  if (n == total) return 1;
+  int r = enqueue(t, bufs, nbufs, n, total - n, arg);
+  if (r < 0) t->sent_total -= total - n;
+  return r;
 }
 
 static int tcp_shutdown(uvmqtt__transport_t *t) {
   if (t->state != UVMQTT__T_OPEN) return UVMQTT_ENOTCONN;
-  uv_shutdown_t *req = uvmqtt__malloc(sizeof *req);
-  if (req == NULL) return UVMQTT_ENOMEM;
-  int err = uv_shutdown(req, (uv_stream_t *)&t->tcp, shutdown_cb);
-  if (err) uvmqtt__free(req);
-  return err;
+  if (t->wq_head != NULL) {
+    /* After the queued bytes: the write side drains first. */
+    t->shut_pending = 1;
+    return 0;
+  }
+  return shutdown(t->fd, SHUT_WR) == 0 ? 0 : os_error();
 }
 
 int uvmqtt__tcp_bytes_acked(int fd, uint64_t *acked);
 
 int uvmqtt__transport_acked_progress(uvmqtt__transport_t *t, uint64_t mark) {
-  uv_os_fd_t fd;
   uint64_t acked;
-  if (t->state != UVMQTT__T_OPEN || uv_fileno((uv_handle_t *)&t->tcp, &fd) != 0 ||
-      uvmqtt__tcp_bytes_acked(fd, &acked) != 0)
+  if (t->state != UVMQTT__T_OPEN || t->fd < 0 || uvmqtt__tcp_bytes_acked(t->fd, &acked) != 0)
     return 0;
   int progress = acked > t->acked && acked < mark;
   t->acked = acked;
@@ -390,22 +659,18 @@ static void tcp_close(uvmqtt__transport_t *t) {
   t->state = UVMQTT__T_CLOSING;
   /* The resolver calls back either way: with UV_EAI_CANCELED, or with its
    * result when the lookup was already running. */
-  if (t->resolve != NULL) uv_cancel((uv_req_t *)t->resolve);
-  if (t->tcp_open) {
-    /* Closing the handle also completes a pending connect and every queued
-     * write with UV_ECANCELED before the close callback. Between two
-     * attempts the handle is already closing. */
-    if (!uv_is_closing((uv_handle_t *)&t->tcp)) uv_close((uv_handle_t *)&t->tcp, tcp_closed_cb);
-  } else if (t->resolve == NULL) {
-    /* Nothing is in flight (idle, or after a failed connect), yet on_close
-     * must come from the loop: a fresh handle without a socket closes on the
-     * next iteration and allocates nothing. Without an address family
-     * uv_tcp_init creates no socket, so it cannot fail. */
-    uv_tcp_init(t->loop, &t->tcp);
-    t->tcp.data = t;
-    t->tcp_open = 1;
-    uv_close((uv_handle_t *)&t->tcp, tcp_closed_cb);
+  if (t->dial != NULL && t->dial->resolving) uv_cancel((uv_req_t *)&t->dial->req);
+  if (t->poll_open) {
+    /* Between two attempts the handle is already closing. */
+    close_handle(t);
+    return;
   }
+  /* Nothing is in flight but perhaps the resolver; on_close must come from
+   * the loop either way: a handle that closes at once brings it. */
+  uv_idle_init(t->loop, &t->h.idle);
+  t->h.idle.data = t;
+  t->poll_open = 1;
+  uv_close((uv_handle_t *)&t->h.idle, handle_closed_cb);
 }
 
 /* ---- The HTTP CONNECT step --------------------------------------------------------------- */
@@ -455,10 +720,19 @@ static int proxy_begin(uvmqtt__transport_t *t, const char *host, uint16_t port) 
 static void proxy_fail(uvmqtt__transport_t *t, int err) {
   t->proxy->done = 1;
   stop_reading(t);
-  t->last_error = err;
-  t->next_addr = NULL;
+  t->dial->last_error = err;
+  t->dial->next_addr = NULL;
   t->state = UVMQTT__T_CONNECTING;
-  uv_close((uv_handle_t *)&t->tcp, tcp_closed_cb);
+  close_handle(t);
+}
+
+static void proxy_write_done(uvmqtt__transport_t *t, int status) {
+  t->proxy->write_pending = 0;
+  if (t->proxy->done) {
+    proxy_free(t);
+  } else if (status < 0 && t->state == UVMQTT__T_OPEN) {
+    proxy_fail(t, status);
+  }
 }
 
 static void proxy_send(uvmqtt__transport_t *t) {
@@ -492,12 +766,14 @@ static void proxy_read(uvmqtt__transport_t *t, ssize_t nread, const uint8_t *dat
     return;
   }
   step->done = 1;
+  dial_end(t);
   t->cb->on_connect(t, 0);
   /* Bytes behind the answer already belong to the tunnel. */
   if (t->state == UVMQTT__T_OPEN && t->reading && step->head_len > head_len)
     t->cb->on_read(t, (ssize_t)(step->head_len - head_len), (uint8_t *)step->head + head_len);
   if (t->state == UVMQTT__T_OPEN && t->reading && len > take)
     t->cb->on_read(t, (ssize_t)(len - take), data + take);
+  if (t->proxy != step) return; /* closed and freed meanwhile */
   uvmqtt__free(step->head);
   step->head = NULL;
   if (!step->write_pending) proxy_free(t);
@@ -524,5 +800,6 @@ void uvmqtt__transport_tcp_init(uvmqtt__transport_t *t, uv_loop_t *loop,
   t->vt = &tcp_vtbl;
   t->cb = cb;
   t->loop = loop;
+  t->fd = -1;
   t->state = UVMQTT__T_IDLE;
 }

@@ -120,7 +120,7 @@ static int bio_write(BIO *b, const char *data, int len) {
     return -1;
   }
   uv_buf_t buf = uv_buf_init((char *)(uintptr_t)data, (unsigned)len);
-  int n = uv_try_write((uv_stream_t *)&t->tcp, &buf, 1);
+  int n = uvmqtt__transport_tcp_try_write(t, &buf, 1);
   if (n == len) return len;
   if (n == UV_EAGAIN) {
     n = 0;

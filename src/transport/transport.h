@@ -2,7 +2,8 @@
  *
  * One small vtable that TCP, TLS and WebSocket fill. The
  * transport has no timer of its own: the client enforces the connect timeout
- * by closing it, so an idle connection costs one uv_tcp_t and no more.
+ * by closing it, so an idle connection costs one uv_poll_t and a few
+ * fields.
  */
 #ifndef UVMQTT_TRANSPORT_H
 #define UVMQTT_TRANSPORT_H
@@ -73,16 +74,10 @@ struct uvmqtt__transport_s {
   const uvmqtt__transport_vtbl_t *vt;
   const uvmqtt__transport_cbs_t *cb;
   uv_loop_t *loop;
-  uint8_t state;
-  uint8_t tcp_open; /* the uv_tcp_t is initialised and needs closing */
-  uint8_t reading;
-  uint16_t port;
-  size_t pending_bytes;      /* accepted by write(), not yet completed */
-  uv_getaddrinfo_t *resolve; /* during resolution only */
-  struct addrinfo *addrs;    /* during connection attempts only */
-  struct addrinfo *next_addr;
-  uv_connect_t *connect_req; /* during a connection attempt only */
-  int last_error;
+  size_t pending_bytes; /* accepted by write(), not yet completed */
+  /* Writes the socket did not take at once, in order (tcp.c). */
+  struct uvmqtt__tcp_write_s *wq_head, *wq_tail;
+  struct uvmqtt__dial_s *dial; /* during a connection attempt only */
   const struct sockaddr *bind; /* the local address to connect from, or NULL (the owner's) */
   uint64_t acked;              /* the peer's acknowledged byte count when last asked */
   uint64_t sent_total;         /* bytes accepted by write() on this connection */
@@ -94,7 +89,19 @@ struct uvmqtt__transport_s {
    * it runs. */
   const struct uvmqtt__proxy_config_s *proxy_cfg;
   struct uvmqtt__proxy_step_s *proxy;
-  uv_tcp_t tcp;
+  int fd; /* the socket, or -1 */
+  uint8_t state;
+  uint8_t poll_open; /* the handle is initialised and needs closing */
+  uint8_t reading;
+  uint8_t events;       /* what the poll handle watches (UV_READABLE, UV_WRITABLE) */
+  uint8_t shut_pending; /* shutdown() waits for the queued writes */
+  /* The socket's poll handle; before an attempt's socket exists, an idle
+   * handle that closes at once stands in, so that callbacks that must come
+   * from the loop (on_close, the next address after a failure) do. */
+  union {
+    uv_poll_t poll;
+    uv_idle_t idle;
+  } h;
 };
 
 /* Prepares a TCP transport on `loop`: clears every field except `data`.
@@ -115,6 +122,12 @@ int uvmqtt__transport_tcp_connect_addrs(uvmqtt__transport_t *t, struct addrinfo 
  * buffer. Once the peer's TCP has the PINGREQ this says 0, and keepalive's
  * own wait for an answer decides. 0 also where the kernel does not say. */
 int uvmqtt__transport_acked_progress(uvmqtt__transport_t *t, uint64_t mark);
+
+/* Sends at once what the socket takes of bufs, queuing nothing (for a
+ * layer above that copies the rest itself). Returns the bytes sent,
+ * UV_EAGAIN when none could go (or writes are queued: the order holds),
+ * UVMQTT_ENOTCONN when not open, or a socket error. */
+int uvmqtt__transport_tcp_try_write(uvmqtt__transport_t *t, const uv_buf_t *bufs, unsigned nbufs);
 /* Makes the next connect() go through the HTTP proxy `cfg` (NULL: none):
  * it reaches the proxy instead, asks it with CONNECT for host:port, and
  * reports on_connect only once the proxy answered 2xx (or with
