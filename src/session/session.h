@@ -195,9 +195,85 @@ typedef struct {
   uint8_t has_ping; /* a PINGREQ is in buf: timed from when buf is written */
 } uvmqtt__output_t;
 
+/* What a session holds only while it has work: anything queued, in flight,
+ * requested, waiting for the store or in the output, incoming QoS 2 ids
+ * waiting for PUBREL, topic alias tables of this connection. One
+ * allocation, made on first need and freed once all of it is empty again
+ * (at the end of the outermost call into the session), so that an idle
+ * connection holds only the core below. */
+typedef struct {
+  uvmqtt__output_t out;
+  uvmqtt__msg_list_t queue;  /* QUEUED, in publish order */
+  uvmqtt__msg_list_t resend; /* READY, in first-send order */
+  uvmqtt__msg_list_t window; /* STORING, WAIT_ACK, WAIT_COMP */
+  uvmqtt__req_t *reqs;       /* subscribe/unsubscribe, in issue order */
+  uint16_t *rx_qos2;         /* incoming QoS 2 ids waiting for PUBREL */
+  uvmqtt_bytes_t *aliases;   /* incoming topic aliases of this connection, index alias-1 */
+  /* Automatic outgoing topic aliases (v5), index alias-1, allocated on first
+   * use and dropped with the connection. They are applied as a PUBLISH is
+   * written, never in the stored message. */
+  uvmqtt__alias_out_t *alias_out;
+  uint64_t *ids;                      /* 65536 bits, allocated while any id is in use */
+  uvmqtt__store_wait_t *store_waits;  /* appends in progress */
+  uvmqtt__store_wait_t *store_failed; /* refused appends to report */
+  uint64_t alias_out_clock;
+  uint64_t next_expiry; /* earliest deadline among unsent messages; 0: none */
+  size_t queued_bytes;
+  uint32_t inflight; /* messages in the window */
+  uint32_t queued;   /* messages held, sent or not */
+  uint32_t ids_used; /* packet ids in use: the bits set in `ids` */
+  uint32_t rx_qos2_count;
+  uint32_t rx_qos2_cap;
+} uvmqtt__session_active_t;
+
+/* The session's core: what an idle connected session needs, packed by
+ * size (every client embeds one). */
 typedef struct uvmqtt__session_s {
   void *owner;
   const uvmqtt__session_events_t *ev;
+  uvmqtt__session_active_t *act; /* NULL while the session is idle */
+  /* The decoder's state lives here only while a packet is split across
+   * reads: between packets an idle connection holds none. */
+  uvmqtt_decoder_t *dec;
+  uvmqtt_delivery_decide_fn decide;
+  void *decide_state;
+  const uvmqtt_store_t *store; /* NULL: messages live in memory only */
+  /* Enhanced authentication: the Authentication Method of this
+   * connection's CONNECT (a view into the owner's copy; length 0: none). */
+  const uint8_t *auth_method;
+  uint64_t next_seq;
+  int64_t wall_offset_ms; /* unix ms minus session ms, for stored deadlines */
+  uint64_t last_send;
+  uint64_t last_recv;
+  uint64_t last_written; /* when an output write last completed */
+  uint64_t ping_sent;
+  size_t max_queued_bytes;
+  uint32_t max_queued;
+  uint32_t conn;              /* connections made, for what is scoped to one */
+  uint32_t broker_max_packet; /* 0: none */
+  uint32_t our_max_packet;    /* incoming limit when CONNECT does not announce one */
+  uint32_t dec_max;           /* the largest packet accepted on this connection */
+  uint32_t out_hint;          /* bytes of the last output written: where the next starts */
+  uint32_t out_pubs_hint;     /* its QoS 0 PUBLISHes */
+  uint16_t keepalive_s;       /* in force: ours or the broker's Server Keep Alive */
+  uint16_t our_keepalive_s;
+  uint16_t broker_receive_max;
+  uint16_t broker_alias_max; /* outgoing Topic Alias Maximum of this connection */
+  uint16_t max_inflight;     /* our own cap on the window */
+  uint16_t our_receive_max;  /* what we announced (v5), bounds incoming QoS 2 */
+  uint16_t our_alias_max;    /* incoming topic aliases we accept (v5) */
+  uint16_t next_id;
+  uint16_t last_req_id; /* the id uvmqtt__session_request() gave last */
+  /* Automatic outgoing topic aliases (v5): the most the owner wants used
+   * (0: off) and this connection's share of them (the broker's Topic Alias
+   * Maximum bounds it; 0 until CONNACK). */
+  uint16_t alias_out_want;
+  uint16_t alias_out_max;
+  uint16_t auth_method_len;
+  /* Calls into the session in progress (the owner's callbacks may call in
+   * again): the active block is freed only when the outermost returns, as
+   * the inner ones may be walking it. */
+  uint16_t depth;
   uint8_t version;
   uint8_t state;
   uint8_t ping; /* 0: none; 1: PINGREQ queued, not yet written; 2: written at ping_sent */
@@ -206,67 +282,8 @@ typedef struct uvmqtt__session_s {
   uint8_t broker_retain;
   uint8_t stop_reason; /* the DISCONNECT reason a drain ends with */
   uint8_t overflow;
-  uint16_t keepalive_s; /* in force: ours or the broker's Server Keep Alive */
-  uint16_t our_keepalive_s;
-  uint16_t broker_receive_max;
-  uint16_t broker_alias_max; /* outgoing Topic Alias Maximum of this connection */
-  uint16_t max_inflight;     /* our own cap on the window */
-  uint16_t our_receive_max;  /* what we announced (v5), bounds incoming QoS 2 */
-  uint16_t our_alias_max;    /* incoming topic aliases we accept (v5) */
-  uint16_t next_id;
-  uint16_t last_req_id;       /* the id uvmqtt__session_request() gave last */
-  uint32_t conn;              /* connections made, for what is scoped to one */
-  uint32_t broker_max_packet; /* 0: none */
-  uint32_t our_max_packet;    /* incoming limit when CONNECT does not announce one */
-  uint32_t inflight;          /* messages in the window */
-  uint32_t queued;            /* messages held, sent or not */
-  size_t queued_bytes;
-  uint32_t max_queued;
-  size_t max_queued_bytes;
-  uint32_t ids_used; /* packet ids in use: the bits set in `ids` */
-  uint64_t *ids;     /* 65536 bits, allocated while any id is in use */
-  uint64_t last_send;
-  uint64_t last_recv;
-  uint64_t last_written; /* when an output write last completed */
-  uint64_t ping_sent;
-  uint64_t next_expiry; /* earliest deadline among unsent messages; 0: none */
-  /* The decoder's state lives here only while a packet is split across
-   * reads: between packets an idle connection holds none. */
-  uvmqtt_decoder_t *dec;
-  uint32_t dec_max;  /* the largest packet accepted on this connection */
   uint8_t receiving; /* inside uvmqtt__session_recv: the decoder is in use */
-  uvmqtt__output_t out;
-  uint32_t out_hint;         /* bytes of the last output written: where the next starts */
-  uint32_t out_pubs_hint;    /* its QoS 0 PUBLISHes */
-  uvmqtt__msg_list_t queue;  /* QUEUED, in publish order */
-  uvmqtt__msg_list_t resend; /* READY, in first-send order */
-  uvmqtt__msg_list_t window; /* STORING, WAIT_ACK, WAIT_COMP */
-  uvmqtt__req_t *reqs;       /* subscribe/unsubscribe, in issue order */
-  uint16_t *rx_qos2;         /* incoming QoS 2 ids waiting for PUBREL */
-  uint32_t rx_qos2_count;
-  uint32_t rx_qos2_cap;
-  uvmqtt_bytes_t *aliases; /* incoming topic aliases of this connection, index alias-1 */
-  /* Automatic outgoing topic aliases (v5): the most the owner wants used
-   * (0: off), this connection's share of them (the broker's Topic Alias
-   * Maximum bounds it; 0 until CONNACK) and the table, index alias-1,
-   * allocated on first use and dropped with the connection. They are
-   * applied as a PUBLISH is written, never in the stored message. */
-  uint16_t alias_out_want;
-  uint16_t alias_out_max;
-  uint64_t alias_out_clock;
-  uvmqtt__alias_out_t *alias_out;
-  /* Enhanced authentication: the Authentication Method of this
-   * connection's CONNECT (a view into the owner's copy; empty: none) and
-   * whether a re-authentication waits for the broker's answer. */
-  uvmqtt_bytes_t auth_method;
-  uint8_t reauth;
-  uvmqtt_delivery_decide_fn decide;
-  void *decide_state;
-  const uvmqtt_store_t *store; /* NULL: messages live in memory only */
-  uint64_t next_seq;
-  int64_t wall_offset_ms;             /* unix ms minus session ms, for stored deadlines */
-  uvmqtt__store_wait_t *store_waits;  /* appends in progress */
-  uvmqtt__store_wait_t *store_failed; /* refused appends to report */
+  uint8_t reauth;    /* a re-authentication waits for the broker's answer */
 } uvmqtt__session_t;
 
 /* What uvmqtt__session_publish() takes besides topic and payload. */
@@ -390,8 +407,14 @@ void uvmqtt__session_written(uvmqtt__session_t *s, uvmqtt__output_t *out, int st
 
 /* Bytes waiting in the output. */
 static inline size_t uvmqtt__session_pending(const uvmqtt__session_t *s) {
-  return s->out.len;
+  return s->act ? s->act->out.len : 0;
 }
+
+/* What uvmqtt_client_stats() reports of the session: messages in the
+ * window, messages in the queue (no packet id yet) and the bytes of every
+ * message held. */
+void uvmqtt__session_stats(const uvmqtt__session_t *s, uint32_t *inflight, uint32_t *queued,
+                           size_t *queued_bytes);
 
 /* 1 once nothing more may go out on this connection (after DISCONNECT or an
  * error). */
