@@ -693,9 +693,9 @@ void uvmqtt__session_free(uvmqtt__session_t *s, int status) {
   /* What the delivery policies kept is still owed to the broker: the store
    * keeps it for the next process. DONE would mean delivered or given up. */
   s->store = NULL;
-  s->alias_out_max = 0;
   dec_drop(s);
   if (s->act == NULL) {
+    s->alias_out_max = 0;
     s->depth--;
     return;
   }
@@ -716,6 +716,7 @@ void uvmqtt__session_free(uvmqtt__session_t *s, int status) {
   s->act->rx_qos2_count = s->act->rx_qos2_cap = 0;
   aliases_free(s);
   alias_out_free(s);
+  s->alias_out_max = 0;
   uvmqtt__free(s->act->out.buf);
   uvmqtt__free(s->act->out.pubs);
   memset(&s->act->out, 0, sizeof s->act->out);
