@@ -1947,8 +1947,7 @@ START_TEST(session_request_enomem_leaves_nothing) {
     if (err) {
       failures++;
       ck_assert_int_eq(err, UVMQTT_ENOMEM);
-      ck_assert_ptr_null(ACT_P(f.s, reqs));
-      ck_assert_int_eq(ACT_N(f.s, ids_used), 0);
+      ck_assert_ptr_null(f.s.act); /* idle again: nothing kept */
     } else {
       ck_assert_ptr_nonnull(ACT_P(f.s, reqs));
     }
@@ -2125,6 +2124,49 @@ START_TEST(session_idle_holds_core_only) {
 }
 END_TEST
 
+/* Work that starts from idle first allocates the active block: when that
+ * (or anything after it) fails, the call reports UVMQTT_ENOMEM, nothing is
+ * queued, no callback runs, and the session is idle again, holding nothing. */
+START_TEST(session_active_block_enomem) {
+  int failures = 0;
+  for (int qos = 0; qos <= 1; qos++) {
+    for (int k = 0; k < 4; k++) {
+      fixture_t f;
+      setup_session(&f, UVMQTT_V311, 1, 0);
+      connack(&f, 0, NULL);
+      drain(&f);
+      ck_assert_ptr_null(f.s.act);
+      uvmqtt_replace_allocator(failing_malloc, failing_realloc, failing_calloc, free);
+      g_fail_after = k;
+      int err = uvmqtt__session_publish(
+          &f.s, "t", "p", 1,
+          &(uvmqtt__publish_t){.qos = (uint8_t)qos, .policy = UVMQTT_DELIVERY_UNTIL_DELIVERED}, 1);
+      g_fail_after = -1;
+      uvmqtt_replace_allocator(malloc, realloc, calloc, free);
+      if (err) {
+        failures++;
+        ck_assert_int_eq(err, UVMQTT_ENOMEM);
+        ck_assert_ptr_null(f.s.act);
+        ck_assert_int_eq(drain(&f), 0);
+      } else {
+        ck_assert_int_eq(ACT_N(f.s, queued), 1);
+        /* An output that found no memory is retried by the next pump. */
+        uvmqtt__session_pump(&f.s, 1);
+        uint16_t id = out_id(&f, UVMQTT_PUBLISH);
+        if (qos) feed_ack(&f, UVMQTT_PUBACK, id, 0, 1);
+        ck_assert_int_eq(f.done, 1);
+        ck_assert_int_eq(f.last_status, 0);
+        ck_assert_ptr_null(f.s.act);
+      }
+      ck_assert_int_eq(f.done, err ? 0 : 1);
+      teardown(&f);
+      ck_assert_int_eq(f.done, err ? 0 : 1);
+    }
+  }
+  ck_assert_int_gt(failures, 0);
+}
+END_TEST
+
 /* Defect 16: with a store, the incoming QoS 2 ids waiting for PUBREL
  * outlive the process: a restarted subscriber answers the broker's DUP
  * resend with PUBREC and does not deliver it again. */
@@ -2251,6 +2293,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(gate, session_request_enomem_leaves_nothing);
   tcase_add_test(gate, session_store_incoming_qos2_survives_restart);
   tcase_add_loop_test(gate, session_idle_holds_core_only, 0, 2);
+  tcase_add_test(gate, session_active_block_enomem);
   tcase_set_timeout(gate, 60);
   suite_add_tcase(s, gate);
 
