@@ -385,7 +385,7 @@ static int out_pubs_reserve(uvmqtt__session_t *s) {
   if (err) return err;
   uvmqtt__output_t *o = &s->act->out;
   if (o->npubs < o->pubs_cap) return 0;
-  uint32_t cap = o->pubs_cap ? o->pubs_cap * 2 : (s->out_pubs_hint > 16 ? s->out_pubs_hint : 16);
+  uint32_t cap = o->pubs_cap ? o->pubs_cap * 2 : (s->out_pubs_hint > 16 ? s->out_pubs_hint : 16u);
   uvmqtt__out_pub_t *p = uvmqtt__realloc(o->pubs, (size_t)cap * sizeof *p);
   if (p == NULL) return UVMQTT_ENOMEM;
   o->pubs = p;
@@ -401,7 +401,8 @@ static int out_reserve(uvmqtt__session_t *s, size_t extra) {
   if (err) return err;
   uvmqtt__output_t *o = &s->act->out;
   if (o->cap - o->len >= extra) return 0;
-  size_t cap = o->cap ? o->cap : (s->out_hint > 256 ? s->out_hint : 256);
+  size_t hint = (size_t)s->out_hint * UVMQTT__OUT_HINT_UNIT;
+  size_t cap = o->cap ? o->cap : (hint > 256 ? hint : 256);
   while (cap - o->len < extra)
     cap *= 2;
   uint8_t *buf = uvmqtt__realloc(o->buf, cap);
@@ -417,7 +418,7 @@ static int out_append(uvmqtt__session_t *s, const uint8_t *bytes, size_t len, ui
   if (err) return err;
   memcpy(s->act->out.buf + s->act->out.len, bytes, len);
   s->act->out.len += len;
-  s->last_send = now;
+  uvmqtt__session_set_time(s, UVMQTT__T_SEND, now);
   return 0;
 }
 
@@ -434,7 +435,7 @@ static int out_packet(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt, uint64_t
                             s->act->out.cap - s->act->out.len);
   if (n < 0) return (int)n;
   s->act->out.len += (size_t)n;
-  s->last_send = now;
+  uvmqtt__session_set_time(s, UVMQTT__T_SEND, now);
   return 0;
 }
 
@@ -569,7 +570,7 @@ static int out_publish_aliased(uvmqtt__session_t *s, uvmqtt__msg_t *m, uint64_t 
   memcpy(p + n, m->data + rest_at, rest);
   n += rest;
   s->act->out.len += n;
-  s->last_send = now;
+  uvmqtt__session_set_time(s, UVMQTT__T_SEND, now);
   return 0;
 }
 
@@ -689,7 +690,7 @@ static void finish_list(uvmqtt__session_t *s, uvmqtt__msg_list_t *l, int status)
 
 void uvmqtt__session_free(uvmqtt__session_t *s, int status) {
   enter(s);
-  uvmqtt__session_lost(s, status, s->last_recv);
+  uvmqtt__session_lost(s, status, uvmqtt__session_time(s, UVMQTT__T_RECV));
   /* What the delivery policies kept is still owed to the broker: the store
    * keeps it for the next process. DONE would mean delivered or given up. */
   s->store = NULL;
@@ -738,9 +739,8 @@ static int session_connect(uvmqtt__session_t *s, const uvmqtt_packet_t *connect,
     s->act->out.has_ping = 0;
   }
   s->conn++;
-  s->our_keepalive_s = connect->u.connect.keep_alive;
-  s->keepalive_s = s->our_keepalive_s;
-  s->clean_start = connect->u.connect.clean_start;
+  s->keepalive_s = connect->u.connect.keep_alive;
+  s->clean_start = connect->u.connect.clean_start != 0;
   s->our_receive_max = 65535;
   /* Topic aliases belong to one network connection [MQTT-3.3.2-7]. */
   aliases_free(s);
@@ -760,8 +760,8 @@ static int session_connect(uvmqtt__session_t *s, const uvmqtt_packet_t *connect,
           : s->our_max_packet;
   s->state = UVMQTT__S_CONNECTING;
   s->ping = 0;
-  s->last_recv = now;
-  s->last_written = now;
+  uvmqtt__session_set_time(s, UVMQTT__T_RECV, now);
+  uvmqtt__session_set_time(s, UVMQTT__T_WRITTEN, now);
   /* Broker limits are per connection: back to the defaults until CONNACK. */
   s->broker_max_qos = 2;
   s->broker_retain = 1;
@@ -941,7 +941,7 @@ static int on_connack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t n
     const uvmqtt_props_t *pr = &p->props;
     if (UVMQTT_HAS(pr, UVMQTT_PROP_RECEIVE_MAXIMUM)) s->broker_receive_max = pr->receive_maximum;
     if (UVMQTT_HAS(pr, UVMQTT_PROP_MAXIMUM_QOS)) s->broker_max_qos = pr->maximum_qos;
-    if (UVMQTT_HAS(pr, UVMQTT_PROP_RETAIN_AVAILABLE)) s->broker_retain = pr->retain_available;
+    if (UVMQTT_HAS(pr, UVMQTT_PROP_RETAIN_AVAILABLE)) s->broker_retain = pr->retain_available != 0;
     if (UVMQTT_HAS(pr, UVMQTT_PROP_MAXIMUM_PACKET_SIZE))
       s->broker_max_packet = pr->maximum_packet_size;
     if (UVMQTT_HAS(pr, UVMQTT_PROP_TOPIC_ALIAS_MAXIMUM))
@@ -1072,7 +1072,7 @@ static int publish_direct(uvmqtt__session_t *s, const uint8_t *topic, size_t top
   op->len = (uint32_t)n;
   op->policy = p->policy;
   s->act->out.len += n;
-  s->last_send = now;
+  uvmqtt__session_set_time(s, UVMQTT__T_SEND, now);
   s->act->queued++;
   s->act->queued_bytes += n;
   return 0;
@@ -1259,9 +1259,10 @@ static int window_full(const uvmqtt__session_t *s) {
 static void phase_stored(uvmqtt__session_t *s, uvmqtt__msg_t *m) {
   /* The session has no clock: the owner's, or else the latest time it was
    * given, which may be long past (a deadline would pass unnoticed). */
-  uint64_t now = s->ev->now                    ? s->ev->now(s->owner)
-                 : s->last_send > s->last_recv ? s->last_send
-                                               : s->last_recv;
+  uint64_t now = s->ev->now ? s->ev->now(s->owner)
+                 : uvmqtt__session_time(s, UVMQTT__T_SEND) > uvmqtt__session_time(s, UVMQTT__T_RECV)
+                     ? uvmqtt__session_time(s, UVMQTT__T_SEND)
+                     : uvmqtt__session_time(s, UVMQTT__T_RECV);
   if (m->state == UVMQTT__MSG_WAIT_COMP) {
     if (out_ack(s, UVMQTT_PUBREL, m->id, 0, now) != 0) return; /* resent after the next CONNACK */
   } else if (m->state == UVMQTT__MSG_STORING) {
@@ -1613,7 +1614,9 @@ static int recv_packets(uvmqtt__session_t *s, uvmqtt_decoder_t *dec, const uint8
 
 static int session_recv(uvmqtt__session_t *s, const uint8_t *data, size_t len, uint64_t now) {
   if (s->state == UVMQTT__S_TERMINATING || s->state == UVMQTT__S_OFFLINE) return 0;
-  if (len) s->last_recv = now; /* any byte is a sign of life, also half a packet */
+  if (len)
+    uvmqtt__session_set_time(s, UVMQTT__T_RECV,
+                             now); /* any byte is a sign of life, also half a packet */
   /* Between packets a decoder on the stack serves; it is kept only if the
    * input ends inside a packet. */
   uvmqtt_decoder_t local, *dec = s->dec;
@@ -1788,7 +1791,7 @@ static int session_tick(uvmqtt__session_t *s, uint64_t now) {
   if (gate(s, UVMQTT_PINGREQ, sizeof pingreq) == 0 &&
       out_append(s, pingreq, sizeof pingreq, now) == 0) {
     s->ping = 1;
-    s->ping_sent = now;
+    uvmqtt__session_set_time(s, UVMQTT__T_PING, now);
     s->act->out.has_ping = 1;
   }
   return 0;
@@ -1828,11 +1831,18 @@ uint64_t uvmqtt__session_next_deadline(const uvmqtt__session_t *s) {
     uint64_t g = keepalive_grid(ka);
     uint64_t t;
     if (s->ping == 2)
-      t = max3(s->ping_sent, s->last_recv, s->last_written) + ka / 2;
+      t = max3(uvmqtt__session_time(s, UVMQTT__T_PING), uvmqtt__session_time(s, UVMQTT__T_RECV),
+               uvmqtt__session_time(s, UVMQTT__T_WRITTEN)) +
+          ka / 2;
     else if (s->ping == 1)
-      t = max3(s->ping_sent, s->last_written, s->last_recv) + ka;
+      t = max3(uvmqtt__session_time(s, UVMQTT__T_PING), uvmqtt__session_time(s, UVMQTT__T_WRITTEN),
+               uvmqtt__session_time(s, UVMQTT__T_RECV)) +
+          ka;
     else
-      t = (s->last_send < s->last_recv ? s->last_send : s->last_recv) + ka;
+      t = (uvmqtt__session_time(s, UVMQTT__T_SEND) < uvmqtt__session_time(s, UVMQTT__T_RECV)
+               ? uvmqtt__session_time(s, UVMQTT__T_SEND)
+               : uvmqtt__session_time(s, UVMQTT__T_RECV)) +
+          ka;
     if (s->ping)
       t += (g - t % g) % g;
     else
@@ -1934,6 +1944,10 @@ static int session_restore(uvmqtt__session_t *s, uint64_t now) {
   return err;
 }
 
+/* The largest output size hint fits its 16 bits. */
+_Static_assert(UVMQTT__OUT_HIGH_WATER * 2 / UVMQTT__OUT_HINT_UNIT <= UINT16_MAX,
+               "out_hint overflows");
+
 /* ---- Output hand-off ------------------------------------------------------------------------ */
 
 static int session_take_output(uvmqtt__session_t *s, uvmqtt__output_t *out) {
@@ -1950,15 +1964,15 @@ static void session_written(uvmqtt__session_t *s, uvmqtt__output_t *out, int sta
   for (uint32_t i = 0; i < npubs; i++)
     out_pub_finish(s, &out->pubs[i], status);
   if (status == 0) {
-    s->last_written = now;
+    uvmqtt__session_set_time(s, UVMQTT__T_WRITTEN, now);
     if (out->has_ping && s->ping == 1) {
       s->ping = 2;
-      s->ping_sent = now;
+      uvmqtt__session_set_time(s, UVMQTT__T_PING, now);
     }
   }
-  s->out_hint =
-      out->len < UVMQTT__OUT_HIGH_WATER * 2 ? (uint32_t)out->len : UVMQTT__OUT_HIGH_WATER * 2;
-  s->out_pubs_hint = npubs;
+  size_t hint = out->len < UVMQTT__OUT_HIGH_WATER * 2 ? out->len : UVMQTT__OUT_HIGH_WATER * 2;
+  s->out_hint = (uint16_t)((hint + UVMQTT__OUT_HINT_UNIT - 1) / UVMQTT__OUT_HINT_UNIT);
+  s->out_pubs_hint = (uint16_t)(npubs < UINT16_MAX ? npubs : UINT16_MAX);
   /* While busy, keep the buffer for the next output rather than allocating
    * again; an idle connection keeps none. */
   const uvmqtt__session_active_t *a = s->act;

@@ -243,20 +243,19 @@ typedef struct uvmqtt__session_s {
   const uint8_t *auth_method;
   uint64_t next_seq;
   int64_t wall_offset_ms; /* unix ms minus session ms, for stored deadlines */
-  uint64_t last_send;
-  uint64_t last_recv;
-  uint64_t last_written; /* when an output write last completed */
-  uint64_t ping_sent;
+  /* The keepalive times (ms; see uvmqtt__session_time()): when output was
+   * last queued, a byte last received, a write last completed, the PINGREQ
+   * last queued or written. Each is kept as its age before the latest of
+   * them, t_base: 4 bytes each instead of 8. */
+  uint64_t t_base;
+  uint32_t t_age[4];
   size_t max_queued_bytes;
   uint32_t max_queued;
   uint32_t conn;              /* connections made, for what is scoped to one */
   uint32_t broker_max_packet; /* 0: none */
   uint32_t our_max_packet;    /* incoming limit when CONNECT does not announce one */
   uint32_t dec_max;           /* the largest packet accepted on this connection */
-  uint32_t out_hint;          /* bytes of the last output written: where the next starts */
-  uint32_t out_pubs_hint;     /* its QoS 0 PUBLISHes */
   uint16_t keepalive_s;       /* in force: ours or the broker's Server Keep Alive */
-  uint16_t our_keepalive_s;
   uint16_t broker_receive_max;
   uint16_t broker_alias_max; /* outgoing Topic Alias Maximum of this connection */
   uint16_t max_inflight;     /* our own cap on the window */
@@ -270,20 +269,24 @@ typedef struct uvmqtt__session_s {
   uint16_t alias_out_want;
   uint16_t alias_out_max;
   uint16_t auth_method_len;
+  /* The last output written, where the next starts: its size in units of
+   * UVMQTT__OUT_HINT_UNIT bytes, and its QoS 0 PUBLISHes. */
+  uint16_t out_hint;
+  uint16_t out_pubs_hint;
   /* Calls into the session in progress (the owner's callbacks may call in
    * again): the active block is freed only when the outermost returns, as
    * the inner ones may be walking it. */
   uint16_t depth;
   uint8_t version;
   uint8_t state;
-  uint8_t ping; /* 0: none; 1: PINGREQ queued, not yet written; 2: written at ping_sent */
-  uint8_t clean_start;
+  uint8_t ping; /* 0: none; 1: PINGREQ queued, not yet written; 2: written at T_PING */
   uint8_t broker_max_qos;
-  uint8_t broker_retain;
   uint8_t stop_reason; /* the DISCONNECT reason a drain ends with */
   uint8_t overflow;
-  uint8_t receiving; /* inside uvmqtt__session_recv: the decoder is in use */
-  uint8_t reauth;    /* a re-authentication waits for the broker's answer */
+  uint8_t clean_start : 1;
+  uint8_t broker_retain : 1;
+  uint8_t receiving : 1; /* inside uvmqtt__session_recv: the decoder is in use */
+  uint8_t reauth : 1;    /* a re-authentication waits for the broker's answer */
 } uvmqtt__session_t;
 
 /* What uvmqtt__session_publish() takes besides topic and payload. */
@@ -374,11 +377,40 @@ int uvmqtt__session_stop_now(uvmqtt__session_t *s, uint64_t now);
  * silent past the bounded wait (the owner closes the connection). */
 int uvmqtt__session_tick(uvmqtt__session_t *s, uint64_t now);
 
+/* The keepalive times, indices into t_age. */
+enum {
+  UVMQTT__T_SEND = 0, /* output last queued */
+  UVMQTT__T_RECV,     /* a byte last received */
+  UVMQTT__T_WRITTEN,  /* an output write last completed */
+  UVMQTT__T_PING      /* the PINGREQ queued (ping 1) or written (ping 2) */
+};
+
+/* A keepalive time. An age saturates at 2^32 - 1 ms (49 days), far beyond
+ * the longest keep_alive (18 hours): a time older than that reads as 49
+ * days old, and every deadline computed from it has passed either way. */
+static inline uint64_t uvmqtt__session_time(const uvmqtt__session_t *s, int which) {
+  return s->t_base - s->t_age[which];
+}
+
+static inline uint32_t uvmqtt__session_age(uint64_t age) {
+  return age > UINT32_MAX ? UINT32_MAX : (uint32_t)age;
+}
+
+static inline void uvmqtt__session_set_time(uvmqtt__session_t *s, int which, uint64_t now) {
+  if (now > s->t_base) {
+    uint64_t shift = now - s->t_base;
+    for (int i = 0; i < 4; i++)
+      s->t_age[i] = uvmqtt__session_age(s->t_age[i] + shift);
+    s->t_base = now;
+  }
+  s->t_age[which] = uvmqtt__session_age(s->t_base - now);
+}
+
 /* The owner saw the broker make progress the session cannot see (the
  * kernel's count of bytes the peer acknowledged grew): keepalive counts it
  * like a completed write. */
 static inline void uvmqtt__session_alive(uvmqtt__session_t *s, uint64_t now) {
-  s->last_written = now;
+  uvmqtt__session_set_time(s, UVMQTT__T_WRITTEN, now);
 }
 
 /* The next time uvmqtt__session_tick() has work, or 0 for none. */
@@ -387,6 +419,9 @@ uint64_t uvmqtt__session_next_deadline(const uvmqtt__session_t *s);
 /* Output beyond this stays as queued messages (still expirable, not yet
  * handed to the socket) until the owner takes the output. */
 #define UVMQTT__OUT_HIGH_WATER (64u * 1024u)
+
+/* The unit of the output size hint (out_hint): 128 KiB in 16 bits. */
+#define UVMQTT__OUT_HINT_UNIT 4u
 
 /* The coarsest step keepalive deadlines are rounded to (ms). */
 #define UVMQTT__KEEPALIVE_GRID_MS 1000u
