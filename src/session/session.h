@@ -10,7 +10,8 @@
  * Retain Available, Server Keep Alive), incoming topic aliases and message
  * deadlines. The client layer wires it to a transport and one timer.
  *
- * Output: packets are encoded into one growing buffer (`out`). The owner
+ * Output: packets are encoded into one growing buffer (`out`, in the
+ * active block that exists only while the session has work). The owner
  * takes it with uvmqtt__session_take_output(), writes it, and hands the QoS 0
  * messages that travelled in it back through uvmqtt__session_written(). A
  * message counts as "handed to the socket" once it is in `out`.
