@@ -11,6 +11,10 @@
 #include "session/session.h"
 #include "uvmqtt/alloc.h"
 
+/* What the session's active block holds; it has none while idle. */
+#define ACT_N(s, field) ((s).act ? (s).act->field : 0)
+#define ACT_P(s, field) ((s).act ? (s).act->field : NULL)
+
 #define MAX_OUT 256
 
 typedef struct {
@@ -122,7 +126,7 @@ static int drain(fixture_t *f) {
   memcpy(f->raw, o.buf, o.len);
   f->raw_len = o.len;
   /* Written as soon as it was queued. */
-  uvmqtt__session_written(&f->s, &o, 0, f->s.last_send);
+  uvmqtt__session_written(&f->s, &o, 0, uvmqtt__session_time(&f->s, UVMQTT__T_SEND));
   size_t off = 0;
   while (off < f->raw_len && f->nout < MAX_OUT) {
     /* A whole-buffer decode: the packet's own length says where it ends. */
@@ -232,12 +236,12 @@ START_TEST(session_publish_qos1_acked) {
   ck_assert_int_eq(f.out[0].u.publish.qos, 1);
   uint16_t id = f.out[0].packet_id;
   ck_assert_uint_ne(id, 0);
-  ck_assert_int_eq(f.s.inflight, 1);
+  ck_assert_int_eq(ACT_N(f.s, inflight), 1);
   feed_ack(&f, UVMQTT_PUBACK, id, 0, 2);
   ck_assert_int_eq(f.done, 1);
   ck_assert_int_eq(f.last_status, 0);
-  ck_assert_int_eq(f.s.inflight, 0);
-  ck_assert_int_eq(f.s.queued, 0);
+  ck_assert_int_eq(ACT_N(f.s, inflight), 0);
+  ck_assert_int_eq(ACT_N(f.s, queued), 0);
   teardown(&f);
 }
 END_TEST
@@ -364,7 +368,7 @@ START_TEST(session_receive_maximum_honoured) {
     uint16_t first = f.out[0].packet_id;
     feed_ack(&f, UVMQTT_PUBACK, first, 0, 2);
     ck_assert_int_eq(drain(&f), 1); /* one slot freed, one more sent */
-    ck_assert_int_eq(f.s.inflight, max);
+    ck_assert_int_eq(ACT_N(f.s, inflight), max);
     teardown(&f);
   }
 }
@@ -380,7 +384,7 @@ START_TEST(session_max_inflight_caps_window) {
   ck_assert_int_eq(drain(&f), 2);
   feed_ack(&f, UVMQTT_PUBACK, f.out[0].packet_id, 0, 2);
   ck_assert_int_eq(drain(&f), 1);
-  ck_assert_int_eq(f.s.inflight, 2);
+  ck_assert_int_eq(ACT_N(f.s, inflight), 2);
   teardown(&f);
 }
 END_TEST
@@ -406,7 +410,7 @@ START_TEST(session_broker_limits_fail_locally) {
   memset(big, 'x', sizeof big);
   o.retain = 0;
   ck_assert_int_eq(uvmqtt__session_publish(&f.s, "t", big, sizeof big, &o, 1), UVMQTT_EPKTTOOBIG);
-  ck_assert_int_eq(f.s.queued, 0);
+  ck_assert_int_eq(ACT_N(f.s, queued), 0);
   teardown(&f);
 }
 END_TEST
@@ -606,7 +610,7 @@ START_TEST(session_deadline_expires_unsent_only) {
   ck_assert_int_eq(uvmqtt__session_tick(&f.s, 1020), 0);
   ck_assert_int_eq(f.done, 1);
   ck_assert_int_eq(f.last_status, UVMQTT_EEXPIRED);
-  ck_assert_int_eq(f.s.queued, 1); /* the one in flight stays until acked */
+  ck_assert_int_eq(ACT_N(f.s, queued), 1); /* the one in flight stays until acked */
   reconnect(&f, 1);
   ck_assert_int_eq(drain(&f), 1);
   ck_assert_int_eq(f.out[0].u.publish.dup, 1); /* only the sent one goes again */
@@ -630,7 +634,7 @@ START_TEST(session_deadline_past_at_loss) {
   ck_assert_int_eq(f.done, 2);
   ck_assert_int_eq(f.statuses[0], UV_EOF);
   ck_assert_int_eq(f.statuses[1], UVMQTT_EEXPIRED);
-  ck_assert_int_eq(f.s.queued, 1);
+  ck_assert_int_eq(ACT_N(f.s, queued), 1);
   reconnect(&f, 1);
   ck_assert_int_eq(drain(&f), 1);
   ck_assert_int_eq(f.out[0].u.publish.dup, 0); /* "young", never sent before */
@@ -677,7 +681,7 @@ START_TEST(session_custom_policy_decides_at_loss) {
   /* The dropped one completes with the connection's error. */
   ck_assert_int_eq(f.done, 1);
   ck_assert_int_eq(f.last_status, UVMQTT_EKEEPALIVE);
-  ck_assert_int_eq(f.s.queued, 1);
+  ck_assert_int_eq(ACT_N(f.s, queued), 1);
   /* The kept one goes again after the reconnect, as a duplicate. */
   reconnect(&f, 1);
   ck_assert_int_eq(drain(&f), 1);
@@ -688,7 +692,7 @@ START_TEST(session_custom_policy_decides_at_loss) {
   /* Without a decide function a custom message is kept. */
   f.s.decide = NULL;
   uvmqtt__session_lost(&f.s, UV_EOF, 60);
-  ck_assert_int_eq(f.s.queued, 1);
+  ck_assert_int_eq(ACT_N(f.s, queued), 1);
   teardown(&f);
 }
 END_TEST
@@ -703,7 +707,7 @@ START_TEST(session_drop_policy_fails_at_loss) {
   uvmqtt__session_lost(&f.s, UV_ECONNRESET, 5);
   ck_assert_int_eq(f.done, 1);
   ck_assert_int_eq(f.last_status, UV_ECONNRESET);
-  ck_assert_int_eq(f.s.queued, 1);
+  ck_assert_int_eq(ACT_N(f.s, queued), 1);
   teardown(&f);
 }
 END_TEST
@@ -720,7 +724,7 @@ START_TEST(session_queue_bounds) {
   publish(&f, "b", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
   ck_assert_int_eq(f.done, 1);
   ck_assert_int_eq(f.last_status, UVMQTT_EDROPPED);
-  ck_assert_int_eq(f.s.queued, 3);
+  ck_assert_int_eq(ACT_N(f.s, queued), 3);
   teardown(&f);
 }
 END_TEST
@@ -742,7 +746,7 @@ START_TEST(session_packet_ids_never_reused_in_flight) {
     ck_assert_uint_ne(f.out[0].packet_id, 0);
     feed_ack(&f, UVMQTT_PUBACK, f.out[0].packet_id, 0, 0);
   }
-  ck_assert_int_eq(f.s.inflight, 1);
+  ck_assert_int_eq(ACT_N(f.s, inflight), 1);
   teardown(&f);
 }
 END_TEST
@@ -1161,8 +1165,8 @@ START_TEST(session_store_restore_resends_pubrel) {
   g.s.store = &store;
   ck_assert_int_eq(uvmqtt__session_restore(&g.s, 0), 0);
   /* One past PUBREC holds a slot; one sent waits to be resent. */
-  ck_assert_int_eq(g.s.inflight, 1);
-  ck_assert_int_eq(g.s.queued, 3);
+  ck_assert_int_eq(ACT_N(g.s, inflight), 1);
+  ck_assert_int_eq(ACT_N(g.s, queued), 3);
   uvmqtt_packet_t c = connect_packet(UVMQTT_V311, 0);
   ck_assert_int_eq(uvmqtt__session_connect(&g.s, &c, 0), 0);
   drain(&g);
@@ -1225,8 +1229,8 @@ START_TEST(session_store_refusal_reported_later) {
   setup_session(&f, UVMQTT_V311, 0, 0);
   f.s.store = &store;
   publish(&f, "x", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 0, 0);
-  ck_assert_int_eq(f.requests, 0); /* not from inside the publish call */
-  ck_assert_int_eq(f.s.queued, 1); /* kept in memory */
+  ck_assert_int_eq(f.requests, 0);         /* not from inside the publish call */
+  ck_assert_int_eq(ACT_N(f.s, queued), 1); /* kept in memory */
   ck_assert_int_eq(uvmqtt__session_report_store_failures(&f.s), 1);
   ck_assert_int_eq(f.requests, 1000);
   ck_assert_int_eq(f.last_status, UV_ENOSPC);
@@ -1289,7 +1293,7 @@ START_TEST(session_nothing_after_disconnect) {
   ck_assert_int_eq(uvmqtt__session_recv(&f.s, in, sizeof in, 5), 0);
   ck_assert_int_eq(drain(&f), 0);
   ck_assert_int_eq(f.messages, 0);
-  ck_assert_int_gt(f.s.queued, 0);
+  ck_assert_int_gt(ACT_N(f.s, queued), 0);
   teardown(&f);
 }
 END_TEST
@@ -1315,7 +1319,7 @@ START_TEST(session_disconnect_is_last_after_flood) {
   uvmqtt__session_pump(&f.s, 3);
   ck_assert_int_eq(drain(&f), 0);
   /* What never went out stays queued: a later connect resumes it. */
-  ck_assert_int_gt(f.s.queued, 0);
+  ck_assert_int_gt(ACT_N(f.s, queued), 0);
   teardown(&f);
 }
 END_TEST
@@ -1383,10 +1387,10 @@ START_TEST(session_connack_limits_apply_to_queued_and_resent) {
   connack(&f, 1, &pr);
   ck_assert_int_eq(drain(&f), 2);
   ck_assert_int_eq(f.out[0].u.publish.dup, 1);
-  ck_assert_int_eq(f.s.inflight, 2);
+  ck_assert_int_eq(ACT_N(f.s, inflight), 2);
   feed_ack(&f, UVMQTT_PUBACK, f.out[0].packet_id, 0, 4);
   ck_assert_int_eq(drain(&f), 1);
-  ck_assert_int_eq(f.s.inflight, 2);
+  ck_assert_int_eq(ACT_N(f.s, inflight), 2);
   uvmqtt__session_lost(&f.s, UV_EOF, 5);
   ck_assert_int_eq(uvmqtt__session_connect(&f.s, &c, 6), 0);
   drain(&f);
@@ -1421,7 +1425,7 @@ START_TEST(session_packet_id_exact_across_wrap) {
     if (f.out[0].packet_id == held) ck_abort_msg("id %u reissued while in flight", held);
     feed_ack(&f, UVMQTT_PUBACK, f.out[0].packet_id, 0, 1);
   }
-  ck_assert_int_eq(f.s.ids_used, 1);
+  ck_assert_int_eq(ACT_N(f.s, ids_used), 1);
   ck_assert(uvmqtt__session_id_in_use(&f.s, held));
   teardown(&f);
 }
@@ -1637,7 +1641,7 @@ static size_t alias_run(uint16_t want, int reconnect) {
     ck_assert_int_eq(npending, 3);
     /* The stored message still holds its topic. */
     uvmqtt_packet_t stored;
-    const uvmqtt__msg_t *m = f.s.window.head;
+    const uvmqtt__msg_t *m = ACT_P(f.s, window.head);
     ck_assert_ptr_nonnull(m);
     ck_assert_int_eq(uvmqtt_decode_packet(m->data, m->len, UVMQTT_V5, &stored), 0);
     ck_assert_uint_eq(stored.u.publish.topic.len, 100);
@@ -1943,10 +1947,9 @@ START_TEST(session_request_enomem_leaves_nothing) {
     if (err) {
       failures++;
       ck_assert_int_eq(err, UVMQTT_ENOMEM);
-      ck_assert_ptr_null(f.s.reqs);
-      ck_assert_int_eq(f.s.ids_used, 0);
+      ck_assert_ptr_null(f.s.act); /* idle again: nothing kept */
     } else {
-      ck_assert_ptr_nonnull(f.s.reqs);
+      ck_assert_ptr_nonnull(ACT_P(f.s, reqs));
     }
     int before = f.requests;
     teardown(&f);
@@ -1974,22 +1977,25 @@ START_TEST(session_qos0_direct_path) {
   drain(&f);
   f.done = 0;
   uvmqtt_replace_allocator(failing_malloc, failing_realloc, failing_calloc, free);
-  g_fail_after = 2; /* the output buffer and its records, then nothing */
+  /* The active block (the drained session was idle and held none), the
+   * output buffer and its records, then nothing. */
+  ck_assert_ptr_null(f.s.act);
+  g_fail_after = 3;
   for (intptr_t i = 0; i < 50; i++) {
     o.arg = (void *)(i + 1);
     ck_assert_int_eq(uvmqtt__session_publish(&f.s, "t", "p", 1, &o, 1), 0);
   }
-  ck_assert_int_ge(g_fail_after, 0); /* at most two allocations for 50 publishes */
+  ck_assert_int_ge(g_fail_after, 0); /* at most three allocations for 50 publishes */
   g_fail_after = -1;
   uvmqtt_replace_allocator(malloc, realloc, calloc, free);
-  ck_assert_int_eq(f.s.queued, 50);
+  ck_assert_int_eq(ACT_N(f.s, queued), 50);
   ck_assert_int_eq(drain(&f), 50);
   ck_assert_int_eq(f.done, 50);
   for (intptr_t i = 0; i < 50; i++) {
     ck_assert_int_eq(f.statuses[i], 0);
     ck_assert_ptr_eq(f.args[i], (void *)(i + 1));
   }
-  ck_assert_int_eq(f.s.queued, 0);
+  ck_assert_int_eq(ACT_N(f.s, queued), 0);
 
   /* Lost before the write: one is rebuilt and kept, the next finds no
    * memory and fails. */
@@ -2006,7 +2012,7 @@ START_TEST(session_qos0_direct_path) {
   ck_assert_int_eq(f.done, 1);
   ck_assert_int_eq(f.statuses[0], UVMQTT_ENOMEM);
   ck_assert_ptr_eq(f.args[0], (void *)2);
-  ck_assert_int_eq(f.s.queued, 1);
+  ck_assert_int_eq(ACT_N(f.s, queued), 1);
   reconnect(&f, 1);
   ck_assert_int_eq(drain(&f), 1);
   ck_assert_int_eq(f.out[0].type, UVMQTT_PUBLISH);
@@ -2015,6 +2021,175 @@ START_TEST(session_qos0_direct_path) {
   ck_assert_int_eq(f.statuses[1], 0);
   ck_assert_ptr_eq(f.args[1], (void *)1);
   teardown(&f);
+}
+END_TEST
+
+/* Gateway scale: an idle connection holds the session's core alone. The
+ * core stays within its bound (it is embedded in every client), and once
+ * every exchange has settled (QoS 0, 1 and 2 both ways, a subscription, a
+ * keepalive ping) the active block and all else the traffic allocated is
+ * freed again. */
+#define SESSION_CORE_MAX 168u
+static long g_live; /* allocations made and not yet freed */
+static void *counting_malloc(size_t n) {
+  void *p = malloc(n);
+  g_live += p != NULL;
+  return p;
+}
+static void *counting_realloc(void *p, size_t n) {
+  void *q = realloc(p, n);
+  g_live += q != NULL && p == NULL;
+  return q;
+}
+static void *counting_calloc(size_t a, size_t b) {
+  void *p = calloc(a, b);
+  g_live += p != NULL;
+  return p;
+}
+static void counting_free(void *p) {
+  g_live -= p != NULL;
+  free(p);
+}
+
+static uint16_t out_id(fixture_t *f, uint8_t type) {
+  ck_assert_int_eq(drain(f), 1);
+  ck_assert_int_eq(f->out[0].type, type);
+  return f->out[0].packet_id;
+}
+
+START_TEST(session_idle_holds_core_only) {
+  ck_assert_uint_le(sizeof(uvmqtt__session_t), SESSION_CORE_MAX);
+  fixture_t f;
+  setup_session(&f, (uint8_t)_i ? UVMQTT_V5 : UVMQTT_V311, 1, 30);
+  connack(&f, 0, NULL);
+  drain(&f);
+  ck_assert_ptr_null(f.s.act);
+  ck_assert_ptr_null(f.s.dec);
+  g_live = 0;
+  uvmqtt_replace_allocator(counting_malloc, counting_realloc, counting_calloc, counting_free);
+
+  publish(&f, "q0", 0, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  ck_assert_ptr_nonnull(f.s.act);
+  out_id(&f, UVMQTT_PUBLISH);
+  ck_assert_ptr_null(f.s.act);
+  publish(&f, "q1", 1, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  feed_ack(&f, UVMQTT_PUBACK, out_id(&f, UVMQTT_PUBLISH), 0, 1);
+  publish(&f, "q2", 2, UVMQTT_DELIVERY_UNTIL_DELIVERED, 0, 1, 0);
+  uint16_t id = out_id(&f, UVMQTT_PUBLISH);
+  feed_ack(&f, UVMQTT_PUBREC, id, 0, 1);
+  ck_assert_ptr_nonnull(f.s.act); /* waiting for PUBCOMP */
+  ck_assert_uint_eq(out_id(&f, UVMQTT_PUBREL), id);
+  feed_ack(&f, UVMQTT_PUBCOMP, id, 0, 1);
+  ck_assert_int_eq(f.done, 3);
+
+  uvmqtt_topic_sub_t sub = {{(const uint8_t *)"a/+", 3}, 1};
+  uvmqtt_packet_t p;
+  memset(&p, 0, sizeof p);
+  p.type = UVMQTT_SUBSCRIBE;
+  p.u.subscribe.subs = &sub;
+  p.u.subscribe.count = 1;
+  ck_assert_int_eq(uvmqtt__session_request(&f.s, &p, NULL, NULL, 1), 0);
+  uint8_t code = 1;
+  uvmqtt_packet_t ack;
+  memset(&ack, 0, sizeof ack);
+  ack.type = UVMQTT_SUBACK;
+  ack.packet_id = out_id(&f, UVMQTT_SUBSCRIBE);
+  ack.u.suback.codes = &code;
+  ack.u.suback.count = 1;
+  feed_packet(&f, &ack, 2, 0);
+  ck_assert_int_eq(f.requests, 1);
+
+  feed_publish(&f, "a/1", 1, 7, 0, NULL, 0);
+  ck_assert_uint_eq(out_id(&f, UVMQTT_PUBACK), 7);
+  feed_publish(&f, "a/2", 2, 8, 0, NULL, 0);
+  ck_assert_uint_eq(out_id(&f, UVMQTT_PUBREC), 8);
+  ck_assert_ptr_nonnull(f.s.act); /* waiting for PUBREL */
+  feed_ack(&f, UVMQTT_PUBREL, 8, 0, 2);
+  ck_assert_uint_eq(out_id(&f, UVMQTT_PUBCOMP), 8);
+  ck_assert_int_eq(f.messages, 2);
+
+  ck_assert_int_eq(uvmqtt__session_tick(&f.s, 100000), 0);
+  out_id(&f, UVMQTT_PINGREQ);
+  uvmqtt_packet_t pong;
+  memset(&pong, 0, sizeof pong);
+  pong.type = UVMQTT_PINGRESP;
+  feed_packet(&f, &pong, 100001, 0);
+
+  uvmqtt_replace_allocator(malloc, realloc, calloc, free);
+  ck_assert_ptr_null(f.s.act);
+  ck_assert_ptr_null(f.s.dec);
+  ck_assert_int_eq(g_live, 0);
+  ck_assert_int_eq(f.s.state, UVMQTT__S_ONLINE);
+  teardown(&f);
+}
+END_TEST
+
+/* The keepalive times are ages before the latest one: exact in any order
+ * within 49 days of each other, and older ones read as 49 days old. */
+START_TEST(session_times_kept_as_ages) {
+  uvmqtt__session_t s;
+  uvmqtt__session_init(&s, NULL, &events, UVMQTT_V311);
+  uvmqtt__session_set_time(&s, UVMQTT__T_SEND, 1000);
+  uvmqtt__session_set_time(&s, UVMQTT__T_RECV, 5000);
+  uvmqtt__session_set_time(&s, UVMQTT__T_WRITTEN, 3000);
+  uvmqtt__session_set_time(&s, UVMQTT__T_PING, 4000);
+  uvmqtt__session_set_time(&s, UVMQTT__T_RECV, 2000); /* earlier than the latest */
+  ck_assert_uint_eq(uvmqtt__session_time(&s, UVMQTT__T_SEND), 1000);
+  ck_assert_uint_eq(uvmqtt__session_time(&s, UVMQTT__T_RECV), 2000);
+  ck_assert_uint_eq(uvmqtt__session_time(&s, UVMQTT__T_WRITTEN), 3000);
+  ck_assert_uint_eq(uvmqtt__session_time(&s, UVMQTT__T_PING), 4000);
+  uint64_t later = 2000 + (uint64_t)UINT32_MAX;
+  uvmqtt__session_set_time(&s, UVMQTT__T_WRITTEN, later);
+  ck_assert_uint_eq(uvmqtt__session_time(&s, UVMQTT__T_WRITTEN), later);
+  ck_assert_uint_eq(uvmqtt__session_time(&s, UVMQTT__T_RECV), 2000);
+  ck_assert_uint_eq(uvmqtt__session_time(&s, UVMQTT__T_SEND), 2000); /* saturated */
+  ck_assert_uint_eq(uvmqtt__session_time(&s, UVMQTT__T_PING), 4000);
+  uvmqtt__session_set_time(&s, UVMQTT__T_SEND, 0);
+  ck_assert_uint_eq(uvmqtt__session_time(&s, UVMQTT__T_SEND), 2000); /* saturated */
+  uvmqtt__session_free(&s, UVMQTT_ECLOSED);
+}
+END_TEST
+
+/* Work that starts from idle first allocates the active block: when that
+ * (or anything after it) fails, the call reports UVMQTT_ENOMEM, nothing is
+ * queued, no callback runs, and the session is idle again, holding nothing. */
+START_TEST(session_active_block_enomem) {
+  int failures = 0;
+  for (int qos = 0; qos <= 1; qos++) {
+    for (int k = 0; k < 4; k++) {
+      fixture_t f;
+      setup_session(&f, UVMQTT_V311, 1, 0);
+      connack(&f, 0, NULL);
+      drain(&f);
+      ck_assert_ptr_null(f.s.act);
+      uvmqtt_replace_allocator(failing_malloc, failing_realloc, failing_calloc, free);
+      g_fail_after = k;
+      int err = uvmqtt__session_publish(
+          &f.s, "t", "p", 1,
+          &(uvmqtt__publish_t){.qos = (uint8_t)qos, .policy = UVMQTT_DELIVERY_UNTIL_DELIVERED}, 1);
+      g_fail_after = -1;
+      uvmqtt_replace_allocator(malloc, realloc, calloc, free);
+      if (err) {
+        failures++;
+        ck_assert_int_eq(err, UVMQTT_ENOMEM);
+        ck_assert_ptr_null(f.s.act);
+        ck_assert_int_eq(drain(&f), 0);
+      } else {
+        ck_assert_int_eq(ACT_N(f.s, queued), 1);
+        /* An output that found no memory is retried by the next pump. */
+        uvmqtt__session_pump(&f.s, 1);
+        uint16_t id = out_id(&f, UVMQTT_PUBLISH);
+        if (qos) feed_ack(&f, UVMQTT_PUBACK, id, 0, 1);
+        ck_assert_int_eq(f.done, 1);
+        ck_assert_int_eq(f.last_status, 0);
+        ck_assert_ptr_null(f.s.act);
+      }
+      ck_assert_int_eq(f.done, err ? 0 : 1);
+      teardown(&f);
+      ck_assert_int_eq(f.done, err ? 0 : 1);
+    }
+  }
+  ck_assert_int_gt(failures, 0);
 }
 END_TEST
 
@@ -2057,7 +2232,7 @@ START_TEST(session_store_incoming_qos2_survives_restart) {
   uvmqtt__session_init(&g.s, &g, &events, UVMQTT_V311);
   g.s.store = &store;
   ck_assert_int_eq(uvmqtt__session_restore(&g.s, 0), 0);
-  ck_assert_int_eq(g.s.rx_qos2_count, 1);
+  ck_assert_int_eq(ACT_N(g.s, rx_qos2_count), 1);
   uvmqtt_packet_t c = connect_packet(UVMQTT_V311, 0);
   ck_assert_int_eq(uvmqtt__session_connect(&g.s, &c, 0), 0);
   drain(&g);
@@ -2143,6 +2318,9 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(gate, session_unknown_failed_pubrec_no_pubrel);
   tcase_add_test(gate, session_request_enomem_leaves_nothing);
   tcase_add_test(gate, session_store_incoming_qos2_survives_restart);
+  tcase_add_loop_test(gate, session_idle_holds_core_only, 0, 2);
+  tcase_add_test(gate, session_active_block_enomem);
+  tcase_add_test(gate, session_times_kept_as_ages);
   tcase_set_timeout(gate, 60);
   suite_add_tcase(s, gate);
 

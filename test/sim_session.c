@@ -995,23 +995,26 @@ static void check_ids(sim_t *x, uint16_t *ids, int *n, uint16_t id) {
 
 static void check_invariants(sim_t *x) {
   uvmqtt__session_t *s = &x->s;
+  /* A session without an active block holds nothing: read it as empty. */
+  static const uvmqtt__session_active_t none;
+  const uvmqtt__session_active_t *a = s->act ? s->act : &none;
   static uint16_t ids[4096];
   int nids = 0;
   uint32_t queued = 0, inflight = 0;
   size_t bytes = 0;
-  for (uvmqtt__msg_t *m = s->queue.head; m; m = m->next) {
+  for (uvmqtt__msg_t *m = a->queue.head; m; m = m->next) {
     CHECK(x, m->state == UVMQTT__MSG_QUEUED, "queue holds QUEUED messages");
     CHECK(x, m->id == 0, "a queued message holds no id");
     queued++;
     bytes += m->len;
   }
-  for (uvmqtt__msg_t *m = s->resend.head; m; m = m->next) {
+  for (uvmqtt__msg_t *m = a->resend.head; m; m = m->next) {
     CHECK(x, m->state == UVMQTT__MSG_READY, "resend holds READY messages");
     check_ids(x, ids, &nids, m->id);
     queued++;
     bytes += m->len;
   }
-  for (uvmqtt__msg_t *m = s->window.head; m; m = m->next) {
+  for (uvmqtt__msg_t *m = a->window.head; m; m = m->next) {
     CHECK(x,
           m->state == UVMQTT__MSG_STORING || m->state == UVMQTT__MSG_WAIT_ACK ||
               m->state == UVMQTT__MSG_WAIT_COMP,
@@ -1021,22 +1024,31 @@ static void check_invariants(sim_t *x) {
     inflight++;
     bytes += m->len;
   }
-  for (uint32_t i = 0; i < s->out.npubs; i++) {
+  for (uint32_t i = 0; i < a->out.npubs; i++) {
     queued++;
-    bytes += s->out.pubs[i].len;
+    bytes += a->out.pubs[i].len;
   }
   /* A write in progress still holds its QoS 0 messages. */
   for (uint32_t i = 0; x->wr_active && i < x->wr.npubs; i++) {
     queued++;
     bytes += x->wr.pubs[i].len;
   }
-  for (uvmqtt__req_t *r = s->reqs; r; r = r->next)
+  for (uvmqtt__req_t *r = a->reqs; r; r = r->next)
     check_ids(x, ids, &nids, r->id);
-  CHECK(x, s->inflight == inflight, "inflight counts the window");
-  CHECK(x, s->queued == queued, "queued counts every held message");
-  CHECK(x, s->queued_bytes == bytes, "queued_bytes sums every held message");
-  CHECK(x, s->ids_used == (uint32_t)nids, "ids_used counts the ids held");
-  if (x->up && x->disconnected) CHECK(x, s->out.len == 0, "nothing leaves after DISCONNECT");
+  CHECK(x, a->inflight == inflight, "inflight counts the window");
+  CHECK(x, a->queued == queued, "queued counts every held message");
+  CHECK(x, a->queued_bytes == bytes, "queued_bytes sums every held message");
+  CHECK(x, a->ids_used == (uint32_t)nids, "ids_used counts the ids held");
+  if (x->up && x->disconnected) CHECK(x, a->out.len == 0, "nothing leaves after DISCONNECT");
+  CHECK(x, s->depth == 0, "no call into the session outlives its return");
+  /* The memory bound of an idle connection: with nothing queued, in
+   * flight, requested, in the output or awaited from the store, and no
+   * incoming QoS 2 or topic alias of this connection to remember, the
+   * session is its core alone. */
+  int idle = a->queued == 0 && a->reqs == NULL && a->out.len == 0 && a->rx_qos2_count == 0 &&
+             a->aliases == NULL && a->alias_out == NULL && a->store_waits == NULL &&
+             a->store_failed == NULL;
+  CHECK(x, !idle || s->act == NULL, "an idle session holds no active block");
 }
 
 /* ---- One schedule ---------------------------------------------------------------------------- */

@@ -406,12 +406,7 @@ void uvmqtt_client_stats(const uvmqtt_client_t *client, uvmqtt_stats_t *out) {
   out->connected = c->stat_connected;
   out->attempts = c->stat_attempts;
   out->reconnects = c->stat_reconnects;
-  out->inflight = c->sess.inflight;
-  uint32_t queued = 0;
-  for (const uvmqtt__msg_t *m = c->sess.queue.head; m; m = m->next)
-    queued++;
-  out->queued = queued;
-  out->queued_bytes = c->sess.queued_bytes;
+  uvmqtt__session_stats(&c->sess, &out->inflight, &out->queued, &out->queued_bytes);
   out->write_bytes = c->transport_active ? c->tr.pending_bytes : 0;
 }
 

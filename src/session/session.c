@@ -32,6 +32,49 @@ static void dec_free(void *ud, void *ptr) {
 
 static const uvmqtt_codec_mem_t dec_mem = {dec_alloc, dec_free, NULL};
 
+/* ---- The active block ------------------------------------------------------ */
+
+/* Every path that puts work into the session (a byte of output, a message,
+ * a request, a packet id, an incoming QoS 2 id, an alias) calls this first,
+ * so that a failure is UVMQTT_ENOMEM before anything changed. */
+static int act_need(uvmqtt__session_t *s) {
+  if (s->act) return 0;
+  s->act = uvmqtt__calloc(1, sizeof *s->act);
+  return s->act ? 0 : UVMQTT_ENOMEM;
+}
+
+/* Nothing in the block is worth keeping. Messages are counted in `queued`
+ * from publish to completion, wherever they are (a list, the output, a
+ * write in progress, a local list being completed), so a block is never
+ * freed under a message. */
+static int act_idle(const uvmqtt__session_active_t *a) {
+  return a->queued == 0 && a->out.len == 0 && a->out.npubs == 0 && a->queue.head == NULL &&
+         a->resend.head == NULL && a->window.head == NULL && a->reqs == NULL && a->ids_used == 0 &&
+         a->rx_qos2_count == 0 && a->aliases == NULL && a->alias_out == NULL &&
+         a->store_waits == NULL && a->store_failed == NULL;
+}
+
+static void act_free(uvmqtt__session_t *s) {
+  uvmqtt__session_active_t *a = s->act;
+  uvmqtt__free(a->out.buf);
+  uvmqtt__free(a->out.pubs);
+  uvmqtt__free(a->rx_qos2);
+  uvmqtt__free(a->ids);
+  uvmqtt__free(a);
+  s->act = NULL;
+}
+
+/* Entry points bracket their work with enter()/leave(): the owner's
+ * callbacks may call in again, and only the outermost call may free the
+ * block, once no caller is walking its lists. */
+static void enter(uvmqtt__session_t *s) {
+  s->depth++;
+}
+
+static void leave(uvmqtt__session_t *s) {
+  if (--s->depth == 0 && s->act && act_idle(s->act)) act_free(s);
+}
+
 /* ---- Lists ---------------------------------------------------------------- */
 
 static void list_push(uvmqtt__msg_list_t *l, uvmqtt__msg_t *m) {
@@ -97,32 +140,34 @@ static void list_merge_by_seq(uvmqtt__msg_list_t *to, uvmqtt__msg_list_t *from) 
 #define ID_WORDS (65536u / 64u)
 
 int uvmqtt__session_id_in_use(const uvmqtt__session_t *s, uint16_t id) {
-  return s->ids != NULL && (s->ids[id >> 6] >> (id & 63) & 1u);
+  return s->act && s->act->ids != NULL && (s->act->ids[id >> 6] >> (id & 63) & 1u);
 }
 
 static int id_take(uvmqtt__session_t *s, uint16_t id) {
-  if (s->ids == NULL) {
-    s->ids = uvmqtt__calloc(ID_WORDS, sizeof *s->ids);
-    if (s->ids == NULL) return UVMQTT_ENOMEM;
+  int err = act_need(s);
+  if (err) return err;
+  if (s->act->ids == NULL) {
+    s->act->ids = uvmqtt__calloc(ID_WORDS, sizeof *s->act->ids);
+    if (s->act->ids == NULL) return UVMQTT_ENOMEM;
   }
-  s->ids[id >> 6] |= (uint64_t)1 << (id & 63);
-  s->ids_used++;
+  s->act->ids[id >> 6] |= (uint64_t)1 << (id & 63);
+  s->act->ids_used++;
   return 0;
 }
 
 static void id_release(uvmqtt__session_t *s, uint16_t id) {
   if (id == 0 || !uvmqtt__session_id_in_use(s, id)) return;
-  s->ids[id >> 6] &= ~((uint64_t)1 << (id & 63));
-  if (--s->ids_used == 0) {
-    uvmqtt__free(s->ids);
-    s->ids = NULL;
+  s->act->ids[id >> 6] &= ~((uint64_t)1 << (id & 63));
+  if (--s->act->ids_used == 0) {
+    uvmqtt__free(s->act->ids);
+    s->act->ids = NULL;
   }
 }
 
 /* The next free id after the last one issued. Returns the id, 0 when all
  * 65535 are in use, or UVMQTT_ENOMEM. */
 static int next_packet_id(uvmqtt__session_t *s) {
-  if (s->ids_used >= 65535u) return 0;
+  if (s->act && s->act->ids_used >= 65535u) return 0;
   for (uint32_t tries = 0; tries < 65536u; tries++) {
     uint16_t id = s->next_id++;
     if (s->next_id == 0) s->next_id = 1;
@@ -151,16 +196,16 @@ static void store_update(uvmqtt__session_t *s, const uvmqtt__msg_t *m, uint8_t p
 
 static void store_wait_link(uvmqtt__session_t *s, uvmqtt__store_wait_t *w) {
   w->prev = NULL;
-  w->next = s->store_waits;
+  w->next = s->act->store_waits;
   if (w->next) w->next->prev = w;
-  s->store_waits = w;
+  s->act->store_waits = w;
 }
 
 static void store_wait_unlink(uvmqtt__session_t *s, uvmqtt__store_wait_t *w) {
   if (w->prev)
     w->prev->next = w->next;
-  else if (s && s->store_waits == w)
-    s->store_waits = w->next;
+  else if (s && s->act->store_waits == w)
+    s->act->store_waits = w->next;
   if (w->next) w->next->prev = w->prev;
   w->next = w->prev = NULL;
 }
@@ -169,10 +214,12 @@ static void on_store_done(void *arg, int status) {
   uvmqtt__store_wait_t *w = arg;
   uvmqtt__session_t *s = w->s;
   if (s) {
+    enter(s);
     store_wait_unlink(s, w);
     if (s->ev->stored) s->ev->stored(s->owner, w->arg, status);
   }
   uvmqtt__free(w);
+  if (s) leave(s);
 }
 
 static int store_append(uvmqtt__session_t *s, const uvmqtt__msg_t *m) {
@@ -193,8 +240,8 @@ static int store_append(uvmqtt__session_t *s, const uvmqtt__msg_t *m) {
     /* Kept in memory all the same; the owner reports the failure later,
      * never from inside the publish call. */
     w->status = err;
-    w->next = s->store_failed;
-    s->store_failed = w;
+    w->next = s->act->store_failed;
+    s->act->store_failed = w;
     return 0;
   }
   store_wait_link(s, w);
@@ -237,11 +284,18 @@ static void on_phase_stored(void *arg, int status) {
   uvmqtt__store_wait_t *w = arg;
   uvmqtt__session_t *s = w->s;
   uvmqtt__msg_t *m = w->msg;
-  if (s) store_wait_unlink(s, w);
+  if (s == NULL) {
+    uvmqtt__free(w);
+    return;
+  }
+  enter(s);
+  store_wait_unlink(s, w);
   uvmqtt__free(w);
-  if (s == NULL || m == NULL) return;
-  m->wait = NULL;
-  phase_stored(s, m);
+  if (m) {
+    m->wait = NULL;
+    phase_stored(s, m);
+  }
+  leave(s);
 }
 
 /* The message is gone: a confirmation still due finds nothing to send. */
@@ -250,11 +304,11 @@ static void store_wait_forget(uvmqtt__msg_t *m) {
   m->wait = NULL;
 }
 
-int uvmqtt__session_report_store_failures(uvmqtt__session_t *s) {
+static int session_report_store_failures(uvmqtt__session_t *s) {
   int any = 0;
-  while (s->store_failed) {
-    uvmqtt__store_wait_t *w = s->store_failed;
-    s->store_failed = w->next;
+  while (s->act && s->act->store_failed) {
+    uvmqtt__store_wait_t *w = s->act->store_failed;
+    s->act->store_failed = w->next;
     if (s->ev->stored) s->ev->stored(s->owner, w->arg, w->status);
     uvmqtt__free(w);
     any = 1;
@@ -263,13 +317,14 @@ int uvmqtt__session_report_store_failures(uvmqtt__session_t *s) {
 }
 
 static void store_detach(uvmqtt__session_t *s) {
+  if (s->act == NULL) return;
   /* Appends still in progress finish after the session is gone. */
-  for (uvmqtt__store_wait_t *w = s->store_waits; w; w = w->next)
+  for (uvmqtt__store_wait_t *w = s->act->store_waits; w; w = w->next)
     w->s = NULL;
-  s->store_waits = NULL;
-  while (s->store_failed) {
-    uvmqtt__store_wait_t *w = s->store_failed;
-    s->store_failed = w->next;
+  s->act->store_waits = NULL;
+  while (s->act->store_failed) {
+    uvmqtt__store_wait_t *w = s->act->store_failed;
+    s->act->store_failed = w->next;
     uvmqtt__free(w);
   }
 }
@@ -319,16 +374,18 @@ static int gate_publish(const uvmqtt__session_t *s, const uvmqtt__msg_t *m, int 
   if (m->alias && (m->alias > s->broker_alias_max || (m->topic_len == 0 && m->conn != s->conn)))
     return UVMQTT_ETOPICALIAS;
   if (slot && m->qos > 0 &&
-      (s->inflight >= s->broker_receive_max || s->inflight >= s->max_inflight))
+      (s->act->inflight >= s->broker_receive_max || s->act->inflight >= s->max_inflight))
     return 1;
   return 0;
 }
 
 /* Room for one more QoS 0 PUBLISH record in the output. */
 static int out_pubs_reserve(uvmqtt__session_t *s) {
-  uvmqtt__output_t *o = &s->out;
+  int err = act_need(s);
+  if (err) return err;
+  uvmqtt__output_t *o = &s->act->out;
   if (o->npubs < o->pubs_cap) return 0;
-  uint32_t cap = o->pubs_cap ? o->pubs_cap * 2 : (s->out_pubs_hint > 16 ? s->out_pubs_hint : 16);
+  uint32_t cap = o->pubs_cap ? o->pubs_cap * 2 : (s->out_pubs_hint > 16 ? s->out_pubs_hint : 16u);
   uvmqtt__out_pub_t *p = uvmqtt__realloc(o->pubs, (size_t)cap * sizeof *p);
   if (p == NULL) return UVMQTT_ENOMEM;
   o->pubs = p;
@@ -340,9 +397,12 @@ static int out_pubs_reserve(uvmqtt__session_t *s) {
  * stream of messages costs one allocation per write, not a series of
  * reallocations; an idle connection keeps only that number. */
 static int out_reserve(uvmqtt__session_t *s, size_t extra) {
-  uvmqtt__output_t *o = &s->out;
+  int err = act_need(s);
+  if (err) return err;
+  uvmqtt__output_t *o = &s->act->out;
   if (o->cap - o->len >= extra) return 0;
-  size_t cap = o->cap ? o->cap : (s->out_hint > 256 ? s->out_hint : 256);
+  size_t hint = (size_t)s->out_hint * UVMQTT__OUT_HINT_UNIT;
+  size_t cap = o->cap ? o->cap : (hint > 256 ? hint : 256);
   while (cap - o->len < extra)
     cap *= 2;
   uint8_t *buf = uvmqtt__realloc(o->buf, cap);
@@ -356,9 +416,9 @@ static int out_reserve(uvmqtt__session_t *s, size_t extra) {
 static int out_append(uvmqtt__session_t *s, const uint8_t *bytes, size_t len, uint64_t now) {
   int err = out_reserve(s, len);
   if (err) return err;
-  memcpy(s->out.buf + s->out.len, bytes, len);
-  s->out.len += len;
-  s->last_send = now;
+  memcpy(s->act->out.buf + s->act->out.len, bytes, len);
+  s->act->out.len += len;
+  uvmqtt__session_set_time(s, UVMQTT__T_SEND, now);
   return 0;
 }
 
@@ -371,10 +431,11 @@ static int out_packet(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt, uint64_t
   if (g) return g;
   int err = out_reserve(s, (size_t)size);
   if (err) return err;
-  ssize_t n = uvmqtt_encode(pkt, s->version, s->out.buf + s->out.len, s->out.cap - s->out.len);
+  ssize_t n = uvmqtt_encode(pkt, s->version, s->act->out.buf + s->act->out.len,
+                            s->act->out.cap - s->act->out.len);
   if (n < 0) return (int)n;
-  s->out.len += (size_t)n;
-  s->last_send = now;
+  s->act->out.len += (size_t)n;
+  uvmqtt__session_set_time(s, UVMQTT__T_SEND, now);
   return 0;
 }
 
@@ -395,11 +456,11 @@ static int out_ack(uvmqtt__session_t *s, uint8_t type, uint16_t id, uint8_t reas
 /* ---- Automatic outgoing topic aliases ----------------------------------------- */
 
 static void alias_out_free(uvmqtt__session_t *s) {
-  if (s->alias_out == NULL) return;
+  if (s->act == NULL || s->act->alias_out == NULL) return;
   for (uint32_t i = 0; i < s->alias_out_max; i++)
-    uvmqtt__free(s->alias_out[i].topic);
-  uvmqtt__free(s->alias_out);
-  s->alias_out = NULL;
+    uvmqtt__free(s->act->alias_out[i].topic);
+  uvmqtt__free(s->act->alias_out);
+  s->act->alias_out = NULL;
 }
 
 /* The alias for a topic on this connection: *bound is 1 when the broker
@@ -412,20 +473,21 @@ static uint16_t alias_out_find(uvmqtt__session_t *s, const uint8_t *topic, uint1
                                int *bound) {
   *bound = 0;
   if (s->alias_out_max == 0 || len == 0) return 0;
-  if (s->alias_out == NULL) {
-    s->alias_out = uvmqtt__calloc(s->alias_out_max, sizeof *s->alias_out);
-    if (s->alias_out == NULL) return 0;
+  if (s->act->alias_out == NULL) {
+    s->act->alias_out = uvmqtt__calloc(s->alias_out_max, sizeof *s->act->alias_out);
+    if (s->act->alias_out == NULL) return 0;
   }
   uint32_t victim = 0;
   for (uint32_t i = 0; i < s->alias_out_max; i++) {
-    uvmqtt__alias_out_t *a = &s->alias_out[i];
+    uvmqtt__alias_out_t *a = &s->act->alias_out[i];
     if (a->topic && a->len == len && memcmp(a->topic, topic, len) == 0) {
       *bound = 1;
       return (uint16_t)(i + 1);
     }
     /* A free slot first (used 0), else the least recently used. */
-    if (a->topic == NULL ? s->alias_out[victim].topic != NULL
-                         : (s->alias_out[victim].topic && a->used < s->alias_out[victim].used))
+    if (a->topic == NULL
+            ? s->act->alias_out[victim].topic != NULL
+            : (s->act->alias_out[victim].topic && a->used < s->act->alias_out[victim].used))
       victim = i;
   }
   return (uint16_t)(victim + 1);
@@ -435,7 +497,7 @@ static uint16_t alias_out_find(uvmqtt__session_t *s, const uint8_t *topic, uint1
  * went into the output. Returns 0, or UVMQTT_ENOMEM (nothing changed). */
 static int alias_out_commit(uvmqtt__session_t *s, uint16_t alias, const uint8_t *topic,
                             uint16_t len, int bound) {
-  uvmqtt__alias_out_t *a = &s->alias_out[alias - 1];
+  uvmqtt__alias_out_t *a = &s->act->alias_out[alias - 1];
   if (!bound) {
     uint8_t *copy = a->topic && a->len >= len ? a->topic : uvmqtt__malloc(len);
     if (copy == NULL) return UVMQTT_ENOMEM;
@@ -444,7 +506,7 @@ static int alias_out_commit(uvmqtt__session_t *s, uint16_t alias, const uint8_t 
     a->topic = copy;
     a->len = len;
   }
-  a->used = ++s->alias_out_clock;
+  a->used = ++s->act->alias_out_clock;
   return 0;
 }
 
@@ -489,7 +551,7 @@ static int out_publish_aliased(uvmqtt__session_t *s, uvmqtt__msg_t *m, uint64_t 
   if (s->broker_max_packet && total > s->broker_max_packet) return 1;
   if (out_reserve(s, total) != 0) return 1;
   if (alias_out_commit(s, alias, topic, m->topic_len, bound) != 0) return 1;
-  uint8_t *p = s->out.buf + s->out.len;
+  uint8_t *p = s->act->out.buf + s->act->out.len;
   size_t n = 0;
   p[n++] = m->data[0];
   n += put_varint(p + n, (uint32_t)remaining);
@@ -507,8 +569,8 @@ static int out_publish_aliased(uvmqtt__session_t *s, uvmqtt__msg_t *m, uint64_t 
   p[n++] = (uint8_t)alias;
   memcpy(p + n, m->data + rest_at, rest);
   n += rest;
-  s->out.len += n;
-  s->last_send = now;
+  s->act->out.len += n;
+  uvmqtt__session_set_time(s, UVMQTT__T_SEND, now);
   return 0;
 }
 
@@ -558,8 +620,8 @@ static void msg_finish(uvmqtt__session_t *s, uvmqtt__msg_t *m, int status, uint8
   store_wait_forget(m);
   store_update(s, m, UVMQTT_STORE_DONE);
   id_release(s, m->id);
-  s->queued--;
-  s->queued_bytes -= m->len;
+  s->act->queued--;
+  s->act->queued_bytes -= m->len;
   uvmqtt__done_t d = {m->cb, m->arg, m->id, m->restored};
   uvmqtt__free(m);
   if (s->ev->publish_done) s->ev->publish_done(s->owner, &d, status, reason);
@@ -573,7 +635,7 @@ static uvmqtt__msg_t *out_pub_to_msg(uvmqtt__session_t *s, const uvmqtt__out_pub
   uvmqtt__msg_t *m = uvmqtt__malloc(sizeof *m + op->len);
   if (m == NULL) return NULL;
   memset(m, 0, sizeof *m);
-  memcpy(m->data, s->out.buf + op->off, op->len);
+  memcpy(m->data, s->act->out.buf + op->off, op->len);
   uint32_t fixed = 1;
   while (m->data[fixed] & 0x80)
     fixed++;
@@ -598,18 +660,18 @@ static void out_pub_finish(uvmqtt__session_t *s, const uvmqtt__out_pub_t *op, in
     msg_finish(s, op->msg, status, 0);
     return;
   }
-  s->queued--;
-  s->queued_bytes -= op->len;
+  s->act->queued--;
+  s->act->queued_bytes -= op->len;
   uvmqtt__done_t d = {op->cb, op->arg, 0, 0};
   if (s->ev->publish_done) s->ev->publish_done(s->owner, &d, status, 0);
 }
 
 static void aliases_free(uvmqtt__session_t *s) {
-  if (s->aliases == NULL) return;
+  if (s->act == NULL || s->act->aliases == NULL) return;
   for (uint32_t i = 0; i < s->our_alias_max; i++)
-    uvmqtt__free((void *)s->aliases[i].data);
-  uvmqtt__free(s->aliases);
-  s->aliases = NULL;
+    uvmqtt__free((void *)s->act->aliases[i].data);
+  uvmqtt__free(s->act->aliases);
+  s->act->aliases = NULL;
 }
 
 static void request_finish(uvmqtt__session_t *s, uvmqtt__req_t *r, int status,
@@ -627,47 +689,58 @@ static void finish_list(uvmqtt__session_t *s, uvmqtt__msg_list_t *l, int status)
 }
 
 void uvmqtt__session_free(uvmqtt__session_t *s, int status) {
-  uvmqtt__session_lost(s, status, s->last_recv);
+  enter(s);
+  uvmqtt__session_lost(s, status, uvmqtt__session_time(s, UVMQTT__T_RECV));
   /* What the delivery policies kept is still owed to the broker: the store
    * keeps it for the next process. DONE would mean delivered or given up. */
   s->store = NULL;
-  s->inflight = 0;
-  finish_list(s, &s->window, status);
-  finish_list(s, &s->resend, status);
-  finish_list(s, &s->queue, status);
-  while (s->reqs) {
-    uvmqtt__req_t *r = s->reqs;
-    s->reqs = r->next;
+  dec_drop(s);
+  if (s->act == NULL) {
+    s->alias_out_max = 0;
+    s->depth--;
+    return;
+  }
+  s->act->inflight = 0;
+  finish_list(s, &s->act->window, status);
+  finish_list(s, &s->act->resend, status);
+  finish_list(s, &s->act->queue, status);
+  while (s->act->reqs) {
+    uvmqtt__req_t *r = s->act->reqs;
+    s->act->reqs = r->next;
     request_finish(s, r, status, NULL, NULL);
   }
-  uvmqtt__free(s->ids);
-  s->ids = NULL;
-  s->ids_used = 0;
-  uvmqtt__free(s->rx_qos2);
-  s->rx_qos2 = NULL;
-  s->rx_qos2_count = s->rx_qos2_cap = 0;
+  uvmqtt__free(s->act->ids);
+  s->act->ids = NULL;
+  s->act->ids_used = 0;
+  uvmqtt__free(s->act->rx_qos2);
+  s->act->rx_qos2 = NULL;
+  s->act->rx_qos2_count = s->act->rx_qos2_cap = 0;
   aliases_free(s);
   alias_out_free(s);
   s->alias_out_max = 0;
-  dec_drop(s);
-  uvmqtt__free(s->out.buf);
-  uvmqtt__free(s->out.pubs);
-  memset(&s->out, 0, sizeof s->out);
+  uvmqtt__free(s->act->out.buf);
+  uvmqtt__free(s->act->out.pubs);
+  memset(&s->act->out, 0, sizeof s->act->out);
   store_detach(s);
+  /* Everything is gone, whatever the counters say (a write the owner never
+   * reported back): nothing may outlive the session. A call in progress
+   * further out (free from a callback) frees it on its way out. */
+  if (--s->depth == 0) act_free(s);
 }
 
 /* ---- Connect ---------------------------------------------------------------------- */
 
-int uvmqtt__session_connect(uvmqtt__session_t *s, const uvmqtt_packet_t *connect, uint64_t now) {
+static int session_connect(uvmqtt__session_t *s, const uvmqtt_packet_t *connect, uint64_t now) {
   if (connect->type != UVMQTT_CONNECT || connect->u.connect.protocol_level != s->version)
     return UVMQTT_EINVAL;
   dec_drop(s);
-  s->out.len = 0;
-  s->out.has_ping = 0;
+  if (s->act) {
+    s->act->out.len = 0;
+    s->act->out.has_ping = 0;
+  }
   s->conn++;
-  s->our_keepalive_s = connect->u.connect.keep_alive;
-  s->keepalive_s = s->our_keepalive_s;
-  s->clean_start = connect->u.connect.clean_start;
+  s->keepalive_s = connect->u.connect.keep_alive;
+  s->clean_start = connect->u.connect.clean_start != 0;
   s->our_receive_max = 65535;
   /* Topic aliases belong to one network connection [MQTT-3.3.2-7]. */
   aliases_free(s);
@@ -687,8 +760,8 @@ int uvmqtt__session_connect(uvmqtt__session_t *s, const uvmqtt_packet_t *connect
           : s->our_max_packet;
   s->state = UVMQTT__S_CONNECTING;
   s->ping = 0;
-  s->last_recv = now;
-  s->last_written = now;
+  uvmqtt__session_set_time(s, UVMQTT__T_RECV, now);
+  uvmqtt__session_set_time(s, UVMQTT__T_WRITTEN, now);
   /* Broker limits are per connection: back to the defaults until CONNACK. */
   s->broker_max_qos = 2;
   s->broker_retain = 1;
@@ -696,10 +769,13 @@ int uvmqtt__session_connect(uvmqtt__session_t *s, const uvmqtt_packet_t *connect
   s->broker_max_packet = 0;
   s->broker_alias_max = 0;
   s->reauth = 0;
-  s->auth_method.data = NULL;
-  s->auth_method.len = 0;
-  if (s->version == UVMQTT_V5 && UVMQTT_HAS(&connect->props, UVMQTT_PROP_AUTHENTICATION_METHOD))
-    s->auth_method = connect->props.authentication_method;
+  s->auth_method = NULL;
+  s->auth_method_len = 0;
+  if (s->version == UVMQTT_V5 && UVMQTT_HAS(&connect->props, UVMQTT_PROP_AUTHENTICATION_METHOD)) {
+    /* An MQTT string: a longer one fails to encode below. */
+    s->auth_method = connect->props.authentication_method.data;
+    s->auth_method_len = (uint16_t)connect->props.authentication_method.len;
+  }
   return out_packet(s, connect, now);
 }
 
@@ -714,12 +790,13 @@ static int keep_at_session_loss(uvmqtt__session_t *s, uvmqtt__msg_t *m, uint64_t
 static void requeue_as_new(uvmqtt__session_t *s, uint64_t now) {
   uvmqtt__msg_list_t again = {NULL, NULL}, lost = {NULL, NULL};
   uvmqtt__msg_t *m;
-  while ((m = list_pop(&s->window)) != NULL) {
-    s->inflight--;
+  if (s->act == NULL) return;
+  while ((m = list_pop(&s->act->window)) != NULL) {
+    s->act->inflight--;
     list_push(
         m->state == UVMQTT__MSG_WAIT_COMP && !keep_at_session_loss(s, m, now) ? &lost : &again, m);
   }
-  list_merge_by_seq(&again, &s->resend);
+  list_merge_by_seq(&again, &s->act->resend);
   while ((m = list_pop(&again)) != NULL) {
     id_release(s, m->id);
     msg_set_id(m, 0);
@@ -727,7 +804,7 @@ static void requeue_as_new(uvmqtt__session_t *s, uint64_t now) {
     m->data[0] &= (uint8_t)~0x08; /* not a duplicate for a broker without the session */
     store_wait_forget(m);
     store_update(s, m, UVMQTT_STORE_QUEUED);
-    list_insert_by_seq(&s->queue, m);
+    list_insert_by_seq(&s->act->queue, m);
   }
   finish_list(s, &lost, UVMQTT_ESESSIONLOST);
 }
@@ -735,7 +812,8 @@ static void requeue_as_new(uvmqtt__session_t *s, uint64_t now) {
 /* With the session present: PUBREL again for what is past PUBREC (the
  * resend list follows through pump, in order, as slots allow). */
 static int resend_pubrels(uvmqtt__session_t *s, uint64_t now) {
-  for (uvmqtt__msg_t *m = s->window.head; m; m = m->next) {
+  if (s->act == NULL) return 0;
+  for (uvmqtt__msg_t *m = s->act->window.head; m; m = m->next) {
     if (m->state != UVMQTT__MSG_WAIT_COMP || m->wait) continue;
     int err = out_ack(s, UVMQTT_PUBREL, m->id, 0, now);
     if (err < 0) return err;
@@ -746,7 +824,8 @@ static int resend_pubrels(uvmqtt__session_t *s, uint64_t now) {
 /* Requests waiting for their ack go again; one the new connection's Maximum
  * Packet Size forbids fails instead of looping. */
 static int resend_requests(uvmqtt__session_t *s, uint64_t now) {
-  for (uvmqtt__req_t **pp = &s->reqs; *pp;) {
+  if (s->act == NULL) return 0;
+  for (uvmqtt__req_t **pp = &s->act->reqs; *pp;) {
     uvmqtt__req_t *r = *pp;
     int g = gate(s, r->type, r->len);
     if (g < 0) {
@@ -774,11 +853,11 @@ static void rx_qos2_clear(uvmqtt__session_t *s);
  * CONNACK may leave the method out. */
 static int check_auth_method(const uvmqtt__session_t *s, const uvmqtt_packet_t *p) {
   int has = (int)UVMQTT_HAS(&p->props, UVMQTT_PROP_AUTHENTICATION_METHOD);
-  if (s->auth_method.len == 0)
+  if (s->auth_method_len == 0)
     return has || UVMQTT_HAS(&p->props, UVMQTT_PROP_AUTHENTICATION_DATA) ? UVMQTT_EPROTOCOL : 0;
   if (!has) return p->type == UVMQTT_AUTH ? UVMQTT_EAUTHMETHOD : 0;
   const uvmqtt_bytes_t *m = &p->props.authentication_method;
-  if (m->len != s->auth_method.len || memcmp(m->data, s->auth_method.data, m->len) != 0)
+  if (m->len != s->auth_method_len || memcmp(m->data, s->auth_method, m->len) != 0)
     return UVMQTT_EAUTHMETHOD;
   return 0;
 }
@@ -792,7 +871,7 @@ static int auth_step(uvmqtt__session_t *s, const uvmqtt_packet_t *p) {
 static int connected(const uvmqtt__session_t *s);
 
 static int on_auth(uvmqtt__session_t *s, const uvmqtt_packet_t *p) {
-  if (s->auth_method.len == 0) return UVMQTT_EPROTOCOL;
+  if (s->auth_method_len == 0) return UVMQTT_EPROTOCOL;
   int err = check_auth_method(s, p);
   if (err) return err;
   if (s->state == UVMQTT__S_CONNECTING) {
@@ -806,9 +885,9 @@ static int on_auth(uvmqtt__session_t *s, const uvmqtt_packet_t *p) {
   return auth_step(s, p);
 }
 
-int uvmqtt__session_auth(uvmqtt__session_t *s, uint8_t reason, const uvmqtt_bytes_t *data,
-                         uint64_t now) {
-  if (s->version != UVMQTT_V5 || s->auth_method.len == 0) return UVMQTT_EINVAL;
+static int session_auth(uvmqtt__session_t *s, uint8_t reason, const uvmqtt_bytes_t *data,
+                        uint64_t now) {
+  if (s->version != UVMQTT_V5 || s->auth_method_len == 0) return UVMQTT_EINVAL;
   if (reason != 0x18 && reason != 0x19) return UVMQTT_EINVAL;
   if (reason == 0x19) {
     if (s->state != UVMQTT__S_ONLINE) return UVMQTT_ENOTCONN;
@@ -819,7 +898,8 @@ int uvmqtt__session_auth(uvmqtt__session_t *s, uint8_t reason, const uvmqtt_byte
   a.type = UVMQTT_AUTH;
   a.reason = reason;
   a.props.has = 1ull << UVMQTT_PROP_AUTHENTICATION_METHOD;
-  a.props.authentication_method = s->auth_method;
+  a.props.authentication_method.data = s->auth_method;
+  a.props.authentication_method.len = s->auth_method_len;
   if (data && data->len) {
     a.props.has |= 1ull << UVMQTT_PROP_AUTHENTICATION_DATA;
     a.props.authentication_data = *data;
@@ -838,7 +918,7 @@ static int on_connack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t n
     if (s->ev->connack && s->ev->connack(s->owner, p)) return 1;
     /* A refusal of our credentials during enhanced authentication is the
      * mechanism's failure: named apart, with the reason code beside it. */
-    if (s->auth_method.len && (p->reason == 0x86 || p->reason == 0x87 || p->reason == 0x8C))
+    if (s->auth_method_len && (p->reason == 0x86 || p->reason == 0x87 || p->reason == 0x8C))
       return UVMQTT_EAUTH;
     return UVMQTT_EREFUSED;
   }
@@ -846,7 +926,7 @@ static int on_connack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t n
     int err = check_auth_method(s, p);
     /* The mechanism checks the broker's last word (a SCRAM server
      * signature) before the connection counts as up. */
-    if (err == 0 && s->auth_method.len) err = auth_step(s, p);
+    if (err == 0 && s->auth_method_len) err = auth_step(s, p);
     if (err) return err;
   }
   /* A session we asked the broker to discard cannot be present
@@ -861,7 +941,7 @@ static int on_connack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t n
     const uvmqtt_props_t *pr = &p->props;
     if (UVMQTT_HAS(pr, UVMQTT_PROP_RECEIVE_MAXIMUM)) s->broker_receive_max = pr->receive_maximum;
     if (UVMQTT_HAS(pr, UVMQTT_PROP_MAXIMUM_QOS)) s->broker_max_qos = pr->maximum_qos;
-    if (UVMQTT_HAS(pr, UVMQTT_PROP_RETAIN_AVAILABLE)) s->broker_retain = pr->retain_available;
+    if (UVMQTT_HAS(pr, UVMQTT_PROP_RETAIN_AVAILABLE)) s->broker_retain = pr->retain_available != 0;
     if (UVMQTT_HAS(pr, UVMQTT_PROP_MAXIMUM_PACKET_SIZE))
       s->broker_max_packet = pr->maximum_packet_size;
     if (UVMQTT_HAS(pr, UVMQTT_PROP_TOPIC_ALIAS_MAXIMUM))
@@ -898,17 +978,18 @@ static int expirable(const uvmqtt__msg_t *m) {
 
 static void recompute_expiry(uvmqtt__session_t *s) {
   uint64_t next = 0;
-  for (uvmqtt__msg_t *m = s->queue.head; m; m = m->next)
+  if (s->act == NULL) return;
+  for (uvmqtt__msg_t *m = s->act->queue.head; m; m = m->next)
     if (expirable(m) && (next == 0 || m->deadline < next)) next = m->deadline;
-  s->next_expiry = next;
+  s->act->next_expiry = next;
 }
 
 /* Puts messages make_room() took back at the head of the queue, in order. */
 static void undrop(uvmqtt__session_t *s, uvmqtt__msg_list_t *dropped) {
   if (dropped->head == NULL) return;
-  dropped->tail->next = s->queue.head;
-  s->queue.head = dropped->head;
-  if (s->queue.tail == NULL) s->queue.tail = dropped->tail;
+  dropped->tail->next = s->act->queue.head;
+  s->act->queue.head = dropped->head;
+  if (s->act->queue.tail == NULL) s->act->queue.tail = dropped->tail;
   dropped->head = dropped->tail = NULL;
 }
 
@@ -917,14 +998,14 @@ static void undrop(uvmqtt__session_t *s, uvmqtt__msg_list_t *dropped) {
  * the new message is queued: a publish from their callbacks must not take
  * the room they made, or both would be lost. */
 static int make_room(uvmqtt__session_t *s, size_t len, uvmqtt__msg_list_t *dropped) {
-  uint32_t n = s->queued;
-  size_t bytes = s->queued_bytes;
+  uint32_t n = s->act->queued;
+  size_t bytes = s->act->queued_bytes;
   while (n + 1 > s->max_queued || bytes + len > s->max_queued_bytes) {
-    if (s->overflow != UVMQTT_OVERFLOW_DROP_OLDEST || s->queue.head == NULL) {
+    if (s->overflow != UVMQTT_OVERFLOW_DROP_OLDEST || s->act->queue.head == NULL) {
       undrop(s, dropped);
       return UVMQTT_EQUEUEFULL;
     }
-    uvmqtt__msg_t *old = list_pop(&s->queue);
+    uvmqtt__msg_t *old = list_pop(&s->act->queue);
     n--;
     bytes -= old->len;
     list_push(dropped, old);
@@ -942,9 +1023,12 @@ static int connected(const uvmqtt__session_t *s) {
  * store, no properties or aliases, a policy the session applies itself. */
 static int direct_ok(const uvmqtt__session_t *s, const uvmqtt__publish_t *p,
                      const uvmqtt_props_t *props) {
-  return p->qos == 0 && s->state == UVMQTT__S_ONLINE && s->queue.head == NULL &&
-         s->resend.head == NULL && s->store == NULL && props == NULL && s->alias_out_max == 0 &&
-         p->policy != UVMQTT_DELIVERY_CUSTOM && s->out.len < UVMQTT__OUT_HIGH_WATER &&
+  const uvmqtt__session_active_t *a = s->act;
+  return p->qos == 0 && s->state == UVMQTT__S_ONLINE &&
+         (a == NULL || (a->queue.head == NULL && a->resend.head == NULL &&
+                        a->out.len < UVMQTT__OUT_HIGH_WATER)) &&
+         s->store == NULL && props == NULL && s->alias_out_max == 0 &&
+         p->policy != UVMQTT_DELIVERY_CUSTOM &&
          !(p->policy == UVMQTT_DELIVERY_DEADLINE && p->deadline_ms == 0); /* stale at once */
 }
 
@@ -962,10 +1046,12 @@ static int publish_direct(uvmqtt__session_t *s, const uint8_t *topic, size_t top
   if (g < 0) return g;
   int err = uvmqtt__utf8_scan(topic, topic_len, 1);
   if (err) return err;
-  if (s->queued + 1 > s->max_queued || s->queued_bytes + total > s->max_queued_bytes)
+  uint32_t queued = s->act ? s->act->queued : 0;
+  size_t queued_bytes = s->act ? s->act->queued_bytes : 0;
+  if (queued + 1 > s->max_queued || queued_bytes + total > s->max_queued_bytes)
     return UVMQTT_EQUEUEFULL;
   if (out_reserve(s, total) != 0 || out_pubs_reserve(s) != 0) return UVMQTT_ENOMEM;
-  uint8_t *b = s->out.buf + s->out.len;
+  uint8_t *b = s->act->out.buf + s->act->out.len;
   size_t n = 0;
   b[n++] = (uint8_t)((UVMQTT_PUBLISH << 4) | (p->retain ? 1u : 0u));
   n += put_varint(b + n, (uint32_t)rem);
@@ -976,24 +1062,24 @@ static int publish_direct(uvmqtt__session_t *s, const uint8_t *topic, size_t top
   if (s->version == UVMQTT_V5) b[n++] = 0; /* no properties */
   if (len) memcpy(b + n, payload, len);
   n += len;
-  uvmqtt__out_pub_t *op = &s->out.pubs[s->out.npubs++];
+  uvmqtt__out_pub_t *op = &s->act->out.pubs[s->act->out.npubs++];
   op->msg = NULL;
   op->cb = p->cb;
   op->arg = p->arg;
   op->seq = s->next_seq++;
   op->deadline = p->policy == UVMQTT_DELIVERY_DEADLINE ? now + p->deadline_ms : 0;
-  op->off = (uint32_t)s->out.len;
+  op->off = (uint32_t)s->act->out.len;
   op->len = (uint32_t)n;
   op->policy = p->policy;
-  s->out.len += n;
-  s->last_send = now;
-  s->queued++;
-  s->queued_bytes += n;
+  s->act->out.len += n;
+  uvmqtt__session_set_time(s, UVMQTT__T_SEND, now);
+  s->act->queued++;
+  s->act->queued_bytes += n;
   return 0;
 }
 
-int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void *payload,
-                            size_t len, const uvmqtt__publish_t *p, uint64_t now) {
+static int session_publish(uvmqtt__session_t *s, const char *topic, const void *payload, size_t len,
+                           const uvmqtt__publish_t *p, uint64_t now) {
   if (topic == NULL || p == NULL || (payload == NULL && len > 0)) return UVMQTT_EINVAL;
   if (p->qos > 2) return UVMQTT_EBADQOS;
   if (len > UVMQTT_MAX_REMAINING_LENGTH) return UVMQTT_EPKTTOOBIG;
@@ -1034,8 +1120,12 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
   if (size < 0) return (int)size;
   if (connected(s) && s->broker_max_packet && (size_t)size > s->broker_max_packet)
     return UVMQTT_EPKTTOOBIG;
+  /* The block first: once make_room() took messages out, only their
+   * completion may follow. */
+  int err = act_need(s);
+  if (err) return err;
   uvmqtt__msg_list_t dropped = {NULL, NULL};
-  int err = make_room(s, (size_t)size, &dropped);
+  err = make_room(s, (size_t)size, &dropped);
   if (err) return err;
 
   uvmqtt__msg_t *m = uvmqtt__malloc(sizeof *m + (size_t)size);
@@ -1078,11 +1168,11 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
       return err;
     }
   }
-  s->queued++;
-  s->queued_bytes += m->len;
-  list_push(&s->queue, m);
-  if (expirable(m) && (s->next_expiry == 0 || m->deadline < s->next_expiry))
-    s->next_expiry = m->deadline;
+  s->act->queued++;
+  s->act->queued_bytes += m->len;
+  list_push(&s->act->queue, m);
+  if (expirable(m) && (s->act->next_expiry == 0 || m->deadline < s->act->next_expiry))
+    s->act->next_expiry = m->deadline;
   finish_list(s, &dropped, UVMQTT_EDROPPED);
   uvmqtt__session_pump(s, now);
   return 0;
@@ -1094,41 +1184,43 @@ static void refuse(uvmqtt__session_t *s, uvmqtt__msg_list_t *l, uvmqtt__msg_t *m
   msg_finish(s, m, err, 0);
 }
 
-void uvmqtt__session_pump(uvmqtt__session_t *s, uint64_t now) {
+static void session_pump(uvmqtt__session_t *s, uint64_t now) {
   int expiry_changed = 0;
+  if (s->act == NULL) return; /* nothing waits */
   /* Resends first, in their first-send order [MQTT-4.6.0-1]. */
-  while (s->resend.head && s->out.len < UVMQTT__OUT_HIGH_WATER) {
-    uvmqtt__msg_t *m = s->resend.head;
+  while (s->act->resend.head && s->act->out.len < UVMQTT__OUT_HIGH_WATER) {
+    uvmqtt__msg_t *m = s->act->resend.head;
     int g = gate_publish(s, m, 1, now);
     if (g == 1) break;
     if (g < 0) {
-      refuse(s, &s->resend, m, g);
+      refuse(s, &s->act->resend, m, g);
       continue;
     }
     if (out_reserve(s, m->len) != 0) break; /* out of memory: retry later */
-    list_pop(&s->resend);
+    list_pop(&s->act->resend);
     (void)out_publish(s, m, now);
     m->state = UVMQTT__MSG_WAIT_ACK;
-    s->inflight++;
-    list_push(&s->window, m);
+    s->act->inflight++;
+    list_push(&s->act->window, m);
   }
-  while (s->resend.head == NULL && s->queue.head && s->out.len < UVMQTT__OUT_HIGH_WATER) {
-    uvmqtt__msg_t *m = s->queue.head;
+  while (s->act->resend.head == NULL && s->act->queue.head &&
+         s->act->out.len < UVMQTT__OUT_HIGH_WATER) {
+    uvmqtt__msg_t *m = s->act->queue.head;
     int g = gate_publish(s, m, 1, now);
     if (g == 1) break;
     expiry_changed |= m->deadline != 0;
     if (g < 0) {
-      refuse(s, &s->queue, m, g);
+      refuse(s, &s->act->queue, m, g);
       continue;
     }
     if (out_reserve(s, m->len) != 0) break; /* out of memory: retry later */
     if (m->qos == 0) {
       if (out_pubs_reserve(s) != 0) break;
-      list_pop(&s->queue);
+      list_pop(&s->act->queue);
       (void)out_publish(s, m, now);
       m->state = UVMQTT__MSG_WRITING;
       m->next = NULL;
-      uvmqtt__out_pub_t *op = &s->out.pubs[s->out.npubs++];
+      uvmqtt__out_pub_t *op = &s->act->out.pubs[s->act->out.npubs++];
       memset(op, 0, sizeof *op);
       op->msg = m;
       op->len = m->len;
@@ -1136,11 +1228,11 @@ void uvmqtt__session_pump(uvmqtt__session_t *s, uint64_t now) {
     }
     int id = next_packet_id(s);
     if (id <= 0) break; /* every id in use (or no memory): wait for acks */
-    list_pop(&s->queue);
+    list_pop(&s->act->queue);
     msg_set_id(m, (uint16_t)id);
     m->data[0] &= (uint8_t)~0x08; /* a new id: the first send under it */
-    s->inflight++;
-    list_push(&s->window, m);
+    s->act->inflight++;
+    list_push(&s->act->window, m);
     /* A stored message goes out once the store knows its packet id. */
     if (store_update_then_send(s, m, UVMQTT_STORE_SENT)) {
       m->state = UVMQTT__MSG_STORING;
@@ -1158,7 +1250,7 @@ static void check_drained(uvmqtt__session_t *s, uint64_t now);
  * connection's Receive Maximum or our own cap. */
 static int window_full(const uvmqtt__session_t *s) {
   uint32_t sent = 0;
-  for (const uvmqtt__msg_t *m = s->window.head; m; m = m->next)
+  for (const uvmqtt__msg_t *m = s->act->window.head; m; m = m->next)
     if (m->state == UVMQTT__MSG_WAIT_ACK || m->state == UVMQTT__MSG_WAIT_COMP) sent++;
   return sent >= s->broker_receive_max || sent >= s->max_inflight;
 }
@@ -1167,9 +1259,10 @@ static int window_full(const uvmqtt__session_t *s) {
 static void phase_stored(uvmqtt__session_t *s, uvmqtt__msg_t *m) {
   /* The session has no clock: the owner's, or else the latest time it was
    * given, which may be long past (a deadline would pass unnoticed). */
-  uint64_t now = s->ev->now                    ? s->ev->now(s->owner)
-                 : s->last_send > s->last_recv ? s->last_send
-                                               : s->last_recv;
+  uint64_t now = s->ev->now ? s->ev->now(s->owner)
+                 : uvmqtt__session_time(s, UVMQTT__T_SEND) > uvmqtt__session_time(s, UVMQTT__T_RECV)
+                     ? uvmqtt__session_time(s, UVMQTT__T_SEND)
+                     : uvmqtt__session_time(s, UVMQTT__T_RECV);
   if (m->state == UVMQTT__MSG_WAIT_COMP) {
     if (out_ack(s, UVMQTT_PUBREL, m->id, 0, now) != 0) return; /* resent after the next CONNACK */
   } else if (m->state == UVMQTT__MSG_STORING) {
@@ -1179,19 +1272,19 @@ static void phase_stored(uvmqtt__session_t *s, uvmqtt__msg_t *m) {
      * with PUBLISHes already sent. */
     if (g == 0 && window_full(s)) g = 1;
     uvmqtt__msg_t *prev = NULL;
-    for (uvmqtt__msg_t *at = s->window.head; at != m; at = at->next)
+    for (uvmqtt__msg_t *at = s->act->window.head; at != m; at = at->next)
       prev = at;
     if (g < 0) {
-      list_unlink(&s->window, prev, m);
-      s->inflight--;
+      list_unlink(&s->act->window, prev, m);
+      s->act->inflight--;
       msg_finish(s, m, g, 0);
     } else if (g == 1 || out_reserve(s, m->len) != 0) {
       /* Not on this connection: it waits with the resends, its id known to
        * the store (and maybe to the broker). */
-      list_unlink(&s->window, prev, m);
-      s->inflight--;
+      list_unlink(&s->act->window, prev, m);
+      s->act->inflight--;
       m->state = UVMQTT__MSG_READY;
-      list_insert_by_seq(&s->resend, m);
+      list_insert_by_seq(&s->act->resend, m);
       uvmqtt__session_pump(s, now);
     } else {
       (void)out_publish(s, m, now);
@@ -1204,8 +1297,8 @@ static void phase_stored(uvmqtt__session_t *s, uvmqtt__msg_t *m) {
   if (s->ev->wake) s->ev->wake(s->owner);
 }
 
-int uvmqtt__session_request(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt, uvmqtt__cb_fn cb,
-                            void *arg, uint64_t now) {
+static int session_request(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt, uvmqtt__cb_fn cb,
+                           void *arg, uint64_t now) {
   if (pkt == NULL || (pkt->type != UVMQTT_SUBSCRIBE && pkt->type != UVMQTT_UNSUBSCRIBE))
     return UVMQTT_EINVAL;
   uvmqtt_packet_t copy = *pkt;
@@ -1237,7 +1330,7 @@ int uvmqtt__session_request(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt, uv
     return (int)n;
   }
   s->last_req_id = r->id;
-  uvmqtt__req_t **tail = &s->reqs;
+  uvmqtt__req_t **tail = &s->act->reqs;
   while (*tail)
     tail = &(*tail)->next;
   *tail = r;
@@ -1251,13 +1344,14 @@ int uvmqtt__session_request(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt, uv
 /* Nothing in flight in either direction: no PUBLISH sent on this connection
  * waiting for its ack, no incoming QoS 2 waiting for PUBREL. */
 static int quiescent(const uvmqtt__session_t *s) {
-  if (s->rx_qos2_count) return 0;
-  for (const uvmqtt__msg_t *m = s->window.head; m; m = m->next)
+  if (s->act == NULL) return 1;
+  if (s->act->rx_qos2_count) return 0;
+  for (const uvmqtt__msg_t *m = s->act->window.head; m; m = m->next)
     if (m->state == UVMQTT__MSG_WAIT_ACK || m->state == UVMQTT__MSG_WAIT_COMP) return 0;
   return 1;
 }
 
-int uvmqtt__session_stop_now(uvmqtt__session_t *s, uint64_t now) {
+static int session_stop_now(uvmqtt__session_t *s, uint64_t now) {
   int err = 0;
   if (connected(s)) {
     uvmqtt_packet_t d;
@@ -1270,7 +1364,7 @@ int uvmqtt__session_stop_now(uvmqtt__session_t *s, uint64_t now) {
   return err < 0 ? err : 0;
 }
 
-int uvmqtt__session_stop(uvmqtt__session_t *s, uint8_t reason, uint64_t now) {
+static int session_stop(uvmqtt__session_t *s, uint8_t reason, uint64_t now) {
   if (s->state == UVMQTT__S_DRAINING) return 1;
   if (s->state != UVMQTT__S_ONLINE) return UVMQTT_ENOTCONN;
   s->stop_reason = reason;
@@ -1290,7 +1384,8 @@ static void check_drained(uvmqtt__session_t *s, uint64_t now) {
 
 static uvmqtt__msg_t *window_find(uvmqtt__session_t *s, uint16_t id, uvmqtt__msg_t **prev_out) {
   uvmqtt__msg_t *prev = NULL;
-  for (uvmqtt__msg_t *m = s->window.head; m; prev = m, m = m->next) {
+  if (s->act == NULL) return NULL;
+  for (uvmqtt__msg_t *m = s->act->window.head; m; prev = m, m = m->next) {
     if (m->id == id) {
       *prev_out = prev;
       return m;
@@ -1301,8 +1396,8 @@ static uvmqtt__msg_t *window_find(uvmqtt__session_t *s, uint16_t id, uvmqtt__msg
 
 static int window_complete(uvmqtt__session_t *s, uvmqtt__msg_t *prev, uvmqtt__msg_t *m,
                            uint8_t reason, uint64_t now) {
-  list_unlink(&s->window, prev, m);
-  s->inflight--;
+  list_unlink(&s->act->window, prev, m);
+  s->act->inflight--;
   msg_finish(s, m, 0, reason);
   uvmqtt__session_pump(s, now);
   check_drained(s, now);
@@ -1347,8 +1442,9 @@ static int on_ack(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t now) 
 }
 
 static int rx_qos2_find(const uvmqtt__session_t *s, uint16_t id) {
-  for (uint32_t i = 0; i < s->rx_qos2_count; i++)
-    if (s->rx_qos2[i] == id) return (int)i;
+  if (s->act == NULL) return -1;
+  for (uint32_t i = 0; i < s->act->rx_qos2_count; i++)
+    if (s->act->rx_qos2[i] == id) return (int)i;
   return -1;
 }
 
@@ -1358,22 +1454,25 @@ static void rx_qos2_store(uvmqtt__session_t *s, uint16_t id, int waiting) {
 }
 
 static int rx_qos2_add(uvmqtt__session_t *s, uint16_t id) {
-  if (s->rx_qos2_count == s->rx_qos2_cap) {
-    uint32_t cap = s->rx_qos2_cap ? s->rx_qos2_cap * 2 : 4;
-    uint16_t *ids = uvmqtt__realloc(s->rx_qos2, cap * sizeof *ids);
+  int err = act_need(s);
+  if (err) return err;
+  if (s->act->rx_qos2_count == s->act->rx_qos2_cap) {
+    uint32_t cap = s->act->rx_qos2_cap ? s->act->rx_qos2_cap * 2 : 4;
+    uint16_t *ids = uvmqtt__realloc(s->act->rx_qos2, cap * sizeof *ids);
     if (ids == NULL) return UVMQTT_ENOMEM;
-    s->rx_qos2 = ids;
-    s->rx_qos2_cap = cap;
+    s->act->rx_qos2 = ids;
+    s->act->rx_qos2_cap = cap;
   }
-  s->rx_qos2[s->rx_qos2_count++] = id;
+  s->act->rx_qos2[s->act->rx_qos2_count++] = id;
   return 0;
 }
 
 /* The broker kept no session: no PUBREL will come for any id. */
 static void rx_qos2_clear(uvmqtt__session_t *s) {
-  for (uint32_t i = 0; i < s->rx_qos2_count; i++)
-    rx_qos2_store(s, s->rx_qos2[i], 0);
-  s->rx_qos2_count = 0;
+  if (s->act == NULL) return;
+  for (uint32_t i = 0; i < s->act->rx_qos2_count; i++)
+    rx_qos2_store(s, s->act->rx_qos2[i], 0);
+  s->act->rx_qos2_count = 0;
 }
 
 /* Resolves an incoming topic alias (v5): a topic with an alias sets the
@@ -1385,11 +1484,12 @@ static int resolve_alias(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uvmqtt_
   }
   uint16_t alias = p->props.topic_alias;
   if (alias == 0 || alias > s->our_alias_max) return UVMQTT_ETOPICALIAS;
-  if (s->aliases == NULL) {
-    s->aliases = uvmqtt__calloc(s->our_alias_max, sizeof *s->aliases);
-    if (s->aliases == NULL) return UVMQTT_ENOMEM;
+  if (act_need(s) != 0) return UVMQTT_ENOMEM;
+  if (s->act->aliases == NULL) {
+    s->act->aliases = uvmqtt__calloc(s->our_alias_max, sizeof *s->act->aliases);
+    if (s->act->aliases == NULL) return UVMQTT_ENOMEM;
   }
-  uvmqtt_bytes_t *slot = &s->aliases[alias - 1];
+  uvmqtt_bytes_t *slot = &s->act->aliases[alias - 1];
   if (topic->len == 0) {
     if (slot->data == NULL) return UVMQTT_ETOPICALIAS;
     *topic = *slot;
@@ -1416,7 +1516,7 @@ static int on_publish(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t n
       err = out_ack(s, UVMQTT_PUBREC, p->packet_id, 0, now);
       return err < 0 ? err : 0;
     }
-    if (s->rx_qos2_count >= s->our_receive_max) return UVMQTT_ERECVMAX;
+    if ((s->act ? s->act->rx_qos2_count : 0) >= s->our_receive_max) return UVMQTT_ERECVMAX;
     err = rx_qos2_add(s, p->packet_id);
     if (err) return err;
     rx_qos2_store(s, p->packet_id, 1);
@@ -1433,7 +1533,7 @@ static int on_pubrel(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t no
   if (i < 0) {
     err = out_ack(s, UVMQTT_PUBCOMP, p->packet_id, 0x92, now);
   } else {
-    s->rx_qos2[i] = s->rx_qos2[--s->rx_qos2_count];
+    s->act->rx_qos2[i] = s->act->rx_qos2[--s->act->rx_qos2_count];
     rx_qos2_store(s, p->packet_id, 0);
     err = out_ack(s, UVMQTT_PUBCOMP, p->packet_id, 0, now);
   }
@@ -1443,7 +1543,8 @@ static int on_pubrel(uvmqtt__session_t *s, const uvmqtt_packet_t *p, uint64_t no
 
 static int on_suback(uvmqtt__session_t *s, const uvmqtt_packet_t *p) {
   uint8_t want = p->type == UVMQTT_SUBACK ? UVMQTT_SUBSCRIBE : UVMQTT_UNSUBSCRIBE;
-  for (uvmqtt__req_t **pp = &s->reqs; *pp; pp = &(*pp)->next) {
+  if (s->act == NULL) return 0; /* an ack for nothing pending is ignored */
+  for (uvmqtt__req_t **pp = &s->act->reqs; *pp; pp = &(*pp)->next) {
     uvmqtt__req_t *r = *pp;
     if (r->id != p->packet_id || r->type != want) continue;
     *pp = r->next;
@@ -1511,9 +1612,11 @@ static int recv_packets(uvmqtt__session_t *s, uvmqtt_decoder_t *dec, const uint8
   return 0;
 }
 
-int uvmqtt__session_recv(uvmqtt__session_t *s, const uint8_t *data, size_t len, uint64_t now) {
+static int session_recv(uvmqtt__session_t *s, const uint8_t *data, size_t len, uint64_t now) {
   if (s->state == UVMQTT__S_TERMINATING || s->state == UVMQTT__S_OFFLINE) return 0;
-  if (len) s->last_recv = now; /* any byte is a sign of life, also half a packet */
+  if (len)
+    uvmqtt__session_set_time(s, UVMQTT__T_RECV,
+                             now); /* any byte is a sign of life, also half a packet */
   /* Between packets a decoder on the stack serves; it is kept only if the
    * input ends inside a packet. */
   uvmqtt_decoder_t local, *dec = s->dec;
@@ -1589,7 +1692,7 @@ static void apply_loss_policy(uvmqtt__session_t *s, uvmqtt__msg_list_t *l, int i
     uvmqtt__msg_t *next = m->next;
     if (!keep_at_loss(s, m, status, now)) {
       list_unlink(l, prev, m);
-      if (is_window) s->inflight--;
+      if (is_window) s->act->inflight--;
       list_push(&dropped, m);
     } else {
       prev = m;
@@ -1600,42 +1703,49 @@ static void apply_loss_policy(uvmqtt__session_t *s, uvmqtt__msg_list_t *l, int i
     msg_finish(s, m, expirable(m) && m->deadline <= now ? UVMQTT_EEXPIRED : status, 0);
 }
 
-void uvmqtt__session_lost(uvmqtt__session_t *s, int status, uint64_t now) {
+static void session_lost(uvmqtt__session_t *s, int status, uint64_t now) {
   uvmqtt__msg_t *m;
   /* Output the owner never took did not reach the socket: its QoS 0
    * messages were never sent, so they go back to the queue and their
    * delivery policy decides below, like any unsent message. One published
    * straight into the output becomes a message of its own now (without
    * memory for that, it fails with UVMQTT_ENOMEM below). */
+  s->state = UVMQTT__S_OFFLINE;
+  s->ping = 0;
+  dec_drop(s);
+  if (s->act == NULL) return;
   uint32_t unkept = 0;
-  for (uint32_t i = 0; i < s->out.npubs; i++) {
-    uvmqtt__out_pub_t *op = &s->out.pubs[i];
+  for (uint32_t i = 0; i < s->act->out.npubs; i++) {
+    uvmqtt__out_pub_t *op = &s->act->out.pubs[i];
     m = op->msg ? op->msg : out_pub_to_msg(s, op, now);
     if (m == NULL) {
-      s->out.pubs[unkept++] = *op;
+      s->act->out.pubs[unkept++] = *op;
       continue;
     }
     m->state = UVMQTT__MSG_QUEUED;
     m->sent = 0;
-    list_insert_by_seq(&s->queue, m);
+    list_insert_by_seq(&s->act->queue, m);
   }
-  s->out.npubs = 0;
-  s->out.len = 0;
-  s->out.has_ping = 0;
-  s->state = UVMQTT__S_OFFLINE;
-  s->ping = 0;
-  dec_drop(s);
+  s->act->out.npubs = 0;
+  s->act->out.len = 0;
+  s->act->out.has_ping = 0;
+  /* Topic aliases die with the connection [MQTT-3.3.2-7]: the next one
+   * starts without (uvmqtt__session_connect() drops them too), and an
+   * offline session keeps no block for them. Inside recv the topic handed
+   * to a callback may still be one of them. */
+  if (!s->receiving) aliases_free(s);
+  alias_out_free(s);
   /* PUBLISHes sent on this connection wait to be resent on the next; what
    * is past PUBREC keeps its slot (its PUBREL goes again), and so does what
    * waits for the store. */
   uvmqtt__msg_list_t sent = {NULL, NULL};
   uvmqtt__msg_t *prev = NULL;
-  m = s->window.head;
+  m = s->act->window.head;
   while (m) {
     uvmqtt__msg_t *next = m->next;
     if (m->state == UVMQTT__MSG_WAIT_ACK) {
-      list_unlink(&s->window, prev, m);
-      s->inflight--;
+      list_unlink(&s->act->window, prev, m);
+      s->act->inflight--;
       m->state = UVMQTT__MSG_READY;
       list_push(&sent, m);
     } else {
@@ -1643,27 +1753,27 @@ void uvmqtt__session_lost(uvmqtt__session_t *s, int status, uint64_t now) {
     }
     m = next;
   }
-  list_merge_by_seq(&s->resend, &sent);
-  apply_loss_policy(s, &s->window, 1, status, now);
-  apply_loss_policy(s, &s->resend, 0, status, now);
-  apply_loss_policy(s, &s->queue, 0, status, now);
+  list_merge_by_seq(&s->act->resend, &sent);
+  apply_loss_policy(s, &s->act->window, 1, status, now);
+  apply_loss_policy(s, &s->act->resend, 0, status, now);
+  apply_loss_policy(s, &s->act->queue, 0, status, now);
   recompute_expiry(s);
   for (uint32_t i = 0; i < unkept; i++) {
-    uvmqtt__out_pub_t op = s->out.pubs[i];
+    uvmqtt__out_pub_t op = s->act->out.pubs[i];
     out_pub_finish(s, &op, UVMQTT_ENOMEM);
   }
 }
 
-int uvmqtt__session_tick(uvmqtt__session_t *s, uint64_t now) {
-  if (s->next_expiry && now >= s->next_expiry) {
+static int session_tick(uvmqtt__session_t *s, uint64_t now) {
+  if (s->act && s->act->next_expiry && now >= s->act->next_expiry) {
     /* Unlink first, report after: a callback may publish, which changes the
      * queue under a running walk. */
     uvmqtt__msg_list_t expired = {NULL, NULL};
-    uvmqtt__msg_t *prev = NULL, *m = s->queue.head;
+    uvmqtt__msg_t *prev = NULL, *m = s->act->queue.head;
     while (m) {
       uvmqtt__msg_t *next = m->next;
       if (expirable(m) && m->deadline <= now) {
-        list_unlink(&s->queue, prev, m);
+        list_unlink(&s->act->queue, prev, m);
         list_push(&expired, m);
       } else {
         prev = m;
@@ -1681,8 +1791,8 @@ int uvmqtt__session_tick(uvmqtt__session_t *s, uint64_t now) {
   if (gate(s, UVMQTT_PINGREQ, sizeof pingreq) == 0 &&
       out_append(s, pingreq, sizeof pingreq, now) == 0) {
     s->ping = 1;
-    s->ping_sent = now;
-    s->out.has_ping = 1;
+    uvmqtt__session_set_time(s, UVMQTT__T_PING, now);
+    s->act->out.has_ping = 1;
   }
   return 0;
 }
@@ -1715,17 +1825,24 @@ static uint64_t keepalive_grid(uint64_t ka_ms) {
 }
 
 uint64_t uvmqtt__session_next_deadline(const uvmqtt__session_t *s) {
-  uint64_t next = s->next_expiry;
+  uint64_t next = s->act ? s->act->next_expiry : 0;
   if (connected(s) && s->keepalive_s) {
     uint64_t ka = (uint64_t)s->keepalive_s * 1000u;
     uint64_t g = keepalive_grid(ka);
     uint64_t t;
     if (s->ping == 2)
-      t = max3(s->ping_sent, s->last_recv, s->last_written) + ka / 2;
+      t = max3(uvmqtt__session_time(s, UVMQTT__T_PING), uvmqtt__session_time(s, UVMQTT__T_RECV),
+               uvmqtt__session_time(s, UVMQTT__T_WRITTEN)) +
+          ka / 2;
     else if (s->ping == 1)
-      t = max3(s->ping_sent, s->last_written, s->last_recv) + ka;
+      t = max3(uvmqtt__session_time(s, UVMQTT__T_PING), uvmqtt__session_time(s, UVMQTT__T_WRITTEN),
+               uvmqtt__session_time(s, UVMQTT__T_RECV)) +
+          ka;
     else
-      t = (s->last_send < s->last_recv ? s->last_send : s->last_recv) + ka;
+      t = (uvmqtt__session_time(s, UVMQTT__T_SEND) < uvmqtt__session_time(s, UVMQTT__T_RECV)
+               ? uvmqtt__session_time(s, UVMQTT__T_SEND)
+               : uvmqtt__session_time(s, UVMQTT__T_RECV)) +
+          ka;
     if (s->ping)
       t += (g - t % g) % g;
     else
@@ -1746,6 +1863,8 @@ typedef struct {
 static void restore_one(void *arg, const uvmqtt_store_record_t *rec) {
   restore_ctx_t *ctx = arg;
   uvmqtt__session_t *s = ctx->s;
+  if (ctx->err) return;
+  ctx->err = act_need(s);
   if (ctx->err) return;
   /* Only well-formed PUBLISH packets of our version come back. */
   uvmqtt_packet_t p;
@@ -1779,8 +1898,8 @@ static void restore_one(void *arg, const uvmqtt_store_record_t *rec) {
   m->policy = rec->policy ? rec->policy : UVMQTT_DELIVERY_UNTIL_DELIVERED;
   m->restored = 1;
   if (s->next_seq <= rec->seq) s->next_seq = rec->seq + 1;
-  s->queued++;
-  s->queued_bytes += m->len;
+  s->act->queued++;
+  s->act->queued_bytes += m->len;
   m->retain = m->data[0] & 1;
   m->alias = UVMQTT_HAS(&p.props, UVMQTT_PROP_TOPIC_ALIAS) ? p.props.topic_alias : 0;
   /* A message that may have gone out under its id keeps it; so does one
@@ -1793,18 +1912,18 @@ static void restore_one(void *arg, const uvmqtt_store_record_t *rec) {
     m->sent = 1;
     if (rec->phase == UVMQTT_STORE_PUBREC) {
       m->state = UVMQTT__MSG_WAIT_COMP;
-      s->inflight++;
-      list_push(&s->window, m);
+      s->act->inflight++;
+      list_push(&s->act->window, m);
     } else {
       m->state = UVMQTT__MSG_READY;
-      list_push(&s->resend, m);
+      list_push(&s->act->resend, m);
     }
     /* New ids start after the restored ones. */
     if (m->id >= s->next_id) s->next_id = (uint16_t)(m->id + 1); /* 0 is skipped */
   } else {
     m->data[0] &= (uint8_t)~0x08;
     m->state = UVMQTT__MSG_QUEUED;
-    list_push(&s->queue, m);
+    list_push(&s->act->queue, m);
   }
 }
 
@@ -1813,7 +1932,7 @@ static void restore_incoming(void *arg, uint16_t id) {
   if (ctx->err == 0 && id != 0 && rx_qos2_find(ctx->s, id) < 0) ctx->err = rx_qos2_add(ctx->s, id);
 }
 
-int uvmqtt__session_restore(uvmqtt__session_t *s, uint64_t now) {
+static int session_restore(uvmqtt__session_t *s, uint64_t now) {
   if (s->store == NULL || s->store->load == NULL) return 0;
   restore_ctx_t ctx = {s, now, 0};
   int err = s->store->load(s->store->state, restore_one, &ctx);
@@ -1825,45 +1944,165 @@ int uvmqtt__session_restore(uvmqtt__session_t *s, uint64_t now) {
   return err;
 }
 
+/* The largest output size hint fits its 16 bits. */
+_Static_assert(UVMQTT__OUT_HIGH_WATER * 2 / UVMQTT__OUT_HINT_UNIT <= UINT16_MAX,
+               "out_hint overflows");
+
 /* ---- Output hand-off ------------------------------------------------------------------------ */
 
-int uvmqtt__session_take_output(uvmqtt__session_t *s, uvmqtt__output_t *out) {
-  if (s->out.len == 0) return 0;
-  *out = s->out;
-  memset(&s->out, 0, sizeof s->out);
+static int session_take_output(uvmqtt__session_t *s, uvmqtt__output_t *out) {
+  if (s->act == NULL || s->act->out.len == 0) return 0;
+  *out = s->act->out;
+  memset(&s->act->out, 0, sizeof s->act->out);
   return 1;
 }
 
-void uvmqtt__session_written(uvmqtt__session_t *s, uvmqtt__output_t *out, int status,
-                             uint64_t now) {
-  /* A callback may publish: that goes to s->out, never to this output. */
+static void session_written(uvmqtt__session_t *s, uvmqtt__output_t *out, int status, uint64_t now) {
+  /* A callback may publish: that goes to the session's output, never to
+   * this one. */
   uint32_t npubs = out->npubs;
   for (uint32_t i = 0; i < npubs; i++)
     out_pub_finish(s, &out->pubs[i], status);
   if (status == 0) {
-    s->last_written = now;
+    uvmqtt__session_set_time(s, UVMQTT__T_WRITTEN, now);
     if (out->has_ping && s->ping == 1) {
       s->ping = 2;
-      s->ping_sent = now;
+      uvmqtt__session_set_time(s, UVMQTT__T_PING, now);
     }
   }
-  s->out_hint =
-      out->len < UVMQTT__OUT_HIGH_WATER * 2 ? (uint32_t)out->len : UVMQTT__OUT_HIGH_WATER * 2;
-  s->out_pubs_hint = npubs;
+  size_t hint = out->len < UVMQTT__OUT_HIGH_WATER * 2 ? out->len : UVMQTT__OUT_HIGH_WATER * 2;
+  s->out_hint = (uint16_t)((hint + UVMQTT__OUT_HINT_UNIT - 1) / UVMQTT__OUT_HINT_UNIT);
+  s->out_pubs_hint = (uint16_t)(npubs < UINT16_MAX ? npubs : UINT16_MAX);
   /* While busy, keep the buffer for the next output rather than allocating
    * again; an idle connection keeps none. */
-  int busy = s->queue.head != NULL || s->window.head != NULL || s->resend.head != NULL;
-  if (busy && s->out.buf == NULL && out->cap <= UVMQTT__OUT_HIGH_WATER * 2) {
-    s->out.buf = out->buf;
-    s->out.cap = out->cap;
+  const uvmqtt__session_active_t *a = s->act;
+  int busy = a && (a->queue.head != NULL || a->window.head != NULL || a->resend.head != NULL);
+  if (busy && s->act->out.buf == NULL && out->cap <= UVMQTT__OUT_HIGH_WATER * 2) {
+    s->act->out.buf = out->buf;
+    s->act->out.cap = out->cap;
   } else {
     uvmqtt__free(out->buf);
   }
-  if (busy && s->out.pubs == NULL) {
-    s->out.pubs = out->pubs;
-    s->out.pubs_cap = out->pubs_cap;
+  if (busy && s->act->out.pubs == NULL) {
+    s->act->out.pubs = out->pubs;
+    s->act->out.pubs_cap = out->pubs_cap;
   } else {
     uvmqtt__free(out->pubs);
   }
   memset(out, 0, sizeof *out);
+}
+
+/* ---- Entry points ------------------------------------------------------------------------ */
+
+/* Each call the owner makes may end with the session idle: the outermost
+ * one frees the active block then (see enter()). */
+
+int uvmqtt__session_restore(uvmqtt__session_t *s, uint64_t now) {
+  enter(s);
+  int err = session_restore(s, now);
+  leave(s);
+  return err;
+}
+
+int uvmqtt__session_report_store_failures(uvmqtt__session_t *s) {
+  enter(s);
+  int any = session_report_store_failures(s);
+  leave(s);
+  return any;
+}
+
+int uvmqtt__session_connect(uvmqtt__session_t *s, const uvmqtt_packet_t *connect, uint64_t now) {
+  enter(s);
+  int err = session_connect(s, connect, now);
+  leave(s);
+  return err;
+}
+
+int uvmqtt__session_recv(uvmqtt__session_t *s, const uint8_t *data, size_t len, uint64_t now) {
+  enter(s);
+  int err = session_recv(s, data, len, now);
+  leave(s);
+  return err;
+}
+
+void uvmqtt__session_lost(uvmqtt__session_t *s, int status, uint64_t now) {
+  enter(s);
+  session_lost(s, status, now);
+  leave(s);
+}
+
+int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void *payload,
+                            size_t len, const uvmqtt__publish_t *p, uint64_t now) {
+  enter(s);
+  int err = session_publish(s, topic, payload, len, p, now);
+  leave(s);
+  return err;
+}
+
+int uvmqtt__session_request(uvmqtt__session_t *s, const uvmqtt_packet_t *pkt, uvmqtt__cb_fn cb,
+                            void *arg, uint64_t now) {
+  enter(s);
+  int err = session_request(s, pkt, cb, arg, now);
+  leave(s);
+  return err;
+}
+
+int uvmqtt__session_auth(uvmqtt__session_t *s, uint8_t reason, const uvmqtt_bytes_t *data,
+                         uint64_t now) {
+  enter(s);
+  int err = session_auth(s, reason, data, now);
+  leave(s);
+  return err;
+}
+
+int uvmqtt__session_stop(uvmqtt__session_t *s, uint8_t reason, uint64_t now) {
+  enter(s);
+  int err = session_stop(s, reason, now);
+  leave(s);
+  return err;
+}
+
+int uvmqtt__session_stop_now(uvmqtt__session_t *s, uint64_t now) {
+  enter(s);
+  int err = session_stop_now(s, now);
+  leave(s);
+  return err;
+}
+
+int uvmqtt__session_tick(uvmqtt__session_t *s, uint64_t now) {
+  enter(s);
+  int err = session_tick(s, now);
+  leave(s);
+  return err;
+}
+
+void uvmqtt__session_pump(uvmqtt__session_t *s, uint64_t now) {
+  enter(s);
+  session_pump(s, now);
+  leave(s);
+}
+
+int uvmqtt__session_take_output(uvmqtt__session_t *s, uvmqtt__output_t *out) {
+  enter(s);
+  int any = session_take_output(s, out);
+  leave(s);
+  return any;
+}
+
+void uvmqtt__session_written(uvmqtt__session_t *s, uvmqtt__output_t *out, int status,
+                             uint64_t now) {
+  enter(s);
+  session_written(s, out, status, now);
+  leave(s);
+}
+
+void uvmqtt__session_stats(const uvmqtt__session_t *s, uint32_t *inflight, uint32_t *queued,
+                           size_t *queued_bytes) {
+  const uvmqtt__session_active_t *a = s->act;
+  uint32_t n = 0;
+  for (const uvmqtt__msg_t *m = a ? a->queue.head : NULL; m; m = m->next)
+    n++;
+  *inflight = a ? a->inflight : 0;
+  *queued = n;
+  *queued_bytes = a ? a->queued_bytes : 0;
 }

@@ -10,7 +10,8 @@
  * Retain Available, Server Keep Alive), incoming topic aliases and message
  * deadlines. The client layer wires it to a transport and one timer.
  *
- * Output: packets are encoded into one growing buffer (`out`). The owner
+ * Output: packets are encoded into one growing buffer (`out`, in the
+ * active block that exists only while the session has work). The owner
  * takes it with uvmqtt__session_take_output(), writes it, and hands the QoS 0
  * messages that travelled in it back through uvmqtt__session_written(). A
  * message counts as "handed to the socket" once it is in `out`.
@@ -195,78 +196,98 @@ typedef struct {
   uint8_t has_ping; /* a PINGREQ is in buf: timed from when buf is written */
 } uvmqtt__output_t;
 
+/* What a session holds only while it has work: anything queued, in flight,
+ * requested, waiting for the store or in the output, incoming QoS 2 ids
+ * waiting for PUBREL, topic alias tables of this connection. One
+ * allocation, made on first need and freed once all of it is empty again
+ * (at the end of the outermost call into the session), so that an idle
+ * connection holds only the core below. */
+typedef struct {
+  uvmqtt__output_t out;
+  uvmqtt__msg_list_t queue;  /* QUEUED, in publish order */
+  uvmqtt__msg_list_t resend; /* READY, in first-send order */
+  uvmqtt__msg_list_t window; /* STORING, WAIT_ACK, WAIT_COMP */
+  uvmqtt__req_t *reqs;       /* subscribe/unsubscribe, in issue order */
+  uint16_t *rx_qos2;         /* incoming QoS 2 ids waiting for PUBREL */
+  uvmqtt_bytes_t *aliases;   /* incoming topic aliases of this connection, index alias-1 */
+  /* Automatic outgoing topic aliases (v5), index alias-1, allocated on first
+   * use and dropped with the connection. They are applied as a PUBLISH is
+   * written, never in the stored message. */
+  uvmqtt__alias_out_t *alias_out;
+  uint64_t *ids;                      /* 65536 bits, allocated while any id is in use */
+  uvmqtt__store_wait_t *store_waits;  /* appends in progress */
+  uvmqtt__store_wait_t *store_failed; /* refused appends to report */
+  uint64_t alias_out_clock;
+  uint64_t next_expiry; /* earliest deadline among unsent messages; 0: none */
+  size_t queued_bytes;
+  uint32_t inflight; /* messages in the window */
+  uint32_t queued;   /* messages held, sent or not */
+  uint32_t ids_used; /* packet ids in use: the bits set in `ids` */
+  uint32_t rx_qos2_count;
+  uint32_t rx_qos2_cap;
+} uvmqtt__session_active_t;
+
+/* The session's core: what an idle connected session needs, packed by
+ * size (every client embeds one). */
 typedef struct uvmqtt__session_s {
   void *owner;
   const uvmqtt__session_events_t *ev;
-  uint8_t version;
-  uint8_t state;
-  uint8_t ping; /* 0: none; 1: PINGREQ queued, not yet written; 2: written at ping_sent */
-  uint8_t clean_start;
-  uint8_t broker_max_qos;
-  uint8_t broker_retain;
-  uint8_t stop_reason; /* the DISCONNECT reason a drain ends with */
-  uint8_t overflow;
-  uint16_t keepalive_s; /* in force: ours or the broker's Server Keep Alive */
-  uint16_t our_keepalive_s;
+  uvmqtt__session_active_t *act; /* NULL while the session is idle */
+  /* The decoder's state lives here only while a packet is split across
+   * reads: between packets an idle connection holds none. */
+  uvmqtt_decoder_t *dec;
+  uvmqtt_delivery_decide_fn decide;
+  void *decide_state;
+  const uvmqtt_store_t *store; /* NULL: messages live in memory only */
+  /* Enhanced authentication: the Authentication Method of this
+   * connection's CONNECT (a view into the owner's copy; length 0: none). */
+  const uint8_t *auth_method;
+  uint64_t next_seq;
+  int64_t wall_offset_ms; /* unix ms minus session ms, for stored deadlines */
+  /* The keepalive times (ms; see uvmqtt__session_time()): when output was
+   * last queued, a byte last received, a write last completed, the PINGREQ
+   * last queued or written. Each is kept as its age before the latest of
+   * them, t_base: 4 bytes each instead of 8. */
+  uint64_t t_base;
+  uint32_t t_age[4];
+  size_t max_queued_bytes;
+  uint32_t max_queued;
+  uint32_t conn;              /* connections made, for what is scoped to one */
+  uint32_t broker_max_packet; /* 0: none */
+  uint32_t our_max_packet;    /* incoming limit when CONNECT does not announce one */
+  uint32_t dec_max;           /* the largest packet accepted on this connection */
+  uint16_t keepalive_s;       /* in force: ours or the broker's Server Keep Alive */
   uint16_t broker_receive_max;
   uint16_t broker_alias_max; /* outgoing Topic Alias Maximum of this connection */
   uint16_t max_inflight;     /* our own cap on the window */
   uint16_t our_receive_max;  /* what we announced (v5), bounds incoming QoS 2 */
   uint16_t our_alias_max;    /* incoming topic aliases we accept (v5) */
   uint16_t next_id;
-  uint16_t last_req_id;       /* the id uvmqtt__session_request() gave last */
-  uint32_t conn;              /* connections made, for what is scoped to one */
-  uint32_t broker_max_packet; /* 0: none */
-  uint32_t our_max_packet;    /* incoming limit when CONNECT does not announce one */
-  uint32_t inflight;          /* messages in the window */
-  uint32_t queued;            /* messages held, sent or not */
-  size_t queued_bytes;
-  uint32_t max_queued;
-  size_t max_queued_bytes;
-  uint32_t ids_used; /* packet ids in use: the bits set in `ids` */
-  uint64_t *ids;     /* 65536 bits, allocated while any id is in use */
-  uint64_t last_send;
-  uint64_t last_recv;
-  uint64_t last_written; /* when an output write last completed */
-  uint64_t ping_sent;
-  uint64_t next_expiry; /* earliest deadline among unsent messages; 0: none */
-  /* The decoder's state lives here only while a packet is split across
-   * reads: between packets an idle connection holds none. */
-  uvmqtt_decoder_t *dec;
-  uint32_t dec_max;  /* the largest packet accepted on this connection */
-  uint8_t receiving; /* inside uvmqtt__session_recv: the decoder is in use */
-  uvmqtt__output_t out;
-  uint32_t out_hint;         /* bytes of the last output written: where the next starts */
-  uint32_t out_pubs_hint;    /* its QoS 0 PUBLISHes */
-  uvmqtt__msg_list_t queue;  /* QUEUED, in publish order */
-  uvmqtt__msg_list_t resend; /* READY, in first-send order */
-  uvmqtt__msg_list_t window; /* STORING, WAIT_ACK, WAIT_COMP */
-  uvmqtt__req_t *reqs;       /* subscribe/unsubscribe, in issue order */
-  uint16_t *rx_qos2;         /* incoming QoS 2 ids waiting for PUBREL */
-  uint32_t rx_qos2_count;
-  uint32_t rx_qos2_cap;
-  uvmqtt_bytes_t *aliases; /* incoming topic aliases of this connection, index alias-1 */
+  uint16_t last_req_id; /* the id uvmqtt__session_request() gave last */
   /* Automatic outgoing topic aliases (v5): the most the owner wants used
-   * (0: off), this connection's share of them (the broker's Topic Alias
-   * Maximum bounds it; 0 until CONNACK) and the table, index alias-1,
-   * allocated on first use and dropped with the connection. They are
-   * applied as a PUBLISH is written, never in the stored message. */
+   * (0: off) and this connection's share of them (the broker's Topic Alias
+   * Maximum bounds it; 0 until CONNACK). */
   uint16_t alias_out_want;
   uint16_t alias_out_max;
-  uint64_t alias_out_clock;
-  uvmqtt__alias_out_t *alias_out;
-  /* Enhanced authentication: the Authentication Method of this
-   * connection's CONNECT (a view into the owner's copy; empty: none) and
-   * whether a re-authentication waits for the broker's answer. */
-  uvmqtt_bytes_t auth_method;
-  uint8_t reauth;
-  uvmqtt_delivery_decide_fn decide;
-  void *decide_state;
-  const uvmqtt_store_t *store; /* NULL: messages live in memory only */
-  uint64_t next_seq;
-  int64_t wall_offset_ms;             /* unix ms minus session ms, for stored deadlines */
-  uvmqtt__store_wait_t *store_waits;  /* appends in progress */
-  uvmqtt__store_wait_t *store_failed; /* refused appends to report */
+  uint16_t auth_method_len;
+  /* The last output written, where the next starts: its size in units of
+   * UVMQTT__OUT_HINT_UNIT bytes, and its QoS 0 PUBLISHes. */
+  uint16_t out_hint;
+  uint16_t out_pubs_hint;
+  /* Calls into the session in progress (the owner's callbacks may call in
+   * again): the active block is freed only when the outermost returns, as
+   * the inner ones may be walking it. */
+  uint16_t depth;
+  uint8_t version;
+  uint8_t state;
+  uint8_t ping; /* 0: none; 1: PINGREQ queued, not yet written; 2: written at T_PING */
+  uint8_t broker_max_qos;
+  uint8_t stop_reason; /* the DISCONNECT reason a drain ends with */
+  uint8_t overflow;
+  uint8_t clean_start : 1;
+  uint8_t broker_retain : 1;
+  uint8_t receiving : 1; /* inside uvmqtt__session_recv: the decoder is in use */
+  uint8_t reauth : 1;    /* a re-authentication waits for the broker's answer */
 } uvmqtt__session_t;
 
 /* What uvmqtt__session_publish() takes besides topic and payload. */
@@ -357,11 +378,40 @@ int uvmqtt__session_stop_now(uvmqtt__session_t *s, uint64_t now);
  * silent past the bounded wait (the owner closes the connection). */
 int uvmqtt__session_tick(uvmqtt__session_t *s, uint64_t now);
 
+/* The keepalive times, indices into t_age. */
+enum {
+  UVMQTT__T_SEND = 0, /* output last queued */
+  UVMQTT__T_RECV,     /* a byte last received */
+  UVMQTT__T_WRITTEN,  /* an output write last completed */
+  UVMQTT__T_PING      /* the PINGREQ queued (ping 1) or written (ping 2) */
+};
+
+/* A keepalive time. An age saturates at 2^32 - 1 ms (49 days), far beyond
+ * the longest keep_alive (18 hours): a time older than that reads as 49
+ * days old, and every deadline computed from it has passed either way. */
+static inline uint64_t uvmqtt__session_time(const uvmqtt__session_t *s, int which) {
+  return s->t_base - s->t_age[which];
+}
+
+static inline uint32_t uvmqtt__session_age(uint64_t age) {
+  return age > UINT32_MAX ? UINT32_MAX : (uint32_t)age;
+}
+
+static inline void uvmqtt__session_set_time(uvmqtt__session_t *s, int which, uint64_t now) {
+  if (now > s->t_base) {
+    uint64_t shift = now - s->t_base;
+    for (int i = 0; i < 4; i++)
+      s->t_age[i] = uvmqtt__session_age(s->t_age[i] + shift);
+    s->t_base = now;
+  }
+  s->t_age[which] = uvmqtt__session_age(s->t_base - now);
+}
+
 /* The owner saw the broker make progress the session cannot see (the
  * kernel's count of bytes the peer acknowledged grew): keepalive counts it
  * like a completed write. */
 static inline void uvmqtt__session_alive(uvmqtt__session_t *s, uint64_t now) {
-  s->last_written = now;
+  uvmqtt__session_set_time(s, UVMQTT__T_WRITTEN, now);
 }
 
 /* The next time uvmqtt__session_tick() has work, or 0 for none. */
@@ -370,6 +420,9 @@ uint64_t uvmqtt__session_next_deadline(const uvmqtt__session_t *s);
 /* Output beyond this stays as queued messages (still expirable, not yet
  * handed to the socket) until the owner takes the output. */
 #define UVMQTT__OUT_HIGH_WATER (64u * 1024u)
+
+/* The unit of the output size hint (out_hint): 128 KiB in 16 bits. */
+#define UVMQTT__OUT_HINT_UNIT 4u
 
 /* The coarsest step keepalive deadlines are rounded to (ms). */
 #define UVMQTT__KEEPALIVE_GRID_MS 1000u
@@ -390,8 +443,14 @@ void uvmqtt__session_written(uvmqtt__session_t *s, uvmqtt__output_t *out, int st
 
 /* Bytes waiting in the output. */
 static inline size_t uvmqtt__session_pending(const uvmqtt__session_t *s) {
-  return s->out.len;
+  return s->act ? s->act->out.len : 0;
 }
+
+/* What uvmqtt_client_stats() reports of the session: messages in the
+ * window, messages in the queue (no packet id yet) and the bytes of every
+ * message held. */
+void uvmqtt__session_stats(const uvmqtt__session_t *s, uint32_t *inflight, uint32_t *queued,
+                           size_t *queued_bytes);
 
 /* 1 once nothing more may go out on this connection (after DISCONNECT or an
  * error). */
