@@ -8,6 +8,7 @@
  * they may share the buffer; loops on other threads get their own. */
 static _Thread_local char *pool_buf;
 static _Thread_local unsigned pool_refs;
+static _Thread_local unsigned pool_size; /* 0 until the first allocation */
 
 void uvmqtt__read_pool_ref(void) {
   pool_refs++;
@@ -18,18 +19,27 @@ void uvmqtt__read_pool_unref(void) {
   if (--pool_refs == 0) {
     uvmqtt__free(pool_buf);
     pool_buf = NULL;
+    pool_size = 0;
   }
 }
 
 void uvmqtt__read_pool_alloc(uv_buf_t *buf) {
-  if (pool_buf == NULL) pool_buf = uvmqtt__malloc(UVMQTT__READ_POOL_SIZE);
+  if (pool_size == 0) pool_size = UVMQTT__READ_POOL_MIN;
+  if (pool_buf == NULL) pool_buf = uvmqtt__malloc(pool_size);
   if (pool_buf == NULL) {
     *buf = uv_buf_init(NULL, 0);
     return;
   }
-  *buf = uv_buf_init(pool_buf, UVMQTT__READ_POOL_SIZE);
+  *buf = uv_buf_init(pool_buf, pool_size);
+}
+
+void uvmqtt__read_pool_filled(void) {
+  if (pool_size >= UVMQTT__READ_POOL_SIZE) return;
+  uvmqtt__free(pool_buf);
+  pool_buf = NULL;
+  pool_size = UVMQTT__READ_POOL_SIZE;
 }
 
 size_t uvmqtt__read_pool_bytes(void) {
-  return pool_buf != NULL ? UVMQTT__READ_POOL_SIZE : 0;
+  return pool_buf != NULL ? pool_size : 0;
 }

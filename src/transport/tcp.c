@@ -215,6 +215,7 @@ static void do_read(uvmqtt__transport_t *t) {
     if (n > 0) {
       t->cb->on_read(t, n, (const uint8_t *)buf.base);
       if ((size_t)n < buf.len) return;
+      uvmqtt__read_pool_filled();
       continue;
     }
     stop_reading(t);
