@@ -394,6 +394,29 @@ START_TEST(cli_pub_single_message) {
 }
 END_TEST
 
+/* -A, as mosquitto_pub's: the connection comes from the local address
+ * given (the broker logs it), and one of the other family reaches no
+ * server. */
+START_TEST(cli_bind_address) {
+  test_broker_t b;
+  scratch_t s;
+  scratch_init(&s);
+  start_broker(&b, BROKER_UNLIMITED);
+  char cmd[1024], log[600];
+  snprintf(cmd, sizeof cmd, "%s -h 127.0.0.1 -p %d -A 127.0.0.9 -i cli-bound -t bind/t -m x",
+           tool("uvmqtt-pub"), b.port);
+  ck_assert_int_eq(test_run(cmd, 20), 0);
+  snprintf(log, sizeof log, "%s/mosquitto.log", b.dir);
+  ck_assert_msg(wait_file_contains(log, "from 127.0.0.9:", 5000),
+                "the broker did not see a connection from 127.0.0.9");
+  snprintf(cmd, sizeof cmd, "%s -h 127.0.0.1 -p %d -A ::1 -t bind/t -m x -W 5 2>/dev/null",
+           tool("uvmqtt-pub"), b.port);
+  ck_assert_int_ne(test_run(cmd, 20), 0);
+  test_broker_cleanup(&b);
+  scratch_cleanup(&s);
+}
+END_TEST
+
 START_TEST(cli_pub_null_message) {
   roundtrip("mqttv311", "-n", "-v -C 1 -W 10", "single/t (null)\n", 16);
   /* Without -v an empty payload prints nothing, as with mosquitto_sub. */
@@ -1376,6 +1399,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_set_timeout(single, 60);
   tcase_add_test(single, cli_pub_single_message);
   tcase_add_test(single, cli_pub_null_message);
+  tcase_add_test(single, cli_bind_address);
   tcase_add_test(single, cli_pub_file_and_stdin);
   tcase_add_test(single, cli_pub_retained);
   tcase_add_test(single, cli_pub_v5_properties_and_url);

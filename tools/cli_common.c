@@ -69,6 +69,7 @@ enum {
   OPT_WS_PATH,
   OPT_PROXY,
   OPT_PROXY_ENV,
+  OPT_BIND,
   OPT_AUTH_METHOD,
   OPT_HELP
 };
@@ -131,6 +132,7 @@ static const option_t options[] = {
     {OPT_WS_PATH, 0, "ws-path", 1, TOOL_BOTH},
     {OPT_PROXY, 0, "proxy", 1, TOOL_BOTH},
     {OPT_PROXY_ENV, 0, "proxy-from-env", 0, TOOL_BOTH},
+    {OPT_BIND, 'A', "bind-address", 1, TOOL_BOTH},
     {OPT_AUTH_METHOD, 0, "auth-method", 1, TOOL_BOTH},
     {OPT_HELP, 0, "help", 0, TOOL_BOTH},
 };
@@ -289,6 +291,8 @@ static void usage(const cli_opts_t *o) {
          " --ws-path PATH        WebSocket request path (default /mqtt)\n"
          " --proxy URL           HTTP CONNECT proxy: http://[user:pass@]host[:port]\n"
          " --proxy-from-env      proxy from https_proxy/http_proxy, except no_proxy\n"
+         " -A, --bind-address ADDR\n"
+         "                       connect from this local IPv4 or IPv6 address\n"
          " --auth-method SCRAM-SHA-256\n"
          "                       MQTT 5 enhanced authentication with -u and -P\n"
          " -q, --qos QOS         quality of service, 0, 1 or 2 (default 0)\n"
@@ -846,6 +850,7 @@ static int apply(cli_opts_t *o, const option_t *opt, int argc, char **argv, int 
     return 0;
   case OPT_PROXY: o->proxy = v; return 0;
   case OPT_PROXY_ENV: o->proxy_from_env = 1; return 0;
+  case OPT_BIND: o->bind_address = v; return 0;
   case OPT_AUTH_METHOD:
     /* The one mechanism built in; the library takes any through its API. */
     if (strcmp(v, "SCRAM-SHA-256") != 0) {
@@ -1053,6 +1058,7 @@ void cli_client_options(cli_opts_t *o, uvmqtt_options_t *out) {
   out->ws_path = o->ws_path;
   out->proxy = o->proxy;
   out->proxy_from_env = o->proxy_from_env;
+  out->bind_address = o->bind_address;
 }
 
 int cli_fatal_before_connect(int status) {

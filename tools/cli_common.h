@@ -112,6 +112,7 @@ typedef struct {
   const char *ws_path;
   const char *proxy;
   uint8_t proxy_from_env;
+  const char *bind_address; /* -A: the local address to connect from */
   /* --auth-method: MQTT 5 enhanced authentication with -u/-P as the
    * mechanism's credentials (SCRAM-SHA-256 is the one built in); `auth` is
    * filled by cli_client_options() and freed by cli_opts_free(). */
