@@ -376,6 +376,8 @@ static void pubsub_maybe_done(peer_t *p) {
 }
 
 static void pubsub_subscribed(peer_t *p) {
+  /* TLS 1.3 after the CONNACK: the rest runs on the record layer. */
+  ck_assert_int_eq(uvmqtt__transport_tls_handed_over(&p->client.impl->tr), 1);
   for (int i = 0; i < 3; i++) {
     size_t len;
     const char *data = pubsub_payload(i, &len);

@@ -32,6 +32,10 @@ void uvmqtt__tls_ctx_free(uvmqtt__tls_ctx_t *ctx);
  * connection, for tests. */
 int uvmqtt__tls_ctx_reused(const uvmqtt__tls_ctx_t *ctx);
 
+/* 1 when `t` is a TLS connection that OpenSSL handed over to
+ * tls_record.c (its SSL object freed), for tests. */
+int uvmqtt__transport_tls_handed_over(const uvmqtt__transport_t *t);
+
 /* Prepares `t` as a TLS transport over TCP (clearing every field except
  * `data`), with the connection state on the heap; the context in *ctx is
  * used, or, when *ctx is NULL, a default one is built there first. The state
