@@ -29,6 +29,7 @@
 #include "transport/tls.h"
 
 #include <limits.h>
+#include <stdatomic.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -45,14 +46,34 @@
 /* SSL_write takes an int length: larger buffers go in pieces. */
 #define WRITE_PIECE (1u << 30)
 
-struct uvmqtt__tls_ctx_s {
+/* Servers whose last session a context keeps: a gateway talks to one
+ * broker, or to the few nodes of a cluster. */
+#define SESSION_SLOTS 8
+/* Host names longer than DNS allows are refused, as before sessions had
+ * slots. */
+#define HOST_MAX 255u
+
+/* The newest session of one server, offered on the next connection to it
+ * by any client of the context. `gen` changes whenever the slot is given to
+ * another server, so a connection's late ticket cannot land in it. */
+typedef struct {
+  char *host;
+  uint16_t port;
+  uint32_t gen;
+  SSL_SESSION *session;
+} slot_t;
+
+struct uvmqtt_tls_context_s {
   SSL_CTX *ssl_ctx;
   BIO_METHOD *bio_method;
-  /* The session of the last connection, offered to the same server on the
-   * next one; the client has one connection at a time, so one suffices. */
-  SSL_SESSION *session;
-  char session_host[256];
-  uint16_t session_port;
+  atomic_uint refs;
+  /* The slots and counters below: clients of several loops, in several
+   * threads, may share the context. */
+  uv_mutex_t lock;
+  slot_t slots[SESSION_SLOTS];
+  uint32_t gen;
+  unsigned next_victim;
+  unsigned long handshakes, resumed;
   uint8_t no_sni;
   uint8_t no_resumption;
   uint8_t insecure;
@@ -108,10 +129,13 @@ typedef struct {
   const uvmqtt__transport_vtbl_t *tcp;
   uvmqtt__transport_t *t;
   uvmqtt__tls_ctx_t *ctx;
-  SSL *ssl;          /* NULL after the hand-over */
-  track_t *track;    /* TLS 1.3 under OpenSSL: what the hand-over needs */
-  detached_t *rec;   /* after the hand-over */
-  const uint8_t *in; /* ciphertext of the current read that SSL has not taken */
+  SSL *ssl;                /* NULL after the hand-over */
+  const SSL_SESSION *mine; /* offered, or kept from this connection's tickets */
+  uint32_t slot_gen;       /* the generation of ctx->slots[slot] it uses */
+  int8_t slot;             /* -1: no session slot */
+  track_t *track;          /* TLS 1.3 under OpenSSL: what the hand-over needs */
+  detached_t *rec;         /* after the hand-over */
+  const uint8_t *in;       /* ciphertext of the current read that SSL has not taken */
   size_t in_len;
   write_rec_t *last_rec; /* the newest record queued during the current write() */
   int io_error;          /* why the BIO failed a write, for the error SSL reports */
@@ -367,15 +391,30 @@ static int stopped(const conn_t *s) {
   return s->done || s->t->state != UVMQTT__T_OPEN;
 }
 
-static void drop_session(uvmqtt__tls_ctx_t *ctx) {
-  if (ctx->session != NULL) SSL_SESSION_free(ctx->session);
-  ctx->session = NULL;
+/* The connection's slot, if it still belongs to the same server; the
+ * context's lock held. */
+static slot_t *slot_of(const conn_t *s) {
+  if (s->slot < 0) return NULL;
+  slot_t *sl = &s->ctx->slots[s->slot];
+  return sl->gen == s->slot_gen ? sl : NULL;
+}
+
+/* A session that failed (offered to a handshake that failed, or kept from
+ * a connection that broke TLS) is not offered again; a newer one that
+ * another client of the context kept stays. */
+static void drop_session(conn_t *s) {
+  uv_mutex_lock(&s->ctx->lock);
+  slot_t *sl = slot_of(s);
+  if (sl != NULL && sl->session != NULL && sl->session == s->mine) {
+    SSL_SESSION_free(sl->session);
+    sl->session = NULL;
+  }
+  uv_mutex_unlock(&s->ctx->lock);
 }
 
 static void fail_handshake(conn_t *s, int err) {
   s->done = 1;
-  /* A session that just failed is not offered again. */
-  drop_session(s->ctx);
+  drop_session(s);
   s->owner->on_connect(s->t, err);
 }
 
@@ -421,7 +460,11 @@ static int handshake(conn_t *s) {
     return -1;
   }
   s->established = 1;
+  uv_mutex_lock(&s->ctx->lock);
   s->ctx->reused = (uint8_t)SSL_session_reused(s->ssl);
+  s->ctx->handshakes++;
+  s->ctx->resumed += s->ctx->reused;
+  uv_mutex_unlock(&s->ctx->lock);
   s->owner->on_connect(s->t, 0);
   return 1;
 }
@@ -450,7 +493,7 @@ static void drive(conn_t *s) {
       end_stream(s, UV_EOF);
     } else {
       /* A broken record or a fatal alert: that session is not offered again. */
-      drop_session(s->ctx);
+      drop_session(s);
       end_stream(s, ssl_error(s, UVMQTT_ETLSPROTO));
     }
     return;
@@ -782,13 +825,46 @@ static int is_ip_literal(const char *host) {
   return uv_inet_pton(AF_INET, host, addr) == 0 || uv_inet_pton(AF_INET6, host, addr) == 0;
 }
 
+/* Finds the server's slot, or gives it the oldest one, and offers its
+ * session. A connection without a slot (no memory for the name) simply
+ * makes a full handshake. Returns 0 when SSL refused the session. */
+static int offer_session(conn_t *s, const char *host, uint16_t port) {
+  uvmqtt__tls_ctx_t *ctx = s->ctx;
+  int ok = 1, i;
+  uv_mutex_lock(&ctx->lock);
+  for (i = 0; i < SESSION_SLOTS; i++)
+    if (ctx->slots[i].host != NULL && ctx->slots[i].port == port &&
+        !strcmp(ctx->slots[i].host, host))
+      break;
+  if (i == SESSION_SLOTS) {
+    i = (int)(ctx->next_victim++ % SESSION_SLOTS);
+    slot_t *sl = &ctx->slots[i];
+    if (sl->session != NULL) SSL_SESSION_free(sl->session);
+    uvmqtt__free(sl->host);
+    int err = 0;
+    sl->host = uvmqtt__strdup(host, &err);
+    sl->port = port;
+    sl->gen = ++ctx->gen;
+    sl->session = NULL;
+  }
+  slot_t *sl = &ctx->slots[i];
+  s->slot = sl->host != NULL ? (int8_t)i : -1;
+  s->slot_gen = sl->gen;
+  if (sl->session != NULL && SSL_SESSION_is_resumable(sl->session)) {
+    ok = SSL_set_session(s->ssl, sl->session) == 1;
+    s->mine = sl->session;
+  }
+  uv_mutex_unlock(&ctx->lock);
+  return ok;
+}
+
 /* A new SSL for one connection: the BIO, SNI, the name or address the
  * certificate must carry, and the last session when it was the same
  * server's. */
 static int new_ssl(conn_t *s, const char *host, uint16_t port) {
   uvmqtt__tls_ctx_t *ctx = s->ctx;
   size_t host_len = strlen(host);
-  if (host_len >= sizeof ctx->session_host) return UVMQTT_EINVAL;
+  if (host_len > HOST_MAX) return UVMQTT_EINVAL;
   ERR_clear_error();
   s->ssl = SSL_new(ctx->ssl_ctx);
   BIO *bio = s->ssl != NULL ? BIO_new(ctx->bio_method) : NULL;
@@ -809,14 +885,7 @@ static int new_ssl(conn_t *s, const char *host, uint16_t port) {
     ok = ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, host) == 1
             : X509_VERIFY_PARAM_set1_host(vp, host, host_len) == 1;
   }
-  if (ok && !ctx->no_resumption) {
-    if (ctx->session != NULL && (ctx->session_port != port || strcmp(ctx->session_host, host)))
-      drop_session(ctx);
-    if (ctx->session != NULL && SSL_SESSION_is_resumable(ctx->session))
-      ok = SSL_set_session(s->ssl, ctx->session) == 1;
-    memcpy(ctx->session_host, host, host_len + 1);
-    ctx->session_port = port;
-  }
+  if (ok && !ctx->no_resumption) ok = offer_session(s, host, port);
   ERR_clear_error();
   return ok ? 0 : UVMQTT_EINVAL;
 }
@@ -923,6 +992,7 @@ int uvmqtt__transport_tls_init(uvmqtt__transport_t *t, uv_loop_t *loop,
   s->cbs.on_close = tls_on_close;
   s->owner = cb;
   s->ctx = *ctx;
+  s->slot = -1;
   s->t = t;
   uvmqtt__transport_tcp_init(t, loop, &s->cbs);
   s->tcp = t->vt;
@@ -937,9 +1007,16 @@ int uvmqtt__transport_tls_init(uvmqtt__transport_t *t, uv_loop_t *loop,
  * handshake, sometimes two: the newest wins). */
 static int on_new_session(SSL *ssl, SSL_SESSION *session) {
   conn_t *s = SSL_get_app_data(ssl);
-  drop_session(s->ctx);
-  s->ctx->session = session;
-  return 1;
+  uv_mutex_lock(&s->ctx->lock);
+  slot_t *sl = slot_of(s);
+  if (sl != NULL) {
+    if (sl->session != NULL) SSL_SESSION_free(sl->session);
+    sl->session = session;
+    s->mine = session;
+  }
+  uv_mutex_unlock(&s->ctx->lock);
+  /* 1: the reference is ours now; 0: OpenSSL keeps (and frees) it. */
+  return sl != NULL;
 }
 
 /* TLS 1.3's application traffic secrets, kept for the hand-over. OpenSSL
@@ -1073,6 +1150,11 @@ int uvmqtt__tls_ctx_new(const uvmqtt_tls_options_t *opts, uvmqtt__tls_ctx_t **ou
   *out = NULL;
   uvmqtt__tls_ctx_t *ctx = uvmqtt__calloc(1, sizeof *ctx);
   if (ctx == NULL) return UVMQTT_ENOMEM;
+  if (uv_mutex_init(&ctx->lock) != 0) {
+    uvmqtt__free(ctx);
+    return UVMQTT_ENOMEM;
+  }
+  atomic_init(&ctx->refs, 1);
   ctx->no_sni = o->no_sni;
   ctx->no_resumption = o->no_resumption;
   ctx->insecure = o->insecure;
@@ -1088,14 +1170,53 @@ int uvmqtt__tls_ctx_new(const uvmqtt_tls_options_t *opts, uvmqtt__tls_ctx_t **ou
   return 0;
 }
 
+uvmqtt__tls_ctx_t *uvmqtt__tls_ctx_ref(uvmqtt__tls_ctx_t *ctx) {
+  atomic_fetch_add(&ctx->refs, 1);
+  return ctx;
+}
+
 void uvmqtt__tls_ctx_free(uvmqtt__tls_ctx_t *ctx) {
-  if (ctx == NULL) return;
-  drop_session(ctx);
+  if (ctx == NULL || atomic_fetch_sub(&ctx->refs, 1) != 1) return;
+  for (int i = 0; i < SESSION_SLOTS; i++) {
+    if (ctx->slots[i].session != NULL) SSL_SESSION_free(ctx->slots[i].session);
+    uvmqtt__free(ctx->slots[i].host);
+  }
   if (ctx->ssl_ctx != NULL) SSL_CTX_free(ctx->ssl_ctx);
   if (ctx->bio_method != NULL) BIO_meth_free(ctx->bio_method);
+  uv_mutex_destroy(&ctx->lock);
   uvmqtt__free(ctx);
 }
 
+/* The lock guards mutable state; reading through a const context still
+ * takes it. */
+static uv_mutex_t *lock_of(const uvmqtt__tls_ctx_t *ctx) {
+  return (uv_mutex_t *)(uintptr_t)&ctx->lock;
+}
+
 int uvmqtt__tls_ctx_reused(const uvmqtt__tls_ctx_t *ctx) {
-  return ctx != NULL && ctx->reused;
+  if (ctx == NULL) return 0;
+  uv_mutex_lock(lock_of(ctx));
+  int reused = ctx->reused;
+  uv_mutex_unlock(lock_of(ctx));
+  return reused;
+}
+
+void uvmqtt__tls_ctx_counts(const uvmqtt__tls_ctx_t *ctx, unsigned long *handshakes,
+                            unsigned long *resumed) {
+  uv_mutex_lock(lock_of(ctx));
+  *handshakes = ctx->handshakes;
+  *resumed = ctx->resumed;
+  uv_mutex_unlock(lock_of(ctx));
+}
+
+/* ---- The public context ------------------------------------------------------------------------
+ */
+
+int uvmqtt_tls_context_new(uvmqtt_tls_context_t **out, const uvmqtt_tls_options_t *opts) {
+  if (out == NULL) return UVMQTT_EINVAL;
+  return uvmqtt__tls_ctx_new(opts, out);
+}
+
+void uvmqtt_tls_context_free(uvmqtt_tls_context_t *ctx) {
+  uvmqtt__tls_ctx_free(ctx);
 }
