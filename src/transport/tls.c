@@ -164,7 +164,6 @@ static _Thread_local struct {
   unsigned refs;
 } scratch;
 
-#define plain_buf scratch.plain
 #define SEAL_SIZE (UVMQTT__TLS_HDR + UVMQTT__TLS_MAX_PLAIN + 1 + UVMQTT__TLS_TAG)
 
 static void scratch_unref(void) {
@@ -454,8 +453,8 @@ static int handshake(conn_t *s) {
   ERR_clear_error();
   scratch.refs++;
   s->scratch_ref = 1;
-  if (plain_buf == NULL) plain_buf = uvmqtt__malloc(UVMQTT__TLS_MAX_CIPHER);
-  if (plain_buf == NULL) {
+  if (scratch.plain == NULL) scratch.plain = uvmqtt__malloc(UVMQTT__TLS_MAX_CIPHER);
+  if (scratch.plain == NULL) {
     fail_handshake(s, UVMQTT_ENOMEM);
     return -1;
   }
@@ -477,9 +476,9 @@ static void drive(conn_t *s) {
   while (!stopped(s)) {
     size_t before = s->in_len, n = 0;
     ERR_clear_error();
-    if (SSL_read_ex(s->ssl, plain_buf, PLAIN_SIZE, &n) == 1) {
+    if (SSL_read_ex(s->ssl, scratch.plain, PLAIN_SIZE, &n) == 1) {
       s->got_data = 1;
-      s->owner->on_read(s->t, (ssize_t)n, plain_buf);
+      s->owner->on_read(s->t, (ssize_t)n, scratch.plain);
       continue;
     }
     int e = SSL_get_error(s->ssl, 0);
@@ -516,7 +515,7 @@ static int proves(detached_t *r, uvmqtt__tls_dir_t *d, const stream_t *st) {
   uint8_t type;
   size_t n;
   d->seq = st->count - 1;
-  return uvmqtt__tls_rec_open(scratch.cipher, &r->rec, d, st->last, st->last_len, plain_buf, &n,
+  return uvmqtt__tls_rec_open(scratch.cipher, &r->rec, d, st->last, st->last_len, scratch.plain, &n,
                               &type) == 0 &&
          d->seq == st->count;
 }
@@ -650,19 +649,19 @@ static void open_record(conn_t *s, const uint8_t *rec, size_t rec_len) {
   detached_t *r = s->rec;
   uint8_t type;
   size_t n;
-  int err =
-      uvmqtt__tls_rec_open(scratch.cipher, &r->rec, &r->rec.rd, rec, rec_len, plain_buf, &n, &type);
+  int err = uvmqtt__tls_rec_open(scratch.cipher, &r->rec, &r->rec.rd, rec, rec_len, scratch.plain,
+                                 &n, &type);
   ERR_clear_error();
   if (err) {
     end_stream(s, UVMQTT_ETLSPROTO);
   } else if (type == UVMQTT__TLS_APPDATA && r->hs_have == 0) {
-    if (n > 0) s->owner->on_read(s->t, (ssize_t)n, plain_buf);
+    if (n > 0) s->owner->on_read(s->t, (ssize_t)n, scratch.plain);
   } else if (type == UVMQTT__TLS_HANDSHAKE) {
-    err = handshake_bytes(s, plain_buf, n);
+    err = handshake_bytes(s, scratch.plain, n);
     if (err) end_stream(s, err);
   } else if (type == UVMQTT__TLS_ALERT && n == 2 && r->hs_have == 0) {
     /* close_notify ends the stream cleanly; any other alert is fatal. */
-    end_stream(s, plain_buf[1] == 0 ? UV_EOF : UVMQTT_ETLSPROTO);
+    end_stream(s, scratch.plain[1] == 0 ? UV_EOF : UVMQTT_ETLSPROTO);
   } else {
     end_stream(s, UVMQTT_ETLSPROTO);
   }

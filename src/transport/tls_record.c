@@ -2,30 +2,52 @@
  * connections OpenSSL has handed over: see tls_record.h. */
 #include "transport/tls_record.h"
 
-#include <openssl/hmac.h>
 #include <openssl/tls1.h>
 #include <string.h>
 #include <uv.h>
 
-/* Fetched once: an explicitly fetched cipher spares every record the
- * implicit fetch that OpenSSL 3 does for EVP_aes_128_gcm() and friends. */
+/* Fetched once: explicitly fetched algorithms spare every use the implicit
+ * fetch (a locked lookup by name) that OpenSSL 3 does for EVP_sha256(),
+ * EVP_aes_128_gcm() or HMAC(), which the hand-over of every connection and
+ * every record would otherwise pay. */
 static uv_once_t fetch_once = UV_ONCE_INIT;
 static EVP_CIPHER *fetched[3];
+static EVP_MD *sha256, *sha384;
 
-static void fetch_ciphers(void) {
+static void fetch_algorithms(void) {
   fetched[0] = EVP_CIPHER_fetch(NULL, "AES-128-GCM", NULL);
   fetched[1] = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
   fetched[2] = EVP_CIPHER_fetch(NULL, "ChaCha20-Poly1305", NULL);
+  sha256 = EVP_MD_fetch(NULL, "SHA2-256", NULL);
+  sha384 = EVP_MD_fetch(NULL, "SHA2-384", NULL);
 }
 
-static const EVP_MD *suite_md(const uvmqtt__tls_rec_t *r) {
-  return r->hash_len == 48 ? EVP_sha384() : EVP_sha256();
+/* HMAC (RFC 2104) with a key shorter than the hash's block, as traffic
+ * secrets are: H((K ^ opad) || H((K ^ ipad) || msg)). */
+static int hmac(EVP_MD_CTX *mc, const uvmqtt__tls_rec_t *r, const uint8_t *key, const uint8_t *msg,
+                size_t msg_len, uint8_t *out) {
+  const EVP_MD *md = r->hash_len == 48 ? sha384 : sha256;
+  size_t block = r->hash_len == 48 ? 128 : 64;
+  uint8_t pad[128], inner[EVP_MAX_MD_SIZE];
+  unsigned n = 0;
+  memset(pad, 0x36, block);
+  for (size_t i = 0; i < r->hash_len; i++)
+    pad[i] ^= key[i];
+  int ok = EVP_DigestInit_ex2(mc, md, NULL) == 1 && EVP_DigestUpdate(mc, pad, block) == 1 &&
+           EVP_DigestUpdate(mc, msg, msg_len) == 1 && EVP_DigestFinal_ex(mc, inner, &n) == 1;
+  for (size_t i = 0; i < block; i++)
+    pad[i] ^= 0x36 ^ 0x5c;
+  ok = ok && EVP_DigestInit_ex2(mc, md, NULL) == 1 && EVP_DigestUpdate(mc, pad, block) == 1 &&
+       EVP_DigestUpdate(mc, inner, n) == 1 && EVP_DigestFinal_ex(mc, out, &n) == 1;
+  OPENSSL_cleanse(pad, sizeof pad);
+  OPENSSL_cleanse(inner, sizeof inner);
+  return ok ? 0 : -1;
 }
 
 /* HKDF-Expand-Label(secret, label, "", len) for len <= the hash's size,
  * which is one HMAC block: T(1) = HMAC(secret, HkdfLabel || 0x01). */
-static int expand_label(const uvmqtt__tls_rec_t *r, const uint8_t *secret, const char *label,
-                        uint8_t *out, size_t len) {
+static int expand_label(EVP_MD_CTX *mc, const uvmqtt__tls_rec_t *r, const uint8_t *secret,
+                        const char *label, uint8_t *out, size_t len) {
   uint8_t info[2 + 1 + 6 + 16 + 1 + 1];
   size_t label_len = strlen(label), at = 0;
   if (len > r->hash_len || label_len > 16) return -1;
@@ -39,23 +61,22 @@ static int expand_label(const uvmqtt__tls_rec_t *r, const uint8_t *secret, const
   info[at++] = 0; /* empty context */
   info[at++] = 1; /* the block counter */
   uint8_t t[EVP_MAX_MD_SIZE];
-  unsigned t_len = 0;
-  if (HMAC(suite_md(r), secret, r->hash_len, info, at, t, &t_len) == NULL || t_len < len) return -1;
+  if (hmac(mc, r, secret, info, at, t) != 0) return -1;
   memcpy(out, t, len);
   OPENSSL_cleanse(t, sizeof t);
   return 0;
 }
 
-static int derive(const uvmqtt__tls_rec_t *r, uvmqtt__tls_dir_t *d) {
+static int derive(EVP_MD_CTX *mc, const uvmqtt__tls_rec_t *r, uvmqtt__tls_dir_t *d) {
   d->seq = 0;
-  if (expand_label(r, d->secret, "key", d->key, r->key_len) != 0) return -1;
-  return expand_label(r, d->secret, "iv", d->iv, sizeof d->iv);
+  if (expand_label(mc, r, d->secret, "key", d->key, r->key_len) != 0) return -1;
+  return expand_label(mc, r, d->secret, "iv", d->iv, sizeof d->iv);
 }
 
 int uvmqtt__tls_rec_init(uvmqtt__tls_rec_t *r, uint32_t suite_id, const uint8_t *rd_secret,
                          const uint8_t *wr_secret, size_t secret_len) {
   memset(r, 0, sizeof *r);
-  uv_once(&fetch_once, fetch_ciphers);
+  uv_once(&fetch_once, fetch_algorithms);
   switch (suite_id) {
   case TLS1_3_CK_AES_128_GCM_SHA256: r->suite = 1, r->key_len = 16, r->hash_len = 32; break;
   case TLS1_3_CK_AES_256_GCM_SHA384: r->suite = 2, r->key_len = 32, r->hash_len = 48; break;
@@ -63,19 +84,26 @@ int uvmqtt__tls_rec_init(uvmqtt__tls_rec_t *r, uint32_t suite_id, const uint8_t 
   default: return -1;
   }
   r->cipher = fetched[r->suite - 1];
-  if (r->cipher == NULL || secret_len != r->hash_len) return -1;
+  if (r->cipher == NULL || sha256 == NULL || sha384 == NULL || secret_len != r->hash_len) return -1;
   memcpy(r->rd.secret, rd_secret, secret_len);
   memcpy(r->wr.secret, wr_secret, secret_len);
-  if (derive(r, &r->rd) != 0 || derive(r, &r->wr) != 0) return -1;
-  return 0;
+  EVP_MD_CTX *mc = EVP_MD_CTX_new();
+  int err = mc == NULL || derive(mc, r, &r->rd) != 0 || derive(mc, r, &r->wr) != 0 ? -1 : 0;
+  EVP_MD_CTX_free(mc);
+  return err;
 }
 
 int uvmqtt__tls_rec_update(const uvmqtt__tls_rec_t *r, uvmqtt__tls_dir_t *d) {
   uint8_t next[48];
-  if (expand_label(r, d->secret, "traffic upd", next, r->hash_len) != 0) return -1;
-  memcpy(d->secret, next, r->hash_len);
+  EVP_MD_CTX *mc = EVP_MD_CTX_new();
+  int err = mc == NULL || expand_label(mc, r, d->secret, "traffic upd", next, r->hash_len) != 0;
+  if (!err) {
+    memcpy(d->secret, next, r->hash_len);
+    err = derive(mc, r, d) != 0;
+  }
   OPENSSL_cleanse(next, sizeof next);
-  return derive(r, d);
+  EVP_MD_CTX_free(mc);
+  return err ? -1 : 0;
 }
 
 /* The per-record nonce: the IV with the sequence number XORed into its
