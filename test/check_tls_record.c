@@ -80,8 +80,14 @@ static int srv_flush(int fd, BIO *out, int trickle, int tamper) {
   return 0;
 }
 
+/* `text` as one record, or as one record per '|'-separated piece, sent
+ * together. */
 static int srv_write(SSL *ssl, int fd, BIO *out, const char *text, int trickle, int tamper) {
-  if (SSL_write(ssl, text, (int)strlen(text)) != (int)strlen(text)) return srv_fail("SSL_write");
+  while (*text != '\0') {
+    int n = (int)strcspn(text, "|");
+    if (SSL_write(ssl, text, n) != n) return srv_fail("SSL_write");
+    text += n + (text[n] == '|');
+  }
   return srv_flush(fd, out, trickle, tamper);
 }
 
@@ -124,7 +130,8 @@ static int srv_script(SSL *ssl, int fd, BIO *out) {
   if (srv_expect(ssl, fd, out, "three")) return -1;
   if (updates && SSL_key_update(ssl, SSL_KEY_UPDATE_NOT_REQUESTED) != 1)
     return srv_fail("key update");
-  if (srv_write(ssl, fd, out, "four", 1, 0) || srv_expect(ssl, fd, out, "five")) return -1;
+  /* Two records in a row under the same key. */
+  if (srv_write(ssl, fd, out, "fo|ur", 1, 0) || srv_expect(ssl, fd, out, "five")) return -1;
   return srv_expect_close_notify(ssl);
 }
 

@@ -170,6 +170,7 @@ static void scratch_unref(void) {
   if (--scratch.refs == 0) {
     uvmqtt__free(scratch.plain);
     uvmqtt__free(scratch.seal);
+    uvmqtt__tls_rec_forget(scratch.cipher);
     EVP_CIPHER_CTX_free(scratch.cipher);
     memset(&scratch, 0, sizeof scratch);
   }

@@ -2,6 +2,7 @@
  * connections OpenSSL has handed over: see tls_record.h. */
 #include "transport/tls_record.h"
 
+#include <openssl/crypto.h>
 #include <openssl/tls1.h>
 #include <string.h>
 #include <uv.h>
@@ -106,6 +107,21 @@ int uvmqtt__tls_rec_update(const uvmqtt__tls_rec_t *r, uvmqtt__tls_dir_t *d) {
   return err ? -1 : 0;
 }
 
+/* What the calling thread's cipher context was last keyed with. */
+static _Thread_local struct {
+  const EVP_CIPHER_CTX *ctx;
+  const EVP_CIPHER *cipher;
+  int enc;
+  uint8_t key[32];
+} keyed;
+
+/* Forgets the key when the context is freed (another may take its address). */
+void uvmqtt__tls_rec_forget(const EVP_CIPHER_CTX *c) {
+  if (keyed.ctx == c) {
+    OPENSSL_cleanse(&keyed, sizeof keyed);
+  }
+}
+
 /* The per-record nonce: the IV with the sequence number XORed into its
  * last eight bytes. */
 static int start(EVP_CIPHER_CTX *c, const uvmqtt__tls_rec_t *r, const uvmqtt__tls_dir_t *d,
@@ -114,10 +130,22 @@ static int start(EVP_CIPHER_CTX *c, const uvmqtt__tls_rec_t *r, const uvmqtt__tl
   memcpy(nonce, d->iv, sizeof nonce);
   for (int i = 0; i < 8; i++)
     nonce[4 + i] ^= (uint8_t)(d->seq >> (56 - 8 * i));
-  /* Re-keying a context that already runs this cipher keeps its provider
-   * state: only the key schedule is redone. */
+  /* A busy connection's records come one after the other through the
+   * thread's context: when it still holds this cipher, key and direction
+   * (compared by value, so a freed connection's key cannot be mistaken for
+   * another's), only the nonce changes. Otherwise re-keying a context that
+   * already runs this cipher keeps its provider state. */
+  if (keyed.ctx == c && keyed.cipher == r->cipher && keyed.enc == enc &&
+      CRYPTO_memcmp(keyed.key, d->key, r->key_len) == 0)
+    return EVP_CipherInit_ex2(c, NULL, NULL, nonce, enc, NULL) == 1 ? 0 : -1;
   const EVP_CIPHER *cipher = EVP_CIPHER_CTX_get0_cipher(c) == r->cipher ? NULL : r->cipher;
-  return EVP_CipherInit_ex2(c, cipher, d->key, nonce, enc, NULL) == 1 ? 0 : -1;
+  keyed.ctx = NULL;
+  if (EVP_CipherInit_ex2(c, cipher, d->key, nonce, enc, NULL) != 1) return -1;
+  keyed.ctx = c;
+  keyed.cipher = r->cipher;
+  keyed.enc = enc;
+  memcpy(keyed.key, d->key, r->key_len);
+  return 0;
 }
 
 long uvmqtt__tls_rec_seal(EVP_CIPHER_CTX *c, const uvmqtt__tls_rec_t *r, uvmqtt__tls_dir_t *d,

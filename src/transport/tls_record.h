@@ -9,8 +9,9 @@
  * to this layer (tls.c decides when) and frees the SSL object.
  *
  * Only AEAD protection lives here: keys from secrets, KeyUpdate, sealing and
- * opening one record. No I/O, no state beyond the struct; the cipher context
- * is the caller's scratch, shared by every connection of a thread. */
+ * opening one record. No I/O; the cipher context is the caller's scratch,
+ * shared by every connection of a thread, and the layer remembers (per
+ * thread) which key it was last given. */
 #ifndef UVMQTT_TRANSPORT_TLS_RECORD_H
 #define UVMQTT_TRANSPORT_TLS_RECORD_H
 
@@ -72,5 +73,10 @@ long uvmqtt__tls_rec_seal(EVP_CIPHER_CTX *c, const uvmqtt__tls_rec_t *r, uvmqtt_
 int uvmqtt__tls_rec_open(EVP_CIPHER_CTX *c, const uvmqtt__tls_rec_t *r, uvmqtt__tls_dir_t *d,
                          const uint8_t *rec, size_t rec_len, uint8_t *out, size_t *out_len,
                          uint8_t *type);
+
+/* To be called before the thread's cipher context `c` is freed: the layer
+ * remembers which key it holds, to skip re-keying between the records of a
+ * busy connection. */
+void uvmqtt__tls_rec_forget(const EVP_CIPHER_CTX *c);
 
 #endif
