@@ -157,6 +157,29 @@ typedef struct {
   uint8_t insecure;
 } uvmqtt_tls_options_t;
 
+/** A TLS context built once and handed to many clients (through
+ * uvmqtt_options_t.tls_context): the `SSL_CTX` with the parsed CAs, the
+ * client certificate and key, and a resumption session per server. Clients
+ * on any loop, in any thread, may share one. It is reference counted: each
+ * client holds a reference until it is closed, so the application may free
+ * its own at any time after uvmqtt_client_init(). */
+typedef struct uvmqtt_tls_context_s uvmqtt_tls_context_t;
+
+/** Builds a TLS context from `opts` (NULL: the defaults of
+ * uvmqtt_tls_options_t): loads the CAs, the certificate and key, and applies
+ * the version, cipher and ALPN settings now, so a bad file fails here.
+ * Nothing of `opts` is kept. On success *out holds the application's
+ * reference, released with uvmqtt_tls_context_free(). Returns 0,
+ * UVMQTT_EINVAL (`out` NULL, an empty or over-long ALPN name),
+ * UVMQTT_ETLSCONFIG (a file that cannot be loaded, a key that does not match
+ * its certificate, a bad cipher string or version) or UVMQTT_ENOMEM. */
+int uvmqtt_tls_context_new(uvmqtt_tls_context_t **out, const uvmqtt_tls_options_t *opts);
+
+/** Releases the application's reference to `ctx`. Clients initialised with
+ * it keep it alive until they are closed; the last reference frees it.
+ * NULL is ignored. Safe from any thread. */
+void uvmqtt_tls_context_free(uvmqtt_tls_context_t *ctx);
+
 /* ---- Enhanced authentication (MQTT 5) ------------------------------------------ */
 
 /** The next Authentication Data a mechanism sends: a view that must stay
@@ -388,6 +411,15 @@ typedef struct {
    * through the filters: `bench/dispatch_bench.c` measures both). The
    * identifier is visible in the message's properties. 0: off. */
   uint8_t sub_id_dispatch;
+
+  /** A TLS context from uvmqtt_tls_context_new() for "mqtts://" and
+   * "wss://" servers, instead of `tls` (giving both is UVMQTT_EINVAL). The
+   * client takes a reference: the application may free its own right after
+   * uvmqtt_client_init(). Clients with equal options share a context
+   * without this; it lets clients with different options, or on different
+   * loops, share one SSL_CTX, its parsed CAs and its resumption sessions.
+   * NULL: none. */
+  uvmqtt_tls_context_t *tls_context;
 } uvmqtt_options_t;
 
 /** Fills `opts` with the defaults. */

@@ -46,11 +46,13 @@
 #define MANY_WATCHDOG_MS 200000
 #define MANY_TIMEOUT_S   300
 #define MANY_SETTLE_MS   300
-/* Heap per idle TLS connection, both libraries together: about 21.6 KiB
- * with OpenSSL 3.0 (the SSL object 7.6 KiB, two AES-GCM contexts, the
- * session with the broker's certificate); a retained 16 KiB record buffer
- * would cross the bound. */
-#define MANY_CONN_BOUND (32u * 1024u)
+/* Heap per idle TLS connection, both libraries together: about 530 bytes
+ * with OpenSSL 3.0 once the connection left OpenSSL for tls_record.c (the
+ * TLS state, its keys and the TCP transport's share); one that kept its SSL
+ * object (7.6 KiB alone) or any record buffer would cross the bound. Per
+ * client, the connection and the client itself: about 1.9 KiB. */
+#define MANY_CONN_BOUND   1024u
+#define MANY_CLIENT_BOUND 2560u
 
 #define ROBUST_MESSAGES   120
 #define ROBUST_RESTART_AT 60
@@ -376,6 +378,8 @@ static void pubsub_maybe_done(peer_t *p) {
 }
 
 static void pubsub_subscribed(peer_t *p) {
+  /* TLS 1.3 after the CONNACK: the rest runs on the record layer. */
+  ck_assert_int_eq(uvmqtt__transport_tls_handed_over(&p->client.impl->tr), 1);
   for (int i = 0; i < 3; i++) {
     size_t len;
     const char *data = pubsub_payload(i, &len);
@@ -1048,10 +1052,10 @@ static void many_on_disconnect(uvmqtt_client_t *client, const uvmqtt_disconnect_
                uvmqtt_err_name(info->status));
 }
 
-/* A thousand clients, each with its own context (SSL_CTX with the test CA)
- * and an idle TLS connection: the heap of uvmqtt and OpenSSL together, per
- * client and per connection (what connecting added to the initialised
- * clients). */
+/* A thousand clients with equal options (so one configuration and one
+ * SSL_CTX with the test CA), each with an idle TLS connection: the heap of
+ * uvmqtt and OpenSSL together, per client and per connection (what
+ * connecting added to the initialised clients). */
 START_TEST(tls_many_idle_clients) {
   count_heaps();
   ck_assert_msg(test_raise_fd_limit(MANY_CLIENTS * 2 + 512) == 0,
@@ -1092,12 +1096,202 @@ START_TEST(tls_many_idle_clients) {
          MANY_CLIENTS, per_client, per_ctx, per_conn);
   fflush(stdout);
   ck_assert_msg(per_conn < MANY_CONN_BOUND, "%zu bytes per idle TLS connection", per_conn);
+  ck_assert_msg(per_client < MANY_CLIENT_BOUND, "%zu bytes per idle TLS client", per_client);
   ck_assert_uint_eq(atomic_load(&heap_ours.bytes), 0);
   ck_assert_uint_eq(atomic_load(&heap_ours.blocks), 0);
   loop_finish();
   broker_finish();
   free(many.clients);
   ck_assert_int_eq(uvmqtt_replace_allocator(malloc, realloc, calloc, free), 0);
+}
+END_TEST
+
+/* ---- A TLS context shared explicitly ------------------------------------------------------------
+ */
+
+#define SHARED_CLIENTS        16 /* on the test's loop, two configurations */
+#define SHARED_THREAD_CLIENTS 8  /* on a second loop, in its own thread */
+
+typedef struct {
+  uv_loop_t *loop;
+  uvmqtt_client_t *clients;
+  int count;
+  int started;
+  int connected;
+  int closed;
+  int handed_over;
+  uv_timer_t settle;
+  void (*all_connected)(void);
+} shared_group_t;
+
+static struct {
+  uvmqtt_tls_context_t *ctx;
+  char server[96];
+  shared_group_t main, thread;
+  uvmqtt_client_t main_clients[SHARED_CLIENTS];
+  uvmqtt_client_t thread_clients[SHARED_THREAD_CLIENTS];
+  uv_sem_t thread_ready;
+  uv_thread_t tid;
+  unsigned long handshakes, resumed;
+} sh;
+
+static void shared_closed(uvmqtt_client_t *client) {
+  shared_group_t *gr = client->data;
+  gr->closed++;
+}
+
+static void shared_close_all(shared_group_t *gr) {
+  for (int i = 0; i < gr->count; i++) {
+    /* Idle after its CONNACK: each connection runs on the record layer. */
+    gr->handed_over += uvmqtt__transport_tls_handed_over(&gr->clients[i].impl->tr);
+    uvmqtt_close(&gr->clients[i], shared_closed);
+  }
+}
+
+static void shared_settled(uv_timer_t *timer) {
+  shared_group_t *gr = timer->data;
+  uv_close((uv_handle_t *)timer, NULL);
+  gr->all_connected();
+}
+
+static void shared_on_connect(uvmqtt_client_t *client, int status, const uvmqtt_connack_t *ack) {
+  (void)ack;
+  shared_group_t *gr = client->data;
+  ck_assert_msg(status == 0, "shared context client: %s", uvmqtt_err_name(status));
+  gr->connected++;
+  /* One at a time: each connection finds the session its predecessor kept
+   * (its tickets arrive before its CONNACK). */
+  if (gr->started < gr->count) {
+    ck_assert_int_eq(uvmqtt_connect(&gr->clients[gr->started++]), 0);
+  } else if (gr->connected == gr->count) {
+    /* The hand-over follows the read that brought the last CONNACK. */
+    ck_assert_int_eq(uv_timer_start(&gr->settle, shared_settled, 0, 0), 0);
+  }
+}
+
+static void shared_group_init(shared_group_t *gr, uv_loop_t *loop, uvmqtt_client_t *clients,
+                              int count, void (*all_connected)(void)) {
+  memset(gr, 0, sizeof *gr);
+  gr->loop = loop;
+  gr->clients = clients;
+  gr->count = count;
+  gr->all_connected = all_connected;
+  ck_assert_int_eq(uv_timer_init(loop, &gr->settle), 0);
+  gr->settle.data = gr;
+  uvmqtt_callbacks_t cbs;
+  memset(&cbs, 0, sizeof cbs);
+  cbs.on_connect = shared_on_connect;
+  cbs.on_disconnect = many_on_disconnect;
+  for (int i = 0; i < count; i++) {
+    uvmqtt_options_t o;
+    peer_options(&o, sh.server, NULL);
+    o.tls_context = sh.ctx;
+    /* Different options, different configurations: still one context. */
+    o.keepalive = (uint16_t)(i % 2 ? 30 : 60);
+    ck_assert_int_eq(uvmqtt_client_init(loop, &clients[i], &o, &cbs), 0);
+    clients[i].data = gr;
+  }
+}
+
+static void shared_thread_connected(void) {
+  shared_close_all(&sh.thread);
+}
+
+static void shared_thread(void *arg) {
+  (void)arg;
+  uv_loop_t loop;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  shared_group_init(&sh.thread, &loop, sh.thread_clients, SHARED_THREAD_CLIENTS,
+                    shared_thread_connected);
+  uv_sem_post(&sh.thread_ready);
+  ck_assert_int_eq(uvmqtt_connect(&sh.thread_clients[sh.thread.started++]), 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+}
+
+static void shared_main_connected(void) {
+  /* The second loop is done with the context: every handshake counted. */
+  ck_assert_int_eq(uv_thread_join(&sh.tid), 0);
+  uvmqtt__tls_ctx_counts(sh.main_clients[0].impl->cfg->tls, &sh.handshakes, &sh.resumed);
+  shared_close_all(&sh.main);
+}
+
+/* One context from uvmqtt_tls_context_new() for clients of two
+ * configurations on the test's loop and for clients on a second loop in
+ * another thread. The application frees its reference before any client
+ * connects; the clients keep the context alive, every connection after the
+ * first of each loop resumes a session another client kept, and once the
+ * last client closed nothing of uvmqtt's heap is left. */
+START_TEST(tls_shared_context) {
+  count_heaps();
+  broker_start("");
+  loop_start(WATCHDOG_MS);
+  uvmqtt_tls_options_t t;
+  tls_trusting_ca(&t);
+  ck_assert_int_eq(uvmqtt_tls_context_new(&sh.ctx, &t), 0);
+  snprintf(sh.server, sizeof sh.server, "%s", uri("mqtts", "localhost", g_port.tls));
+  shared_group_init(&sh.main, &g_loop, sh.main_clients, SHARED_CLIENTS, shared_main_connected);
+  ck_assert_int_eq(uv_sem_init(&sh.thread_ready, 0), 0);
+  ck_assert_int_eq(uv_thread_create(&sh.tid, shared_thread, NULL), 0);
+  uv_sem_wait(&sh.thread_ready);
+  uv_sem_destroy(&sh.thread_ready);
+  uvmqtt_tls_context_free(sh.ctx);
+  sh.ctx = NULL;
+  ck_assert_int_eq(uvmqtt_connect(&sh.main_clients[sh.main.started++]), 0);
+  loop_run();
+  int total = SHARED_CLIENTS + SHARED_THREAD_CLIENTS;
+  printf("tls: shared context: %lu handshakes, %lu resumed\n", sh.handshakes, sh.resumed);
+  ck_assert_int_eq(sh.main.connected, SHARED_CLIENTS);
+  ck_assert_int_eq(sh.thread.connected, SHARED_THREAD_CLIENTS);
+  ck_assert_int_eq(sh.main.closed, SHARED_CLIENTS);
+  ck_assert_int_eq(sh.thread.closed, SHARED_THREAD_CLIENTS);
+  ck_assert_int_eq(sh.main.handed_over + sh.thread.handed_over, total);
+  ck_assert_uint_eq(sh.handshakes, (unsigned long)total);
+  /* The two loops' first handshakes may both be full ones. */
+  ck_assert_uint_ge(sh.resumed, (unsigned long)total - 2);
+  ck_assert_uint_eq(atomic_load(&heap_ours.bytes), 0);
+  ck_assert_uint_eq(atomic_load(&heap_ours.blocks), 0);
+  loop_finish();
+  broker_finish();
+  ck_assert_int_eq(uvmqtt_replace_allocator(malloc, realloc, calloc, free), 0);
+}
+END_TEST
+
+/* Building a context reports bad options as client_init() does, and a
+ * client given both TLS options and a context is refused. */
+START_TEST(tls_shared_context_errors) {
+  ck_assert_int_eq(uv_loop_init(&g_loop), 0);
+  uvmqtt_tls_options_t t;
+  uvmqtt_tls_context_t *ctx = (uvmqtt_tls_context_t *)&t;
+  tls_trusting_ca(&t);
+  ck_assert_int_eq(uvmqtt_tls_context_new(NULL, &t), UVMQTT_EINVAL);
+  t.ca_file = test_cert("missing.crt");
+  ck_assert_int_eq(uvmqtt_tls_context_new(&ctx, &t), UVMQTT_ETLSCONFIG);
+  ck_assert_ptr_null(ctx);
+  tls_trusting_ca(&t);
+  t.ciphersuites = "TLS_NO_SUCH_SUITE";
+  ck_assert_int_eq(uvmqtt_tls_context_new(&ctx, &t), UVMQTT_ETLSCONFIG);
+  tls_trusting_ca(&t);
+  t.min_version = 0x0301;
+  ck_assert_int_eq(uvmqtt_tls_context_new(&ctx, &t), UVMQTT_ETLSCONFIG);
+  tls_trusting_ca(&t);
+  ck_assert_int_eq(uvmqtt_tls_context_new(&ctx, &t), 0);
+  ck_assert_ptr_nonnull(ctx);
+
+  uvmqtt_callbacks_t cbs;
+  memset(&cbs, 0, sizeof cbs);
+  uvmqtt_client_t c;
+  uvmqtt_options_t o;
+  peer_options(&o, "mqtts://localhost:1", &t);
+  o.tls_context = ctx;
+  ck_assert_int_eq(uvmqtt_client_init(&g_loop, &c, &o, &cbs), UVMQTT_EINVAL);
+  o.tls = NULL;
+  ck_assert_int_eq(uvmqtt_client_init(&g_loop, &c, &o, &cbs), 0);
+  uvmqtt_tls_context_free(ctx);
+  uvmqtt_close(&c, NULL);
+  uv_run(&g_loop, UV_RUN_DEFAULT);
+  uvmqtt_tls_context_free(NULL);
+  ck_assert_int_eq(uv_loop_close(&g_loop), 0);
 }
 END_TEST
 
@@ -1139,6 +1333,10 @@ Suite *uvmqtt_test_suite(void) {
 
   tc = tcase(s, "leaks", TCASE_TIMEOUT_S * 2);
   tcase_add_test(tc, tls_hundred_cycles);
+
+  tc = tcase(s, "shared", TCASE_TIMEOUT_S);
+  tcase_add_test(tc, tls_shared_context);
+  tcase_add_test(tc, tls_shared_context_errors);
 
   tc = tcase(s, "scale", MANY_TIMEOUT_S);
   tcase_add_test(tc, tls_many_idle_clients);

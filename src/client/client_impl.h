@@ -75,7 +75,7 @@ typedef struct uvmqtt__config_s {
   uvmqtt_callbacks_t cbs;
   /* TLS: the SSL_CTX built from the options and the last session, for
    * resumption (transport/tls.h); NULL until a TLS server needs it. */
-  struct uvmqtt__tls_ctx_s *tls;
+  struct uvmqtt_tls_context_s *tls;
   struct sockaddr_storage bind; /* with has_bind: the local address to connect from */
   uint8_t has_bind;
   /* WebSocket options (copies; NULL when not given). */

@@ -7,7 +7,9 @@
  * an idle client cost more than libmosquitto's. Instead the options are
  * reduced to a key (their bytes, strings by content) and looked up among
  * the loop's configurations: a client with options seen before takes a
- * reference to that configuration, TLS context included. */
+ * reference to that configuration, TLS context included. A context the
+ * application built (uvmqtt_tls_context_new) is part of the key by its
+ * address, and each configuration using it holds a reference. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -74,6 +76,7 @@ typedef struct {
   void *key_password_arg;
   uint16_t tls_min_version;
   uint8_t tls_no_sni, tls_no_resumption, tls_insecure;
+  const uvmqtt_tls_context_t *tls_context;
 } key_scalars_t;
 
 /* Property sets compare by their encoding: a CONNECT carrying both. */
@@ -138,6 +141,10 @@ static int build_key(const uvmqtt_options_t *o, const uvmqtt_callbacks_t *cbs, k
   sc.store = o->store;
   sc.proxy_from_env = o->proxy_from_env;
   if (cbs) sc.cbs = *cbs;
+  /* One source of TLS settings: options to build a context from, or the
+   * context itself. */
+  if (o->tls && o->tls_context) return UVMQTT_EINVAL;
+  sc.tls_context = o->tls_context;
   if (o->tls) {
     sc.has_tls = 1;
     sc.key_password_cb = o->tls->key_password_cb;
@@ -332,7 +339,10 @@ static int config_new(const uvmqtt_options_t *o, const uvmqtt_callbacks_t *cbs,
   }
   if (err == 0) err = copy_ws_options(g, o);
   if (err == 0) err = copy_proxy(g, o);
-  if (err == 0 && want_tls) err = uvmqtt__tls_ctx_new(o->tls, &g->tls);
+  if (err == 0 && o->tls_context)
+    g->tls = uvmqtt__tls_ctx_ref(o->tls_context);
+  else if (err == 0 && want_tls)
+    err = uvmqtt__tls_ctx_new(o->tls, &g->tls);
   if (err) {
     config_free(g);
     return err;

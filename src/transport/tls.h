@@ -14,7 +14,9 @@
 #include "transport/transport.h"
 #include "uvmqtt.h"
 
-typedef struct uvmqtt__tls_ctx_s uvmqtt__tls_ctx_t;
+/* The public uvmqtt_tls_context_t: reference counted, shared by the
+ * configurations of any number of loops and threads. */
+typedef struct uvmqtt_tls_context_s uvmqtt__tls_ctx_t;
 
 /* Builds a context from `opts` (NULL: the defaults): loads the CAs (or the
  * system's trust store), the client certificate and key, and applies the
@@ -24,13 +26,26 @@ typedef struct uvmqtt__tls_ctx_s uvmqtt__tls_ctx_t;
  * or over-long ALPN name), UVMQTT_ENOMEM. */
 int uvmqtt__tls_ctx_new(const uvmqtt_tls_options_t *opts, uvmqtt__tls_ctx_t **out);
 
-/* Frees the context and its saved session. Every connection made with it
- * must be closed first. NULL is ignored. */
+/* Takes one more reference to `ctx` and returns it. */
+uvmqtt__tls_ctx_t *uvmqtt__tls_ctx_ref(uvmqtt__tls_ctx_t *ctx);
+
+/* Releases one reference; the last frees the context and its sessions.
+ * Every connection made with it holds a reference through its owner's
+ * configuration. NULL is ignored. */
 void uvmqtt__tls_ctx_free(uvmqtt__tls_ctx_t *ctx);
 
 /* 1 when the last completed handshake resumed the session of an earlier
  * connection, for tests. */
 int uvmqtt__tls_ctx_reused(const uvmqtt__tls_ctx_t *ctx);
+
+/* Completed handshakes with `ctx`, and how many of them resumed a session,
+ * for tests. */
+void uvmqtt__tls_ctx_counts(const uvmqtt__tls_ctx_t *ctx, unsigned long *handshakes,
+                            unsigned long *resumed);
+
+/* 1 when `t` is a TLS connection that OpenSSL handed over to
+ * tls_record.c (its SSL object freed), for tests. */
+int uvmqtt__transport_tls_handed_over(const uvmqtt__transport_t *t);
 
 /* Prepares `t` as a TLS transport over TCP (clearing every field except
  * `data`), with the connection state on the heap; the context in *ctx is
