@@ -309,6 +309,7 @@ static void tls_trusting_ca(uvmqtt_tls_options_t *t) {
 static struct {
   peer_t a, b;
   uint8_t qos;
+  uint8_t no_handover; /* the connection stays with OpenSSL */
   uint8_t *big;
   size_t big_len;
   int seen[ROBUST_MESSAGES];
@@ -378,8 +379,9 @@ static void pubsub_maybe_done(peer_t *p) {
 }
 
 static void pubsub_subscribed(peer_t *p) {
-  /* TLS 1.3 after the CONNACK: the rest runs on the record layer. */
-  ck_assert_int_eq(uvmqtt__transport_tls_handed_over(&p->client.impl->tr), 1);
+  /* TLS 1.3 after the CONNACK: the rest runs on the record layer, unless
+   * the options keep OpenSSL. */
+  ck_assert_int_eq(uvmqtt__transport_tls_handed_over(&p->client.impl->tr), g.no_handover ? 0 : 1);
   for (int i = 0; i < 3; i++) {
     size_t len;
     const char *data = pubsub_payload(i, &len);
@@ -407,9 +409,11 @@ static void pubsub_connected(peer_t *p, int status) {
 }
 
 /* Three messages, one of them 300 KB (many TLS records each way, more than
- * the socket takes at once), at QoS _i, with MQTT 5 for QoS 2. */
+ * the socket takes at once), at QoS _i, with MQTT 5 for QoS 2; index 3:
+ * QoS 1 with no_handover (OpenSSL keeps the connection). */
 START_TEST(tls_pubsub_qos) {
-  g.qos = (uint8_t)_i;
+  g.qos = (uint8_t)(_i == 3 ? 1 : _i);
+  g.no_handover = _i == 3;
   g.big_len = 300000;
   g.big = malloc(g.big_len);
   ck_assert_ptr_nonnull(g.big);
@@ -419,6 +423,7 @@ START_TEST(tls_pubsub_qos) {
   loop_start(WATCHDOG_MS);
   uvmqtt_tls_options_t t;
   tls_trusting_ca(&t);
+  t.no_handover = g.no_handover;
   uvmqtt_options_t o;
   peer_options(&o, uri("mqtts", "127.0.0.1", g_port.tls), &t);
   if (_i == 2) o.version = UVMQTT_V5;
@@ -1309,7 +1314,7 @@ static TCase *tcase(Suite *s, const char *name, int timeout_s) {
 Suite *uvmqtt_test_suite(void) {
   Suite *s = suite_create("tls");
   TCase *tc = tcase(s, "pubsub", TCASE_TIMEOUT_S);
-  tcase_add_loop_test(tc, tls_pubsub_qos, 0, 3);
+  tcase_add_loop_test(tc, tls_pubsub_qos, 0, 4);
 
   tc = tcase(s, "verify", TCASE_TIMEOUT_S);
   tcase_add_loop_test(tc, tls_verified_connection, 0, 3);

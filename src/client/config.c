@@ -75,7 +75,7 @@ typedef struct {
   uvmqtt_tls_password_cb key_password_cb;
   void *key_password_arg;
   uint16_t tls_min_version;
-  uint8_t tls_no_sni, tls_no_resumption, tls_insecure;
+  uint8_t tls_no_sni, tls_no_resumption, tls_insecure, tls_no_handover;
   const uvmqtt_tls_context_t *tls_context;
 } key_scalars_t;
 
@@ -153,6 +153,7 @@ static int build_key(const uvmqtt_options_t *o, const uvmqtt_callbacks_t *cbs, k
     sc.tls_no_sni = o->tls->no_sni;
     sc.tls_no_resumption = o->tls->no_resumption;
     sc.tls_insecure = o->tls->insecure;
+    sc.tls_no_handover = o->tls->no_handover;
   }
   key_put(k, &sc, sizeof sc);
   size_t n = o->uri_count ? o->uri_count : 1;

@@ -78,6 +78,7 @@ struct uvmqtt_tls_context_s {
   uint8_t no_resumption;
   uint8_t insecure;
   uint8_t reused;
+  uint8_t no_handover; /* OpenSSL keeps each connection: no key log, no hand-over */
 };
 
 /* Ciphertext the socket did not take at once, queued on the TCP transport. */
@@ -1129,7 +1130,8 @@ static int configure(uvmqtt__tls_ctx_t *ctx, const uvmqtt_tls_options_t *o) {
     return UVMQTT_ETLSCONFIG;
   if (!load_identity(sc, o)) return UVMQTT_ETLSCONFIG;
   SSL_CTX_set_cert_cb(sc, on_cert_request, NULL);
-  SSL_CTX_set_keylog_callback(sc, on_keylog);
+  /* The traffic secrets reach the hand-over only through the key log. */
+  if (!o->no_handover) SSL_CTX_set_keylog_callback(sc, on_keylog);
   int err = set_alpn(sc, o);
   if (err) return err;
   if (o->no_resumption) {
@@ -1158,6 +1160,7 @@ int uvmqtt__tls_ctx_new(const uvmqtt_tls_options_t *opts, uvmqtt__tls_ctx_t **ou
   ctx->no_sni = o->no_sni;
   ctx->no_resumption = o->no_resumption;
   ctx->insecure = o->insecure;
+  ctx->no_handover = o->no_handover;
   ERR_clear_error();
   ctx->ssl_ctx = SSL_CTX_new(TLS_client_method());
   int err = ctx->ssl_ctx != NULL ? configure(ctx, o) : UVMQTT_ENOMEM;
