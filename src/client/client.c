@@ -251,8 +251,11 @@ int uvmqtt_publish(uvmqtt_client_t *client, const char *topic, const void *paylo
   uvmqtt__publish_t p;
   memset(&p, 0, sizeof p);
   if (opts) {
-    p.qos = opts->qos;
-    p.retain = opts->retain;
+    /* One byte at a time: an application that zeroes its options and then
+     * sets a field has stored them in pieces of different widths, and one
+     * wider load across the pieces stalls the CPU (no store forwarding). */
+    p.qos = *(const volatile uint8_t *)&opts->qos;
+    p.retain = *(const volatile uint8_t *)&opts->retain;
     p.props = opts->props;
   }
   p.policy = d.kind;

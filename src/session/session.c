@@ -1024,12 +1024,15 @@ static int connected(const uvmqtt__session_t *s) {
 static int direct_ok(const uvmqtt__session_t *s, const uvmqtt__publish_t *p,
                      const uvmqtt_props_t *props) {
   const uvmqtt__session_active_t *a = s->act;
-  return p->qos == 0 && s->state == UVMQTT__S_ONLINE &&
+  /* Field by field: the owner stored them one by one, and a load merged
+   * across several of those stores stalls (no store forwarding). */
+  uint8_t policy = *(const volatile uint8_t *)&p->policy;
+  return *(const volatile uint8_t *)&p->qos == 0 && s->state == UVMQTT__S_ONLINE &&
          (a == NULL || (a->queue.head == NULL && a->resend.head == NULL &&
                         a->out.len < UVMQTT__OUT_HIGH_WATER)) &&
          s->store == NULL && props == NULL && s->alias_out_max == 0 &&
-         p->policy != UVMQTT_DELIVERY_CUSTOM &&
-         !(p->policy == UVMQTT_DELIVERY_DEADLINE && p->deadline_ms == 0); /* stale at once */
+         policy != UVMQTT_DELIVERY_CUSTOM &&
+         !(policy == UVMQTT_DELIVERY_DEADLINE && p->deadline_ms == 0); /* stale at once */
 }
 
 /* Encodes a QoS 0 PUBLISH (checked by the caller but for its topic) straight
