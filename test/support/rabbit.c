@@ -246,7 +246,7 @@ int test_rabbit_spawn(test_rabbit_t *r, int i) {
   const char *server = test_rabbit_server();
   if (server == NULL) return -1;
   char name[32], home[300], conf[300], plugins[300], mnesia[300], logs[300], expand[300],
-      envconf[300], out[300], epmd[16], amqp[16], dist[16];
+      envconf[300], advanced[300], out[300], epmd[16], amqp[16], dist[16];
   snprintf(name, sizeof name, "r%d@localhost", i + 1);
   snprintf(home, sizeof home, "%s/home", r->dir);
   snprintf(conf, sizeof conf, "%s/r%d.conf", r->dir, i + 1);
@@ -255,6 +255,9 @@ int test_rabbit_spawn(test_rabbit_t *r, int i) {
   snprintf(logs, sizeof logs, "%s/log", r->dir);
   snprintf(expand, sizeof expand, "%s/plugins-r%d", r->dir, i + 1);
   snprintf(envconf, sizeof envconf, "%s/rabbitmq-env.conf", r->dir);
+  /* Never written: a machine's /etc/rabbitmq/advanced.config must not
+   * apply either. */
+  snprintf(advanced, sizeof advanced, "%s/advanced.config", r->dir);
   snprintf(out, sizeof out, "%s/r%d.out", r->dir, i + 1);
   snprintf(epmd, sizeof epmd, "%d", r->epmd_port);
   snprintf(amqp, sizeof amqp, "%d", n->amqp_port);
@@ -264,7 +267,7 @@ int test_rabbit_spawn(test_rabbit_t *r, int i) {
                  "RABBITMQ_DIST_PORT", dist, "RABBITMQ_CONFIG_FILE", conf,
                  "RABBITMQ_ENABLED_PLUGINS_FILE", plugins, "RABBITMQ_MNESIA_BASE", mnesia,
                  "RABBITMQ_LOG_BASE", logs, "RABBITMQ_PLUGINS_EXPAND_DIR", expand,
-                 "RABBITMQ_CONF_ENV_FILE", envconf,
+                 "RABBITMQ_CONF_ENV_FILE", envconf, "RABBITMQ_ADVANCED_CONFIG_FILE", advanced,
                  /* The start script then execs erl (instead of running it in
                   * the background behind a shell), so this child becomes
                   * beam.smp; -noinput keeps the VM off its stdin. */
