@@ -335,13 +335,43 @@ int test_rabbit_wait(test_rabbit_t *r, int i, long long timeout_ms) {
   return -1;
 }
 
-/* A free loopback port that differs from the `n` already taken. */
-static int distinct_port(const int *taken, int n) {
-  for (int tries = 0; tries < 100; tries++) {
-    int p = test_free_port(), dup = 0;
+/* 1 when nothing holds `port` on any address: a listening socket bound
+ * to 0.0.0.0 (what RabbitMQ's check of its distribution port does) gets
+ * it, without SO_REUSEADDR so that any user of the port, a connection's
+ * local end included, is seen. */
+static int port_free_everywhere(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return 0;
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_ANY);
+  sa.sin_port = htons((uint16_t)port);
+  int ok = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 && listen(fd, 1) == 0;
+  close(fd);
+  return ok;
+}
+
+/* A free port that differs from the `n` already taken, below the kernel's
+ * ephemeral range. The nodes bind the same ports again at every restart,
+ * seconds or minutes after they were chosen, and an ephemeral port may by
+ * then be the local end of some outgoing connection (this test's clients,
+ * or anything else on the machine): RabbitMQ then refuses to boot
+ * ("dist_port_already_used ... not_erlang"), which happened here. No
+ * connection takes a port below the range unless it asks for it. */
+static int distinct_port(const int *taken, int n, unsigned *seed) {
+  int low = 32768, high = 60999;
+  FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+  if (f != NULL) {
+    if (fscanf(f, "%d %d", &low, &high) != 2) low = 32768;
+    fclose(f);
+  }
+  for (int tries = 0; tries < 200; tries++) {
+    int p = low > 11024 ? 10000 + (int)(rand_r(seed) % (unsigned)(low - 11024)) : test_free_port();
+    int dup = 0;
     for (int k = 0; k < n; k++)
       dup |= taken[k] == p;
-    if (p > 0 && !dup) return p;
+    if (p > 0 && !dup && port_free_everywhere(p)) return p;
   }
   return -1;
 }
@@ -358,8 +388,9 @@ int test_rabbit_start(test_rabbit_t *r, int count) {
   }
   r->count = count;
   int taken[1 + 3 * TEST_RABBIT_MAX], n = 0;
+  unsigned seed = (unsigned)now_ms() * 2654435761u ^ (unsigned)getpid();
   for (int k = 0; k < 1 + 3 * count; k++, n++)
-    taken[n] = distinct_port(taken, n);
+    taken[n] = distinct_port(taken, n, &seed);
   r->epmd_port = taken[0];
   for (int i = 0; i < count; i++) {
     r->nodes[i].mqtt_port = taken[1 + 3 * i];
