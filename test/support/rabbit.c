@@ -353,11 +353,12 @@ static int port_free_everywhere(int port) {
 }
 
 /* A free port that differs from the `n` already taken, below the kernel's
- * ephemeral range. The nodes bind the same ports again at every restart,
- * seconds or minutes after they were chosen, and an ephemeral port may by
- * then be the local end of some outgoing connection (this test's clients,
- * or anything else on the machine): RabbitMQ then refuses to boot
- * ("dist_port_already_used ... not_erlang"), which happened here. No
+ * ephemeral range. The nodes bind their ports seconds after they were
+ * chosen, and again at every restart; a port from the ephemeral range may
+ * by then be the local end of an outgoing connection (this test's
+ * clients, or anything else on the machine), and RabbitMQ refuses to boot
+ * on a distribution port in use ("dist_port_already_used ... not_erlang":
+ * twice in a row here, on a busy machine, with ports from that range). No
  * connection takes a port below the range unless it asks for it. */
 static int distinct_port(const int *taken, int n, unsigned *seed) {
   int low = 32768, high = 60999;
