@@ -197,6 +197,16 @@ static void connack(fixture_t *f, uint8_t session_present, const uvmqtt_props_t 
   feed_packet(f, &p, 0, 0);
 }
 
+/* A SUBSCRIBE for the one filter `sub` (its packet id is the session's). */
+static uvmqtt_packet_t subscribe_packet(const uvmqtt_topic_sub_t *sub) {
+  uvmqtt_packet_t p;
+  memset(&p, 0, sizeof p);
+  p.type = UVMQTT_SUBSCRIBE;
+  p.u.subscribe.subs = sub;
+  p.u.subscribe.count = 1;
+  return p;
+}
+
 static void teardown(fixture_t *f) {
   uvmqtt__session_free(&f->s, UVMQTT_ECLOSED);
   free(f->raw);
@@ -860,11 +870,7 @@ START_TEST(session_subscribe_request_roundtrip) {
   setup_session(&f, (uint8_t)_i ? UVMQTT_V5 : UVMQTT_V311, 1, 0);
   connack(&f, 0, NULL);
   uvmqtt_topic_sub_t sub = {{(const uint8_t *)"a/+", 3}, 1};
-  uvmqtt_packet_t p;
-  memset(&p, 0, sizeof p);
-  p.type = UVMQTT_SUBSCRIBE;
-  p.u.subscribe.subs = &sub;
-  p.u.subscribe.count = 1;
+  uvmqtt_packet_t p = subscribe_packet(&sub);
   ck_assert_int_eq(uvmqtt__session_request(&f.s, &p, NULL, NULL, 1), 0);
   ck_assert_int_eq(drain(&f), 1);
   ck_assert_int_eq(f.out[0].type, UVMQTT_SUBSCRIBE);
@@ -1929,11 +1935,7 @@ static void *failing_calloc(size_t a, size_t b) {
 
 START_TEST(session_request_enomem_leaves_nothing) {
   uvmqtt_topic_sub_t sub = {{(const uint8_t *)"a/#", 3}, 1};
-  uvmqtt_packet_t p;
-  memset(&p, 0, sizeof p);
-  p.type = UVMQTT_SUBSCRIBE;
-  p.u.subscribe.subs = &sub;
-  p.u.subscribe.count = 1;
+  uvmqtt_packet_t p = subscribe_packet(&sub);
   int failures = 0;
   for (int k = 0; k < 6; k++) {
     fixture_t f;
@@ -2083,11 +2085,7 @@ START_TEST(session_idle_holds_core_only) {
   ck_assert_int_eq(f.done, 3);
 
   uvmqtt_topic_sub_t sub = {{(const uint8_t *)"a/+", 3}, 1};
-  uvmqtt_packet_t p;
-  memset(&p, 0, sizeof p);
-  p.type = UVMQTT_SUBSCRIBE;
-  p.u.subscribe.subs = &sub;
-  p.u.subscribe.count = 1;
+  uvmqtt_packet_t p = subscribe_packet(&sub);
   ck_assert_int_eq(uvmqtt__session_request(&f.s, &p, NULL, NULL, 1), 0);
   uint8_t code = 1;
   uvmqtt_packet_t ack;
