@@ -15,6 +15,7 @@
 
 #include "broker.h"
 #include "cluster.h"
+#include "deadline.h"
 #include "failover.h"
 #include "peer.h"
 #include "scene.h"
@@ -498,150 +499,32 @@ END_TEST
 #define DL_DEADLINE_MS 500
 #define DL_WATCHDOG    60000
 
-static struct {
-  test_peer_t sub, pub;
-  uvmqtt_backoff_t policy;
-  int phase; /* 0: setting up, 1: all down, 2: published, 3: nodes back */
-  int expire_calls;
-  int expire_status;
-  int marker_status;
-  int marker_calls;
-  int got_expire;
-  int got_marker;
-  int finishing;
-  uint64_t t_publish;
-  uint64_t t_expired;
-} dl;
-
-static void dl_finish(void) {
-  test_scene.phase = "closing";
-  test_peer_close_all(&dl.sub, 1);
-  test_peer_close_all(&dl.pub, 1);
-}
+/* The two clients and their counts (test/support/deadline.c). */
+static test_deadline_t dl;
 
 static void dl_nodes_back(void) {
   test_scene.phase = "nodes back";
-  dl.phase = 3;
   for (int i = 0; i < g_cl.count; i++)
     ck_assert_int_eq(test_cluster_spawn(&g_cl, i), 0);
 }
 
-static void dl_expire_done(uvmqtt_client_t *c, int status, uint8_t reason, void *arg) {
-  (void)c;
-  (void)reason;
-  (void)arg;
-  dl.expire_calls++;
-  dl.expire_status = status;
-  dl.t_expired = test_mono_ms();
-  /* The nodes come back only once the message is gone for good. */
-  test_scene_after(200, dl_nodes_back);
-}
-
-static void dl_marker_done(uvmqtt_client_t *c, int status, uint8_t reason, void *arg) {
-  (void)c;
-  (void)reason;
-  (void)arg;
-  dl.marker_calls++;
-  dl.marker_status = status;
-}
-
-static void dl_publish(void) {
-  test_scene.phase = "publishing while down";
-  dl.phase = 2;
-  uvmqtt_publish_opts_t po;
-  memset(&po, 0, sizeof po);
-  po.qos = 1;
-  po.delivery.kind = UVMQTT_DELIVERY_DEADLINE;
-  po.delivery.deadline_ms = DL_DEADLINE_MS;
-  dl.t_publish = test_mono_ms();
-  ck_assert_int_eq(uvmqtt_publish(&dl.pub.c, "cluster/dl", "expire", 6, &po, dl_expire_done, NULL),
-                   0);
-  /* An until-delivered message after it: once it arrives, anything the
-   * cluster would deliver has had its chance. */
-  po.delivery.kind = UVMQTT_DELIVERY_UNTIL_DELIVERED;
-  po.delivery.deadline_ms = 0;
-  ck_assert_int_eq(uvmqtt_publish(&dl.pub.c, "cluster/dl", "marker", 6, &po, dl_marker_done, NULL),
-                   0);
-}
-
 static void dl_all_down(void) {
-  test_scene.phase = "all nodes down";
-  dl.phase = 1;
   for (int i = 0; i < g_cl.count; i++)
     test_cluster_kill(&g_cl, i);
-}
-
-static void dl_maybe_start(void) {
-  if (dl.phase == 0 && dl.sub.subscribed && dl.pub.connects) dl_all_down();
-}
-
-static void dl_subscribed(uvmqtt_client_t *c, int status, const uint8_t *reasons, size_t count,
-                          void *arg) {
-  (void)c;
-  (void)arg;
-  ck_assert_int_eq(status, 0);
-  ck_assert(count == 1 && reasons[0] == 1);
-  dl.sub.subscribed++;
-  dl_maybe_start();
-}
-
-static void dl_connect(uvmqtt_client_t *c, int status, const uvmqtt_connack_t *ack) {
-  test_peer_t *p = c->data;
-  test_peer_up(p, status, ack);
-  if (status != 0) return;
-  if (p == &dl.sub && p->connects == 1) test_peer_subscribe(p, "cluster/dl", dl_subscribed);
-  dl_maybe_start();
-}
-
-static void dl_down(uvmqtt_client_t *c, const uvmqtt_disconnect_t *d) {
-  test_peer_t *p = c->data;
-  ck_assert_msg(d->will_retry, "%s gave up", p->id);
-  if (p->up) p->losses++;
-  p->up = 0;
-  /* The publisher knows it is offline: publish now, once (a failed retry
-   * can report another loss before the timer fires). */
-  if (p == &dl.pub && dl.phase == 1) {
-    dl.phase = 2;
-    test_scene_after(50, dl_publish);
-  }
-}
-
-static void dl_message(uvmqtt_client_t *c, const uvmqtt_message_t *m, void *arg) {
-  (void)c;
-  (void)arg;
-  if (m->payload.len == 6 && memcmp(m->payload.data, "expire", 6) == 0) dl.got_expire++;
-  if (m->payload.len == 6 && memcmp(m->payload.data, "marker", 6) == 0) {
-    dl.got_marker++;
-    if (!dl.finishing) {
-      dl.finishing = 1;
-      /* Anything late would arrive in this second. */
-      test_scene_after(1000, dl_finish);
-    }
-  }
+  test_deadline_down();
 }
 
 START_TEST(cluster_deadline_while_all_down) {
   memset(&dl, 0, sizeof dl);
   cluster_up();
   test_scene_start(DL_WATCHDOG, NULL);
+  dl.topic = "cluster/dl";
+  dl.deadline_ms = DL_DEADLINE_MS;
   dl.policy.min_ms = 100;
   dl.policy.max_ms = 400;
-  uvmqtt_callbacks_t cbs;
-  memset(&cbs, 0, sizeof cbs);
-  cbs.on_connect = dl_connect;
-  cbs.on_disconnect = dl_down;
-  cbs.on_message = dl_message;
-  test_peer_t *peers[2] = {&dl.sub, &dl.pub};
-  for (int i = 0; i < 2; i++) {
-    test_peer_t *p = peers[i];
-    snprintf(p->id, sizeof p->id, i ? "dl-pub" : "dl-sub");
-    const char *list[TEST_PEER_NODES];
-    uvmqtt_options_t o;
-    test_peer_options(&o, list, i, p->id, 0, &dl.policy);
-    ck_assert_int_eq(uvmqtt_client_init(&test_scene.loop, &p->c, &o, &cbs), 0);
-    p->c.data = p;
-    ck_assert_int_eq(uvmqtt_connect(&p->c), 0);
-  }
+  dl.kill_all = dl_all_down;
+  dl.bring_back = dl_nodes_back;
+  test_deadline_start(&dl);
   test_scene_run();
   printf("cluster: deadline: expired after %llu ms with %s (%d call); marker %s; the expired "
          "message arrived %d times\n",

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "broker.h"
+#include "deadline.h"
 #include "failover.h"
 #include "peer.h"
 #include "rabbit.h"
@@ -265,28 +266,8 @@ END_TEST
 /* The restarts take about two minutes (see dl_restart_next). */
 #define DL_WATCHDOG 240000
 
-static struct {
-  test_peer_t sub, pub;
-  uvmqtt_backoff_t policy;
-  int phase; /* 0: setting up, 4: two nodes down, 1: all down, 2: published, 3: nodes back */
-  int expire_calls;
-  int expire_status;
-  int marker_status;
-  int marker_calls;
-  int got_expire;
-  int got_marker;
-  int finishing;
-  uint64_t t_publish;
-  uint64_t t_expired;
-  uint64_t t_back;
-  uint64_t t_marker;
-} dl;
-
-static void dl_finish(void) {
-  test_scene.phase = "closing";
-  test_peer_close_all(&dl.sub, 1);
-  test_peer_close_all(&dl.pub, 1);
-}
+/* The two clients and their counts (test/support/deadline.c). */
+static test_deadline_t dl;
 
 /* One node at a time: node 3 went down last, so it boots without waiting
  * for the others' tables; then node 1, then node 2, each once the one
@@ -313,142 +294,36 @@ static void dl_restart_next(uv_timer_t *t) {
 
 static void dl_nodes_back(void) {
   test_scene.phase = "node 3 restarting";
-  dl.phase = 3;
-  dl.t_back = test_mono_ms();
   dl_restarting = 2;
   ck_assert_int_eq(test_rabbit_spawn(&g_rb, 2), 0);
   uv_timer_start(&test_scene.check, dl_restart_next, 100, 100);
 }
 
-static void dl_expire_done(uvmqtt_client_t *c, int status, uint8_t reason, void *arg) {
-  (void)c;
-  (void)reason;
-  (void)arg;
-  dl.expire_calls++;
-  dl.expire_status = status;
-  dl.t_expired = test_mono_ms();
-  /* The nodes come back only once the message is gone for good. */
-  test_scene_after(200, dl_nodes_back);
-}
-
-static void dl_marker_done(uvmqtt_client_t *c, int status, uint8_t reason, void *arg) {
-  (void)c;
-  (void)reason;
-  (void)arg;
-  dl.marker_calls++;
-  dl.marker_status = status;
-}
-
-static void dl_publish(void) {
-  test_scene.phase = "publishing while down";
-  uvmqtt_publish_opts_t po;
-  memset(&po, 0, sizeof po);
-  po.qos = 1;
-  po.delivery.kind = UVMQTT_DELIVERY_DEADLINE;
-  po.delivery.deadline_ms = DL_DEADLINE_MS;
-  dl.t_publish = test_mono_ms();
-  ck_assert_int_eq(uvmqtt_publish(&dl.pub.c, "rabbit/dl", "expire", 6, &po, dl_expire_done, NULL),
-                   0);
-  /* An until-delivered message after it: once it arrives, anything the
-   * cluster would deliver has had its chance. */
-  po.delivery.kind = UVMQTT_DELIVERY_UNTIL_DELIVERED;
-  po.delivery.deadline_ms = 0;
-  ck_assert_int_eq(uvmqtt_publish(&dl.pub.c, "rabbit/dl", "marker", 6, &po, dl_marker_done, NULL),
-                   0);
-}
-
 static void dl_kill_last(void) {
-  test_scene.phase = "all nodes down";
   kill_node(2);
-  dl.phase = 1;
-  /* Publish once the publisher knows it is offline (now, or at its next
-   * loss): a message handed to a dying connection is not expirable. */
-  if (!dl.pub.up) {
-    dl.phase = 2;
-    test_scene_after(50, dl_publish);
-  }
+  test_deadline_down();
 }
 
 /* Nodes 1 and 2 first, node 3 a second later, so that node 3 records
  * itself as the last one running. */
 static void dl_all_down(void) {
   test_scene.phase = "nodes 1 and 2 down";
-  dl.phase = 4;
   kill_node(0);
   kill_node(1);
   test_scene_after(1000, dl_kill_last);
-}
-
-static void dl_maybe_start(void) {
-  if (dl.phase == 0 && dl.sub.subscribed && dl.pub.connects) dl_all_down();
-}
-
-static void dl_subscribed(uvmqtt_client_t *c, int status, const uint8_t *reasons, size_t count,
-                          void *arg) {
-  (void)c;
-  (void)arg;
-  ck_assert_int_eq(status, 0);
-  ck_assert(count == 1 && reasons[0] == 1);
-  dl.sub.subscribed++;
-  dl_maybe_start();
-}
-
-static void dl_connect(uvmqtt_client_t *c, int status, const uvmqtt_connack_t *ack) {
-  test_peer_t *p = c->data;
-  test_peer_up(p, status, ack);
-  if (status != 0) return;
-  if (p == &dl.sub && p->connects == 1) test_peer_subscribe(p, "rabbit/dl", dl_subscribed);
-  dl_maybe_start();
-}
-
-static void dl_down(uvmqtt_client_t *c, const uvmqtt_disconnect_t *d) {
-  test_peer_t *p = c->data;
-  test_peer_down(c, d);
-  /* The publisher knows it is offline: publish now, once. */
-  if (p == &dl.pub && dl.phase == 1) {
-    dl.phase = 2;
-    test_scene_after(50, dl_publish);
-  }
-}
-
-static void dl_message(uvmqtt_client_t *c, const uvmqtt_message_t *m, void *arg) {
-  (void)c;
-  (void)arg;
-  if (m->payload.len == 6 && memcmp(m->payload.data, "expire", 6) == 0) dl.got_expire++;
-  if (m->payload.len == 6 && memcmp(m->payload.data, "marker", 6) == 0) {
-    dl.got_marker++;
-    if (!dl.finishing) {
-      dl.finishing = 1;
-      dl.t_marker = test_mono_ms();
-      /* Anything late would arrive in this second. */
-      test_scene_after(1000, dl_finish);
-    }
-  }
 }
 
 START_TEST(rabbit_deadline_while_all_down) {
   memset(&dl, 0, sizeof dl);
   rabbit_up();
   test_scene_start(DL_WATCHDOG, print_logs);
+  dl.topic = "rabbit/dl";
+  dl.deadline_ms = DL_DEADLINE_MS;
   dl.policy.min_ms = 100;
   dl.policy.max_ms = 1000;
-  uvmqtt_callbacks_t cbs;
-  memset(&cbs, 0, sizeof cbs);
-  cbs.on_connect = dl_connect;
-  cbs.on_disconnect = dl_down;
-  cbs.on_message = dl_message;
-  test_peer_t *peers[2] = {&dl.sub, &dl.pub};
-  for (int i = 0; i < 2; i++) {
-    test_peer_t *p = peers[i];
-    snprintf(p->id, sizeof p->id, i ? "dl-pub" : "dl-sub");
-    const char *list[TEST_PEER_NODES];
-    uvmqtt_options_t o;
-    test_peer_options(&o, list, i, p->id, 0, &dl.policy);
-    ck_assert_int_eq(uvmqtt_client_init(&test_scene.loop, &p->c, &o, &cbs), 0);
-    p->c.data = p;
-    ck_assert_int_eq(uvmqtt_connect(&p->c), 0);
-  }
-  test_scene.phase = "connecting";
+  dl.kill_all = dl_all_down;
+  dl.bring_back = dl_nodes_back;
+  test_deadline_start(&dl);
   test_scene_run();
   printf("rabbit: deadline: expired after %llu ms with %s (%d call); nodes restarted, marker "
          "%s %llu ms later; the expired message arrived %d times\n",
