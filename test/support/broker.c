@@ -106,6 +106,19 @@ void test_untrack_pid(pid_t pid) {
     if (tracked_pids[i].pid == pid && tracked_pids[i].owner == getpid()) tracked_pids[i].pid = 0;
 }
 
+pid_t test_fork_server(void) {
+  /* Buffered output would be written again by the child. */
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid > 0) test_track_pid(pid);
+#ifdef __linux__
+  /* A test that crashes must not leave its servers running. */
+  if (pid == 0) prctl(PR_SET_PDEATHSIG, SIGKILL);
+#endif
+  return pid;
+}
+
 void test_sleep_ms(long ms) {
   struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
   while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {

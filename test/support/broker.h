@@ -49,6 +49,11 @@ void test_remove_tree(const char *dir);
 void test_track_pid(pid_t pid);
 void test_untrack_pid(pid_t pid);
 
+/* fork() for a server the child then execs: the parent gets the child's
+ * pid, tracked (test_track_pid), or -1; the child gets 0 and, on Linux,
+ * dies with the test process. */
+pid_t test_fork_server(void);
+
 /* Runs a shell command line with a bound on its duration (seconds); returns
  * its exit status, or -1. Output goes to the test's stdout. */
 int test_run(const char *cmdline, int timeout_s);

@@ -15,9 +15,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#ifdef __linux__
-#include <sys/prctl.h>
-#endif
 
 #include "broker.h"
 
@@ -49,17 +46,8 @@ const char *test_cluster_modules(void) {
  * this run only) and stderr appended to `err`. */
 static pid_t spawn(char *const argv[], const char *fallback, const char *out, const char *err,
                    const char *node_path) {
-  fflush(stdout);
-  fflush(stderr);
-  pid_t pid = fork();
-  if (pid != 0) {
-    if (pid > 0) test_track_pid(pid);
-    return pid;
-  }
-#ifdef __linux__
-  /* A test that crashes must not leave its cluster running. */
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-#endif
+  pid_t pid = test_fork_server();
+  if (pid != 0) return pid;
   test_child_stdio(out, 1, err);
   if (node_path) setenv("NODE_PATH", node_path, 1);
   execvp(argv[0], argv);

@@ -15,9 +15,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#ifdef __linux__
-#include <sys/prctl.h>
-#endif
 
 #include "broker.h"
 
@@ -121,17 +118,8 @@ static int write_config(test_rabbit_t *r, int i) {
 }
 
 static pid_t spawn(char *const argv[], const char *dir, const char *out, char *const env[]) {
-  fflush(stdout);
-  fflush(stderr);
-  pid_t pid = fork();
-  if (pid != 0) {
-    if (pid > 0) test_track_pid(pid);
-    return pid;
-  }
-#ifdef __linux__
-  /* A test that crashes must not leave its cluster running. */
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-#endif
+  pid_t pid = test_fork_server();
+  if (pid != 0) return pid;
   test_child_stdio(out, 0, NULL);
   if (chdir(dir) != 0) _exit(126);
   for (int i = 0; env[i] != NULL; i += 2)
