@@ -137,3 +137,12 @@ void test_deadline_start(test_deadline_t *d) {
   }
   test_scene.phase = "connecting";
 }
+
+void test_deadline_assert(const test_deadline_t *d) {
+  ck_assert_int_eq(d->expire_calls, 1);
+  ck_assert_int_eq(d->expire_status, UVMQTT_EEXPIRED);
+  ck_assert_int_eq(d->marker_calls, 1);
+  ck_assert_int_eq(d->marker_status, 0);
+  ck_assert_int_ge(d->got_marker, 1);
+  ck_assert_int_eq(d->got_expire, 0);
+}

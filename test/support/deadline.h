@@ -52,4 +52,8 @@ void test_deadline_start(test_deadline_t *dl);
 /* For kill_all: every node is down now. */
 void test_deadline_down(void);
 
+/* After the run: the deadline message expired once (UVMQTT_EEXPIRED) and
+ * never arrived; the marker was delivered, reported once. */
+void test_deadline_assert(const test_deadline_t *dl);
+
 #endif
