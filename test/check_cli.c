@@ -39,18 +39,6 @@
 
 /* ---- Helpers ------------------------------------------------------------------ */
 
-static void sleep_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
-static long long now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static const char *tool(const char *name) {
   static char paths[2][512];
   static int next;
@@ -173,14 +161,14 @@ static int count_lines(const char *path) {
 
 /* 1 once the file holds `needle`, 0 if it does not within timeout_ms. */
 static int wait_file_contains(const char *path, const char *needle, long timeout_ms) {
-  long long deadline = now_ms() + timeout_ms;
+  long long deadline = test_now_ms() + timeout_ms;
   for (;;) {
     char *text = slurp(path, NULL);
     int found = strstr(text, needle) != NULL;
     free(text);
     if (found) return 1;
-    if (now_ms() >= deadline) return 0;
-    sleep_ms(20);
+    if (test_now_ms() >= deadline) return 0;
+    test_sleep_ms(20);
   }
 }
 
@@ -210,19 +198,19 @@ static pid_t spawn(const char *cmdline, int in_fd, int close_fd) {
 /* The exit status, or -1 when it did not exit within timeout_ms (it is
  * killed then). */
 static int wait_exit(pid_t pid, long timeout_ms) {
-  long long deadline = now_ms() + timeout_ms;
+  long long deadline = test_now_ms() + timeout_ms;
   int status;
   for (;;) {
     pid_t r = waitpid(pid, &status, WNOHANG);
     if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     if (r < 0) return -1;
-    if (now_ms() >= deadline) {
+    if (test_now_ms() >= deadline) {
       fprintf(stderr, "process %d did not exit within %ld ms\n", (int)pid, timeout_ms);
       kill(pid, SIGKILL);
       waitpid(pid, &status, 0);
       return -1;
     }
-    sleep_ms(10);
+    test_sleep_ms(10);
   }
 }
 
@@ -760,11 +748,11 @@ START_TEST(cli_sub_count_and_timeout) {
 
   /* -W 1 with nothing arriving: exit 27 (as mosquitto_sub) after about a
    * second, saying so; --json counts what arrived. */
-  long long t0 = now_ms();
+  long long t0 = test_now_ms();
   snprintf(cmd, sizeof cmd, "%s -h 127.0.0.1 -p %d -t silent/t -W 1 --json > %s 2> %s",
            tool("uvmqtt-sub"), b.port, out, err);
   ck_assert_int_eq(test_run(cmd, 20), 27);
-  long long took = now_ms() - t0;
+  long long took = test_now_ms() - t0;
   ck_assert_int_ge(took, 900);
   ck_assert_int_lt(took, 5000);
   assert_file_contains(err, "timed out");
@@ -877,11 +865,11 @@ START_TEST(cli_delivery_drop_without_broker) {
   char cmd[1024];
   snprintf(cmd, sizeof cmd, "%s -h 127.0.0.1 -p %d -t drop/t -q 1 -m gone --delivery drop 2> %s",
            tool("uvmqtt-pub"), port, err);
-  long long t0 = now_ms();
+  long long t0 = test_now_ms();
   int status = test_run(cmd, 20);
   ck_assert_int_ne(status, 0);
   ck_assert_int_ne(status, -1);
-  ck_assert_int_lt(now_ms() - t0, 3000);
+  ck_assert_int_lt(test_now_ms() - t0, 3000);
   assert_file_contains(err, "cannot connect");
   scratch_cleanup(&s);
 }
@@ -898,16 +886,16 @@ START_TEST(cli_delivery_deadline_expires) {
   const char *out = scratch_file(&s, "out.txt"), *err = scratch_file(&s, "err.txt");
   make_session(&b, "mqttv311", "cli-deadline", "deadline/t", 1);
   ck_assert_int_eq(test_broker_stop(&b), 0);
-  long long down_at = now_ms();
+  long long down_at = test_now_ms();
 
   char cmd[1024];
   snprintf(cmd, sizeof cmd,
            "%s -h 127.0.0.1 -p %d -t deadline/t -q 1 -m too-late --delivery deadline:2000 "
            "--reconnect fixed:100 2> %s",
            tool("uvmqtt-pub"), b.port, err);
-  long long t0 = now_ms();
+  long long t0 = test_now_ms();
   int status = test_run(cmd, 20);
-  long long took = now_ms() - t0;
+  long long took = test_now_ms() - t0;
   ck_assert_int_ne(status, 0);
   ck_assert_int_ne(status, -1);
   ck_assert_int_ge(took, 1900);
@@ -915,8 +903,8 @@ START_TEST(cli_delivery_deadline_expires) {
   assert_file_contains(err, "message 1 not delivered");
   assert_file_contains(err, "UVMQTT_EEXPIRED");
 
-  long long wait = down_at + 5000 - now_ms();
-  if (wait > 0) sleep_ms((long)wait);
+  long long wait = down_at + 5000 - test_now_ms();
+  if (wait > 0) test_sleep_ms((long)wait);
   ck_assert_int_eq(test_broker_restart(&b), 0);
   snprintf(cmd, sizeof cmd, "mosquitto_pub -h 127.0.0.1 -p %d -q 1 -t deadline/t -m marker",
            b.port);
@@ -954,10 +942,10 @@ static int distinct_numbers(const char *path, int max) {
 }
 
 static int wait_distinct(const char *path, int at_least, int max, long timeout_ms) {
-  long long deadline = now_ms() + timeout_ms;
+  long long deadline = test_now_ms() + timeout_ms;
   int n;
-  while ((n = distinct_numbers(path, max)) < at_least && now_ms() < deadline)
-    sleep_ms(20);
+  while ((n = distinct_numbers(path, max)) < at_least && test_now_ms() < deadline)
+    test_sleep_ms(20);
   return n;
 }
 
@@ -1016,7 +1004,7 @@ START_TEST(cli_restarts_lose_nothing) {
     int want = r * part + part / 2;
     ck_assert_int_ge(wait_distinct(out, want, LINES_RESTART, 30000), want);
     ck_assert_int_eq(test_broker_stop(&b), 0);
-    sleep_ms(200);
+    test_sleep_ms(200);
   }
   ck_assert_int_eq(test_broker_restart(&b), 0);
   close(pipefd[1]);
@@ -1116,9 +1104,9 @@ static void start_tls_broker(test_broker_t *b, const scratch_t *s, tls_ports_t *
   ck_assert_uint_lt(n, sizeof extra);
   start_broker(b, extra);
   for (int i = 0; i < 3; i++) {
-    long long deadline = now_ms() + 5000;
-    while (!port_accepts(taken[i]) && now_ms() < deadline)
-      sleep_ms(20);
+    long long deadline = test_now_ms() + 5000;
+    while (!port_accepts(taken[i]) && test_now_ms() < deadline)
+      test_sleep_ms(20);
     ck_assert_msg(port_accepts(taken[i]), "TLS listener on port %d did not open", taken[i]);
   }
 }
@@ -1149,11 +1137,11 @@ static void mosquitto_pub_tls(const scratch_t *s, int port, const char *message)
 static void sub_fails_with(const char *args, const char *err, const char *cause, const char *name) {
   char cmd[1024];
   snprintf(cmd, sizeof cmd, "%s %s -t tls/t -C 1 -W 20 2> %s", tool("uvmqtt-sub"), args, err);
-  long long t0 = now_ms();
+  long long t0 = test_now_ms();
   int status = test_run(cmd, 30);
   if (status != 1 || count_lines(err) != 1) show_file("uvmqtt-sub stderr", err);
   ck_assert_int_eq(status, 1);
-  ck_assert_int_lt(now_ms() - t0, 10000);
+  ck_assert_int_lt(test_now_ms() - t0, 10000);
   ck_assert_int_eq(count_lines(err), 1);
   assert_file_contains(err, cause);
   assert_file_contains(err, name);
@@ -1341,9 +1329,9 @@ START_TEST(cli_store_drain_empty_and_needs_id) {
   char cmd[1024];
   snprintf(cmd, sizeof cmd, "%s -h 127.0.0.1 -p %d --store %s -i cli-empty --drain 2> %s",
            tool("uvmqtt-pub"), port, store, err);
-  long long t0 = now_ms();
+  long long t0 = test_now_ms();
   ck_assert_int_eq(test_run(cmd, 20), 0);
-  ck_assert_int_lt(now_ms() - t0, 2000);
+  ck_assert_int_lt(test_now_ms() - t0, 2000);
   ck_assert_int_eq(count_lines(err), 0);
 
   /* A run that gives up (-W) keeps what it could not deliver in the store,

@@ -72,13 +72,60 @@ static void cleanup_at_exit(void) {
   }
 }
 
-static void sleep_ms(long ms) {
+/* Other servers started by this process (test_track_pid) and not reaped
+ * yet, for the same reason; killed by their own exit handler. */
+#define PIDS_TRACKED 16
+static struct {
+  pid_t owner;
+  pid_t pid;
+} tracked_pids[PIDS_TRACKED];
+static int pid_handler_set;
+
+static void kill_tracked_pids(void) {
+  for (int i = 0; i < PIDS_TRACKED; i++) {
+    if (tracked_pids[i].pid <= 0 || tracked_pids[i].owner != getpid()) continue;
+    kill(tracked_pids[i].pid, SIGKILL);
+    waitpid(tracked_pids[i].pid, NULL, 0);
+    tracked_pids[i].pid = 0;
+  }
+}
+
+void test_track_pid(pid_t pid) {
+  if (!pid_handler_set) pid_handler_set = atexit(kill_tracked_pids) == 0;
+  for (int i = 0; i < PIDS_TRACKED; i++) {
+    if (tracked_pids[i].pid <= 0 || tracked_pids[i].owner != getpid()) {
+      tracked_pids[i].owner = getpid();
+      tracked_pids[i].pid = pid;
+      return;
+    }
+  }
+}
+
+void test_untrack_pid(pid_t pid) {
+  for (int i = 0; i < PIDS_TRACKED; i++)
+    if (tracked_pids[i].pid == pid && tracked_pids[i].owner == getpid()) tracked_pids[i].pid = 0;
+}
+
+pid_t test_fork_server(void) {
+  /* Buffered output would be written again by the child. */
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid > 0) test_track_pid(pid);
+#ifdef __linux__
+  /* A test that crashes must not leave its servers running. */
+  if (pid == 0) prctl(PR_SET_PDEATHSIG, SIGKILL);
+#endif
+  return pid;
+}
+
+void test_sleep_ms(long ms) {
   struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
   while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
   }
 }
 
-static long long now_ms(void) {
+long long test_now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
@@ -100,8 +147,7 @@ int test_free_port(void) {
   return port;
 }
 
-/* 1 when something accepts TCP connections on 127.0.0.1:port. */
-static int port_accepts(int port) {
+int test_port_accepts(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return 0;
   struct sockaddr_in sa;
@@ -178,7 +224,7 @@ static void print_log(const test_broker_t *b) {
  * early (the port still held by the previous one) is started again while
  * time remains. */
 static int launch(test_broker_t *b) {
-  long long deadline = now_ms() + BROKER_READY_MS;
+  long long deadline = test_now_ms() + BROKER_READY_MS;
   b->pid = spawn(b);
   if (b->pid < 0) {
     fprintf(stderr, "broker: fork: %s\n", strerror(errno));
@@ -186,13 +232,13 @@ static int launch(test_broker_t *b) {
     return -1;
   }
   track(b);
-  while (now_ms() < deadline) {
-    if (port_accepts(b->port)) return 0;
+  while (test_now_ms() < deadline) {
+    if (test_port_accepts(b->port)) return 0;
     int status;
     if (waitpid(b->pid, &status, WNOHANG) == b->pid) {
       b->pid = 0;
       if (WIFEXITED(status) && WEXITSTATUS(status) == 127) break;
-      sleep_ms(BROKER_POLL_MS * 5);
+      test_sleep_ms(BROKER_POLL_MS * 5);
       b->pid = spawn(b);
       if (b->pid < 0) {
         b->pid = 0;
@@ -201,7 +247,7 @@ static int launch(test_broker_t *b) {
       track(b);
       continue;
     }
-    sleep_ms(BROKER_POLL_MS);
+    test_sleep_ms(BROKER_POLL_MS);
   }
   fprintf(stderr, "broker: mosquitto did not accept on port %d; log:\n", b->port);
   print_log(b);
@@ -238,13 +284,13 @@ int test_broker_stop(test_broker_t *b) {
   b->pid = 0;
   track(b);
   kill(pid, SIGTERM);
-  long long deadline = now_ms() + BROKER_STOP_MS;
+  long long deadline = test_now_ms() + BROKER_STOP_MS;
   int status;
-  while (now_ms() < deadline) {
+  while (test_now_ms() < deadline) {
     pid_t r = waitpid(pid, &status, WNOHANG);
     if (r == pid) return 0;
     if (r < 0) return -1;
-    sleep_ms(10);
+    test_sleep_ms(10);
   }
   fprintf(stderr, "broker: mosquitto ignored SIGTERM for %d ms, killing it\n", BROKER_STOP_MS);
   kill(pid, SIGKILL);
@@ -266,10 +312,14 @@ static int remove_entry(const char *path, const struct stat *sb, int flag, struc
   return 0;
 }
 
+void test_remove_tree(const char *dir) {
+  nftw(dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
+
 void test_broker_cleanup(test_broker_t *b) {
   test_broker_stop(b);
   if (b->dir[0] != '\0') {
-    nftw(b->dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+    test_remove_tree(b->dir);
     untrack(b);
   }
   b->dir[0] = '\0';
@@ -287,19 +337,19 @@ int test_run(const char *cmdline, int timeout_s) {
     _exit(127);
   }
   setpgid(pid, pid);
-  long long deadline = now_ms() + (long long)timeout_s * 1000;
+  long long deadline = test_now_ms() + (long long)timeout_s * 1000;
   int status;
   for (;;) {
     pid_t r = waitpid(pid, &status, WNOHANG);
     if (r == pid) break;
     if (r < 0) return -1;
-    if (now_ms() >= deadline) {
+    if (test_now_ms() >= deadline) {
       fprintf(stderr, "test_run: timed out after %d s: %s\n", timeout_s, cmdline);
       kill(-pid, SIGKILL);
       waitpid(pid, &status, 0);
       return -1;
     }
-    sleep_ms(10);
+    test_sleep_ms(10);
   }
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }

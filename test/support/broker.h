@@ -32,6 +32,28 @@ void test_broker_cleanup(test_broker_t *b);
 /* A TCP port on 127.0.0.1 that nothing listens on right now. */
 int test_free_port(void);
 
+/* 1 when something accepts TCP connections on 127.0.0.1:port. */
+int test_port_accepts(int port);
+
+/* Monotonic milliseconds; a sleep that a signal does not cut short. */
+long long test_now_ms(void);
+void test_sleep_ms(long ms);
+
+/* Removes a directory and everything in it (errors ignored). */
+void test_remove_tree(const char *dir);
+
+/* A server process forked by the caller: a failed assertion ends the test
+ * through exit(), which skips the test's cleanup, so an exit handler kills
+ * (SIGKILL) and reaps every pid tracked and not untracked by the process
+ * that tracked it (a forked child inherits the table, not the ownership). */
+void test_track_pid(pid_t pid);
+void test_untrack_pid(pid_t pid);
+
+/* fork() for a server the child then execs: the parent gets the child's
+ * pid, tracked (test_track_pid), or -1; the child gets 0 and, on Linux,
+ * dies with the test process. */
+pid_t test_fork_server(void);
+
 /* Runs a shell command line with a bound on its duration (seconds); returns
  * its exit status, or -1. Output goes to the test's stdout. */
 int test_run(const char *cmdline, int timeout_s);

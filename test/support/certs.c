@@ -80,15 +80,7 @@ void test_certs_dir_make(void) {
                 certs_dir);
 }
 
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb;
-  (void)flag;
-  (void)ftw;
-  remove(path);
-  return 0;
-}
-
 void test_certs_dir_remove(void) {
-  if (certs_dir[0] != '\0') nftw(certs_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+  if (certs_dir[0] != '\0') test_remove_tree(certs_dir);
   certs_dir[0] = '\0';
 }

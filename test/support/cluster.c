@@ -15,75 +15,11 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#ifdef __linux__
-#include <sys/prctl.h>
-#endif
 
 #include "broker.h"
 
 #define READY_MS 15000
 #define POLL_MS  20
-
-/* Processes started by this process and not reaped yet. A failed assertion
- * ends the test through exit(), which skips the test's cleanup: an exit
- * handler kills these instead. A forked child inherits the table, so each
- * entry names the process that owns it. */
-#define TRACKED 16
-static struct {
-  pid_t owner;
-  pid_t pid;
-} tracked[TRACKED];
-static int exit_handler_set;
-
-static void kill_tracked(void) {
-  for (int i = 0; i < TRACKED; i++) {
-    if (tracked[i].pid <= 0 || tracked[i].owner != getpid()) continue;
-    kill(tracked[i].pid, SIGKILL);
-    waitpid(tracked[i].pid, NULL, 0);
-    tracked[i].pid = 0;
-  }
-}
-
-static void track(pid_t pid) {
-  if (!exit_handler_set) exit_handler_set = atexit(kill_tracked) == 0;
-  for (int i = 0; i < TRACKED; i++) {
-    if (tracked[i].pid <= 0 || tracked[i].owner != getpid()) {
-      tracked[i].owner = getpid();
-      tracked[i].pid = pid;
-      return;
-    }
-  }
-}
-
-static void untrack(pid_t pid) {
-  for (int i = 0; i < TRACKED; i++)
-    if (tracked[i].pid == pid && tracked[i].owner == getpid()) tracked[i].pid = 0;
-}
-
-static void sleep_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
-static long long now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int port_accepts(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return 0;
-  struct sockaddr_in sa;
-  memset(&sa, 0, sizeof(sa));
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  sa.sin_port = htons((uint16_t)port);
-  int ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-  close(fd);
-  return ok;
-}
 
 const char *test_cluster_modules(void) {
   static char path[512];
@@ -110,17 +46,8 @@ const char *test_cluster_modules(void) {
  * this run only) and stderr appended to `err`. */
 static pid_t spawn(char *const argv[], const char *fallback, const char *out, const char *err,
                    const char *node_path) {
-  fflush(stdout);
-  fflush(stderr);
-  pid_t pid = fork();
-  if (pid != 0) {
-    if (pid > 0) track(pid);
-    return pid;
-  }
-#ifdef __linux__
-  /* A test that crashes must not leave its cluster running. */
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-#endif
+  pid_t pid = test_fork_server();
+  if (pid != 0) return pid;
   test_child_stdio(out, 1, err);
   if (node_path) setenv("NODE_PATH", node_path, 1);
   execvp(argv[0], argv);
@@ -141,7 +68,7 @@ static void stop_proc(test_cluster_proc_t *p) {
   if (p->pid <= 0) return;
   kill(p->pid, SIGKILL);
   waitpid(p->pid, NULL, 0);
-  untrack(p->pid);
+  test_untrack_pid(p->pid);
   p->pid = 0;
 }
 
@@ -149,7 +76,7 @@ static void stop_proc(test_cluster_proc_t *p) {
 static int exited(test_cluster_proc_t *p) {
   int status;
   if (p->pid > 0 && waitpid(p->pid, &status, WNOHANG) == p->pid) {
-    untrack(p->pid);
+    test_untrack_pid(p->pid);
     p->pid = 0;
     return 1;
   }
@@ -188,16 +115,16 @@ int test_cluster_ready(test_cluster_t *cl, int i) {
       seen = strncmp(line, want, strlen(want)) == 0;
     fclose(f);
   }
-  return seen && port_accepts(n->port);
+  return seen && test_port_accepts(n->port);
 }
 
 /* Waits until node i is ready; -1 (with its log) if it exits or time runs
  * out. */
 static int wait_node(test_cluster_t *cl, int i, long long deadline) {
-  while (now_ms() < deadline) {
+  while (test_now_ms() < deadline) {
     if (test_cluster_ready(cl, i)) return 0;
     if (exited(&cl->nodes[i])) break;
-    sleep_ms(POLL_MS);
+    test_sleep_ms(POLL_MS);
   }
   char err[300];
   snprintf(err, sizeof(err), "%s/node%d.log", cl->dir, i + 1);
@@ -225,11 +152,11 @@ static int start_redis(test_cluster_t *cl) {
     cl->redis.pid = 0;
     return -1;
   }
-  long long deadline = now_ms() + READY_MS;
-  while (now_ms() < deadline) {
-    if (port_accepts(cl->redis.port)) return 0;
+  long long deadline = test_now_ms() + READY_MS;
+  while (test_now_ms() < deadline) {
+    if (test_port_accepts(cl->redis.port)) return 0;
     if (exited(&cl->redis)) break;
-    sleep_ms(POLL_MS);
+    test_sleep_ms(POLL_MS);
   }
   fprintf(stderr, "cluster: redis-server did not accept on port %d; log:\n", cl->redis.port);
   print_file(out);
@@ -263,14 +190,15 @@ int test_cluster_start(test_cluster_t *cl, int count) {
   if (start_redis(cl) != 0) goto fail;
   for (int i = 0; i < count; i++)
     if (test_cluster_spawn(cl, i) != 0) goto fail;
-  long long deadline = now_ms() + READY_MS;
+  long long deadline = test_now_ms() + READY_MS;
   for (int i = 0; i < count; i++) {
     if (wait_node(cl, i, deadline) == 0) continue;
     /* A node that died while starting (its Redis clients race each other
      * at start) gets one more chance; the cluster is what is under test,
      * not its start. */
     stop_proc(&cl->nodes[i]);
-    if (test_cluster_spawn(cl, i) != 0 || wait_node(cl, i, now_ms() + READY_MS) != 0) goto fail;
+    if (test_cluster_spawn(cl, i) != 0 || wait_node(cl, i, test_now_ms() + READY_MS) != 0)
+      goto fail;
   }
   return 0;
 fail:
@@ -286,25 +214,16 @@ int test_cluster_restart(test_cluster_t *cl, int i) {
   if (cl->nodes[i].pid > 0) return 0;
   for (int tries = 0; tries < 2; tries++) {
     if (test_cluster_spawn(cl, i) != 0) return -1;
-    if (wait_node(cl, i, now_ms() + READY_MS) == 0) return 0;
+    if (wait_node(cl, i, test_now_ms() + READY_MS) == 0) return 0;
     stop_proc(&cl->nodes[i]); /* died while starting: once more, as at start */
   }
   return -1;
-}
-
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb;
-  (void)flag;
-  (void)ftw;
-  remove(path);
-  return 0;
 }
 
 void test_cluster_cleanup(test_cluster_t *cl) {
   for (int i = 0; i < TEST_CLUSTER_MAX; i++)
     stop_proc(&cl->nodes[i]);
   stop_proc(&cl->redis);
-  if (cl->dir[0] != '\0' && getenv("UVMQTT_KEEP_CLUSTER_LOGS") == NULL)
-    nftw(cl->dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+  if (cl->dir[0] != '\0' && getenv("UVMQTT_KEEP_CLUSTER_LOGS") == NULL) test_remove_tree(cl->dir);
   cl->dir[0] = '\0';
 }

@@ -15,9 +15,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#ifdef __linux__
-#include <sys/prctl.h>
-#endif
 
 #include "broker.h"
 
@@ -36,66 +33,6 @@ static const char *const server_paths[] = {"/usr/lib/rabbitmq/bin/rabbitmq-serve
  * (salt "uvmq"), so no CLI run is needed to create it. */
 #define USER      "uvmqtt"
 #define USER_HASH "dXZtcdPTlq+J0U9erx+fNufJAC6paRatGWgwHa5gRvUQRlP0"
-
-/* Processes started here and not reaped yet: a failed assertion ends the
- * test through exit(), which skips its cleanup, so an exit handler kills
- * them. A forked child inherits the table; each entry names its owner. */
-#define TRACKED 8
-static struct {
-  pid_t owner;
-  pid_t pid;
-} tracked[TRACKED];
-static int exit_handler_set;
-
-static void kill_tracked(void) {
-  for (int i = 0; i < TRACKED; i++) {
-    if (tracked[i].pid <= 0 || tracked[i].owner != getpid()) continue;
-    kill(tracked[i].pid, SIGKILL);
-    waitpid(tracked[i].pid, NULL, 0);
-    tracked[i].pid = 0;
-  }
-}
-
-static void track(pid_t pid) {
-  if (!exit_handler_set) exit_handler_set = atexit(kill_tracked) == 0;
-  for (int i = 0; i < TRACKED; i++) {
-    if (tracked[i].pid <= 0 || tracked[i].owner != getpid()) {
-      tracked[i].owner = getpid();
-      tracked[i].pid = pid;
-      return;
-    }
-  }
-}
-
-static void untrack(pid_t pid) {
-  for (int i = 0; i < TRACKED; i++)
-    if (tracked[i].pid == pid && tracked[i].owner == getpid()) tracked[i].pid = 0;
-}
-
-static void sleep_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
-static long long now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int port_accepts(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return 0;
-  struct sockaddr_in sa;
-  memset(&sa, 0, sizeof(sa));
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  sa.sin_port = htons((uint16_t)port);
-  int ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-  close(fd);
-  return ok;
-}
 
 const char *test_rabbit_server(void) {
   for (size_t i = 0; i < sizeof(server_paths) / sizeof(server_paths[0]); i++)
@@ -124,7 +61,7 @@ static int write_common(test_rabbit_t *r) {
   snprintf(path, sizeof path, "%s/home", r->dir);
   if (mkdir(path, 0700) != 0) return -1;
   /* A cookie unique to this cluster: nothing else can talk to its nodes. */
-  unsigned seed = (unsigned)now_ms() ^ (unsigned)getpid() << 8;
+  unsigned seed = (unsigned)test_now_ms() ^ (unsigned)getpid() << 8;
   char cookie[33];
   for (int i = 0; i < 32; i++)
     cookie[i] = (char)('A' + rand_r(&seed) % 26);
@@ -181,17 +118,8 @@ static int write_config(test_rabbit_t *r, int i) {
 }
 
 static pid_t spawn(char *const argv[], const char *dir, const char *out, char *const env[]) {
-  fflush(stdout);
-  fflush(stderr);
-  pid_t pid = fork();
-  if (pid != 0) {
-    if (pid > 0) track(pid);
-    return pid;
-  }
-#ifdef __linux__
-  /* A test that crashes must not leave its cluster running. */
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-#endif
+  pid_t pid = test_fork_server();
+  if (pid != 0) return pid;
   test_child_stdio(out, 0, NULL);
   if (chdir(dir) != 0) _exit(126);
   for (int i = 0; env[i] != NULL; i += 2)
@@ -204,7 +132,7 @@ static void stop_pid(pid_t *pid) {
   if (*pid <= 0) return;
   kill(*pid, SIGKILL);
   waitpid(*pid, NULL, 0);
-  untrack(*pid);
+  test_untrack_pid(*pid);
   *pid = 0;
 }
 
@@ -212,7 +140,7 @@ static void stop_pid(pid_t *pid) {
 static int exited(pid_t *pid) {
   int status;
   if (*pid > 0 && waitpid(*pid, &status, WNOHANG) == *pid) {
-    untrack(*pid);
+    test_untrack_pid(*pid);
     *pid = 0;
     return 1;
   }
@@ -230,11 +158,11 @@ static int start_epmd(test_rabbit_t *r) {
     r->epmd_pid = 0;
     return -1;
   }
-  long long deadline = now_ms() + EPMD_MS;
-  while (now_ms() < deadline) {
-    if (port_accepts(r->epmd_port)) return 0;
+  long long deadline = test_now_ms() + EPMD_MS;
+  while (test_now_ms() < deadline) {
+    if (test_port_accepts(r->epmd_port)) return 0;
     if (exited(&r->epmd_pid)) break;
-    sleep_ms(POLL_MS);
+    test_sleep_ms(POLL_MS);
   }
   fprintf(stderr, "rabbit: epmd did not accept on port %d\n", r->epmd_port);
   return -1;
@@ -280,7 +208,7 @@ int test_rabbit_spawn(test_rabbit_t *r, int i) {
     n->pid = 0;
     return -1;
   }
-  n->spawned_ms = now_ms();
+  n->spawned_ms = test_now_ms();
   return 0;
 }
 
@@ -289,8 +217,8 @@ int test_rabbit_ready(test_rabbit_t *r, int i) {
   if (n->pid <= 0 || exited(&n->pid)) return 0;
   /* The MQTT listener opens last, once the node has joined the cluster
    * and its plugins have started. */
-  if (!port_accepts(n->mqtt_port)) return 0;
-  r->boot_ms[i] = now_ms() - n->spawned_ms;
+  if (!test_port_accepts(n->mqtt_port)) return 0;
+  r->boot_ms[i] = test_now_ms() - n->spawned_ms;
   return 1;
 }
 
@@ -323,11 +251,11 @@ void test_rabbit_print_log(test_rabbit_t *r, int i, int lines) {
 }
 
 int test_rabbit_wait(test_rabbit_t *r, int i, long long timeout_ms) {
-  long long deadline = now_ms() + timeout_ms;
-  while (now_ms() < deadline) {
+  long long deadline = test_now_ms() + timeout_ms;
+  while (test_now_ms() < deadline) {
     if (test_rabbit_ready(r, i)) return 0;
     if (r->nodes[i].pid <= 0) break;
-    sleep_ms(POLL_MS);
+    test_sleep_ms(POLL_MS);
   }
   fprintf(stderr, "rabbit: node %d (MQTT port %d) %s within %lld ms\n", i + 1,
           r->nodes[i].mqtt_port, r->nodes[i].pid > 0 ? "did not accept" : "exited", timeout_ms);
@@ -389,7 +317,7 @@ int test_rabbit_start(test_rabbit_t *r, int count) {
   }
   r->count = count;
   int taken[1 + 3 * TEST_RABBIT_MAX], n = 0;
-  unsigned seed = (unsigned)now_ms() * 2654435761u ^ (unsigned)getpid();
+  unsigned seed = (unsigned)test_now_ms() * 2654435761u ^ (unsigned)getpid();
   for (int k = 0; k < 1 + 3 * count; k++, n++)
     taken[n] = distinct_port(taken, n, &seed);
   r->epmd_port = taken[0];
@@ -408,14 +336,15 @@ int test_rabbit_start(test_rabbit_t *r, int count) {
   for (int i = 0; i < count; i++)
     if (write_config(r, i) != 0) goto fail;
   if (start_epmd(r) != 0) goto fail;
-  long long deadline = now_ms() + START_MS;
+  long long deadline = test_now_ms() + START_MS;
   /* Node 1 first: a blank node joins the first node of its list that
    * runs, and node 1 must be that node. Then the others together. */
-  if (test_rabbit_spawn(r, 0) != 0 || test_rabbit_wait(r, 0, deadline - now_ms()) != 0) goto fail;
+  if (test_rabbit_spawn(r, 0) != 0 || test_rabbit_wait(r, 0, deadline - test_now_ms()) != 0)
+    goto fail;
   for (int i = 1; i < count; i++)
     if (test_rabbit_spawn(r, i) != 0) goto fail;
   for (int i = 1; i < count; i++)
-    if (test_rabbit_wait(r, i, deadline - now_ms()) != 0) goto fail;
+    if (test_rabbit_wait(r, i, deadline - test_now_ms()) != 0) goto fail;
   return 0;
 fail:
   fprintf(stderr, "rabbit: the cluster did not start (bound %d s)\n", START_MS / 1000);
@@ -439,19 +368,10 @@ int test_rabbit_kill(test_rabbit_t *r, int i) {
   return strcmp(comm, "beam.smp") == 0 ? 0 : -1;
 }
 
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb;
-  (void)flag;
-  (void)ftw;
-  remove(path);
-  return 0;
-}
-
 void test_rabbit_cleanup(test_rabbit_t *r) {
   for (int i = 0; i < TEST_RABBIT_MAX; i++)
     stop_pid(&r->nodes[i].pid);
   stop_pid(&r->epmd_pid);
-  if (r->dir[0] != '\0' && getenv("UVMQTT_KEEP_CLUSTER_LOGS") == NULL)
-    nftw(r->dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+  if (r->dir[0] != '\0' && getenv("UVMQTT_KEEP_CLUSTER_LOGS") == NULL) test_remove_tree(r->dir);
   r->dir[0] = '\0';
 }
