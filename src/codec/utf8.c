@@ -67,7 +67,9 @@ static ALWAYS_INLINE int scan(const uint8_t *s, size_t len, int wild) {
   size_t i = 0;
   if (len < 8) {
     /* A short string in one word, padded with a plain letter; only one
-     * that is not clean goes through the byte loop, which says why. */
+     * that is not clean goes through the byte loop, which says why. (An
+     * empty string may come without data.) */
+    if (len == 0) return 0;
     uint8_t w[8];
     memset(w, 'a', sizeof w);
     memcpy(w, s, len);
