@@ -510,6 +510,15 @@ static int alias_out_commit(uvmqtt__session_t *s, uint16_t alias, const uint8_t 
   return 0;
 }
 
+/* The fixed header of an encoded packet: the type byte plus the
+ * remaining-length varint. */
+static uint32_t fixed_header_len(const uint8_t *p) {
+  uint32_t n = 1;
+  while (p[n] & 0x80)
+    n++;
+  return n + 1;
+}
+
 static size_t put_varint(uint8_t *p, uint32_t v) {
   size_t n = 0;
   do {
@@ -636,10 +645,7 @@ static uvmqtt__msg_t *out_pub_to_msg(uvmqtt__session_t *s, const uvmqtt__out_pub
   if (m == NULL) return NULL;
   memset(m, 0, sizeof *m);
   memcpy(m->data, s->act->out.buf + op->off, op->len);
-  uint32_t fixed = 1;
-  while (m->data[fixed] & 0x80)
-    fixed++;
-  fixed++;
+  uint32_t fixed = fixed_header_len(m->data);
   m->seq = op->seq;
   m->created = now;
   m->deadline = op->deadline;
@@ -1142,11 +1148,7 @@ static int session_publish(uvmqtt__session_t *s, const char *topic, const void *
     undrop(s, &dropped);
     return (int)n;
   }
-  /* The fixed header is the type byte plus the remaining-length varint. */
-  uint32_t fixed = 1;
-  while (m->data[fixed] & 0x80)
-    fixed++;
-  fixed++;
+  uint32_t fixed = fixed_header_len(m->data);
   memset(m, 0, sizeof *m);
   m->seq = s->next_seq++;
   m->created = now;
@@ -1883,10 +1885,7 @@ static void restore_one(void *arg, const uvmqtt_store_record_t *rec) {
   }
   memset(m, 0, sizeof *m);
   memcpy(m->data, rec->packet, rec->len);
-  uint32_t fixed = 1;
-  while (m->data[fixed] & 0x80)
-    fixed++;
-  fixed++;
+  uint32_t fixed = fixed_header_len(m->data);
   m->seq = rec->seq;
   m->created = ctx->now;
   if (rec->deadline_unix_ms) {

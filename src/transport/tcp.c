@@ -602,26 +602,12 @@ static int tcp_write(uvmqtt__transport_t *t, const uv_buf_t *bufs, unsigned nbuf
   size_t total = 0;
   for (unsigned i = 0; i < nbufs; i++)
     total += bufs[i].len;
+  /* One attempt: a socket that takes less than it was offered is full. */
   size_t n = 0;
   if (t->wq_head == NULL) {
-    while (n < total) {
-      /* Resume within the buffers past what went. */
-      size_t skip = n;
-      unsigned first = 0;
-      while (skip >= bufs[first].len) {
-        skip -= bufs[first].len;
-        first++;
-      }
-      uv_buf_t head[MAX_IOV];
-      unsigned cnt = nbufs - first < MAX_IOV ? nbufs - first : MAX_IOV;
-      memcpy(head, bufs + first, cnt * sizeof(uv_buf_t));
-      head[0].base += skip;
-      head[0].len -= skip;
-      ssize_t r = send_bufs(t->fd, head, cnt);
-      if (r < 0) return (int)r;
-      if (r == 0) break;
-      n += (size_t)r;
-    }
+    ssize_t r = send_bufs(t->fd, bufs, nbufs);
+    if (r < 0) return (int)r;
+    n = (size_t)r;
   }
   t->sent_total += total;
   if (n == total) return 1;
