@@ -211,7 +211,7 @@ int bench_parse_options(int argc, char **argv, const char *prog, unsigned allowe
     int c = getopt_long(argc, argv, "h:p:U:c:n:R:I:L:s:q:t:F:V:k:Q", longs, NULL);
     if (c == -1) break;
     int bad = 0;
-    uint32_t u;
+    uint32_t u = 0;
     switch (c) {
     case 'h': o->host = optarg; break;
     case 'p':

@@ -247,8 +247,12 @@ START_TEST(tls_record_exchange) {
   memset(&o, 0, sizeof o);
   o.ca_file = test_cert("ca.crt");
   ck_assert_int_eq(uvmqtt__tls_ctx_new(&o, &g.ctx), 0);
-  ck_assert_int_eq(uvmqtt__transport_tls_init(&g.t, &g.loop, &cbs, &g.ctx), 0);
+  uvmqtt__poller_t *poller = uvmqtt__poller_new(&g.loop);
+  ck_assert_ptr_nonnull(poller);
+  ck_assert_int_eq(uvmqtt__transport_tls_init(&g.t, poller, &cbs, &g.ctx), 0);
   ck_assert_int_eq(uvmqtt__transport_connect(&g.t, "127.0.0.1", g.port), 0);
+  ck_assert_int_eq(uv_run(&g.loop, UV_RUN_DEFAULT), 0);
+  uvmqtt__poller_free(poller);
   ck_assert_int_eq(uv_run(&g.loop, UV_RUN_DEFAULT), 0);
   ck_assert_int_eq(uv_thread_join(&tid), 0);
   close(g.listen_fd);

@@ -5,7 +5,10 @@
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -171,6 +174,7 @@ typedef struct client_s {
   size_t expect;               /* close once this many bytes came back */
   int close_in_close;          /* call close again from on_close */
   struct client_s *close_next; /* closed from this one's on_close */
+  struct client_s *close_other; /* closed from this one's first on_read */
   /* Received bytes. */
   uint8_t *rx;
   size_t rx_len;
@@ -215,6 +219,7 @@ static void on_read(uvmqtt__transport_t *t, ssize_t nread, const uint8_t *data) 
   if (c->rx_len + n > c->rx_cap) n = c->rx_cap - c->rx_len;
   memcpy(c->rx + c->rx_len, data, n);
   c->rx_len += n;
+  if (c->close_other != NULL && !c->close_other->closing) client_close(c->close_other);
   if (c->close_on_read || (c->expect > 0 && c->rx_len >= c->expect)) client_close(c);
 }
 
@@ -234,6 +239,7 @@ static struct {
   echo_server_t *srv;
   fault_proxy_t *proxy;
   fake_broker_t *fb;
+  uvmqtt__poller_t *poller; /* the test loop's, made by the first client */
 } g;
 
 static void check_done(void) {
@@ -256,9 +262,17 @@ static void on_close(uvmqtt__transport_t *t) {
 
 static const uvmqtt__transport_cbs_t client_cbs = {on_connect, on_read, on_write, on_close};
 
+/* One poller per test, as the client layer keeps one per loop. */
+static uvmqtt__poller_t *test_poller(uv_loop_t *loop) {
+  if (g.poller == NULL) g.poller = uvmqtt__poller_new(loop);
+  ck_assert_ptr_nonnull(g.poller);
+  ck_assert_ptr_eq(uvmqtt__poller_loop(g.poller), loop);
+  return g.poller;
+}
+
 static void client_init(client_t *c, uv_loop_t *loop, size_t rx_cap) {
   memset(c, 0, sizeof(*c));
-  uvmqtt__transport_tcp_init(&c->t, loop, &client_cbs);
+  uvmqtt__transport_tcp_init(&c->t, test_poller(loop), &client_cbs);
   c->t.data = c;
   c->rx_cap = rx_cap;
   c->rx = rx_cap > 0 ? malloc(rx_cap) : NULL;
@@ -274,6 +288,10 @@ static void setup(void) {
 }
 
 static void finish_loop(uv_loop_t *loop) {
+  ck_assert_int_eq(uv_run(loop, UV_RUN_DEFAULT), 0);
+  /* Every transport has closed: the poller's handles close now. */
+  uvmqtt__poller_free(g.poller);
+  g.poller = NULL;
   ck_assert_int_eq(uv_run(loop, UV_RUN_DEFAULT), 0);
   ck_assert_int_eq(uv_loop_close(loop), 0);
   ck_assert_uint_eq(uvmqtt__read_pool_bytes(), 0);
@@ -686,13 +704,14 @@ START_TEST(transport_close_during_connect) {
   ck_assert_int_eq(uvmqtt__transport_tcp_connect_addrs(&c.t, list.ai), 0);
   ck_assert_int_eq(c.t.state, UVMQTT__T_CONNECTING);
   ck_assert_ptr_nonnull(c.t.dial);
-  ck_assert_int_eq(c.t.poll_open, 1);
+  ck_assert_int_eq(c.t.events, UV_WRITABLE); /* the poller watches the connect */
   client_close(&c);
   finish_loop(&loop);
   ck_assert_int_eq(c.connects, 0);
   ck_assert_int_eq(c.closes, 1);
   ck_assert_ptr_null(c.t.dial);
-  ck_assert_int_eq(c.t.poll_open, 0);
+  ck_assert_int_eq(c.t.events, 0);
+  ck_assert_int_eq(c.t.deferred, 0);
   ck_assert_int_eq(c.t.fd, -1);
   client_free(&c);
 }
@@ -736,6 +755,56 @@ START_TEST(transport_close_in_on_read) {
   ck_assert_int_eq(c.closes, 1);
   ck_assert_uint_eq(c.pool_at_close, 0);
   client_free(&c);
+}
+END_TEST
+
+/* The poller hands out a batch of events at once. Two sockets are made
+ * readable before the loop runs, so both are in one batch: the first
+ * reader closes the other, whose event later in the batch must go unheard
+ * (and, under the sanitizers, touch nothing freed). */
+START_TEST(transport_close_other_in_same_batch) {
+  uv_loop_t loop;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  int lfd = socket(AF_INET, SOCK_STREAM, 0);
+  ck_assert_int_ge(lfd, 0);
+  struct sockaddr_in sin;
+  memset(&sin, 0, sizeof sin);
+  sin.sin_family = AF_INET;
+  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof sin;
+  ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sin, sizeof sin), 0);
+  ck_assert_int_eq(listen(lfd, 4), 0);
+  ck_assert_int_eq(getsockname(lfd, (struct sockaddr *)&sin, &len), 0);
+  addr_list_t list = {.count = 0};
+  addr_list_add(&list, "127.0.0.1", ntohs(sin.sin_port));
+  client_t c[2];
+  for (int i = 0; i < 2; i++) {
+    client_init(&c[i], &loop, 16);
+    c[i].close_on_read = 1;
+    ck_assert_int_eq(uvmqtt__transport_tcp_connect_addrs(&c[i].t, list.ai), 0);
+  }
+  c[0].close_other = &c[1];
+  c[1].close_other = &c[0];
+  for (int i = 0; i < 1000 && c[0].connects + c[1].connects < 2; i++)
+    uv_run(&loop, UV_RUN_ONCE);
+  ck_assert_int_eq(c[0].connect_status, 0);
+  ck_assert_int_eq(c[1].connect_status, 0);
+  int peer[2];
+  for (int i = 0; i < 2; i++) {
+    peer[i] = accept(lfd, NULL, NULL);
+    ck_assert_int_ge(peer[i], 0);
+    ck_assert_int_eq(send(peer[i], "x", 1, 0), 1);
+  }
+  finish_loop(&loop);
+  ck_assert_int_eq(c[0].reads + c[1].reads, 1);
+  for (int i = 0; i < 2; i++) {
+    ck_assert_int_eq(c[i].reads_after_close, 0);
+    ck_assert_int_eq(c[i].read_errors, 0);
+    ck_assert_int_eq(c[i].closes, 1);
+    client_free(&c[i]);
+    close(peer[i]);
+  }
+  close(lfd);
 }
 END_TEST
 
@@ -870,7 +939,7 @@ static void close_client_cb(uv_timer_t *timer) {
 /* Writes, then waits 200 ms for an answer that must not come. */
 static void silence_on_connect(uvmqtt__transport_t *t, int status) {
   on_connect(t, status);
-  uv_timer_init(t->loop, &silence_timer);
+  uv_timer_init(uvmqtt__poller_loop(t->poller), &silence_timer);
   silence_timer.data = t;
   uv_timer_start(&silence_timer, close_client_cb, 200, 0);
 }
@@ -952,7 +1021,7 @@ static void delay_on_connect(uvmqtt__transport_t *t, int status) {
   client_t *c = (client_t *)t;
   c->connects++;
   ck_assert_int_eq(status, 0);
-  delay_start = uv_now(t->loop);
+  delay_start = uv_now(uvmqtt__poller_loop(t->poller));
   /* Three writes: the proxy must keep their order. */
   const char *parts[] = {"abc", "def", "ghi"};
   for (int i = 0; i < 3; i++) {
@@ -965,8 +1034,8 @@ static void delay_on_read(uvmqtt__transport_t *t, ssize_t nread, const uint8_t *
   on_read(t, nread, data);
   client_t *c = (client_t *)t;
   if (c->rx_len == 9 && delay_elapsed == 0) {
-    uv_update_time(t->loop);
-    delay_elapsed = uv_now(t->loop) - delay_start;
+    uv_update_time(uvmqtt__poller_loop(t->poller));
+    delay_elapsed = uv_now(uvmqtt__poller_loop(t->poller)) - delay_start;
   }
 }
 
@@ -1142,7 +1211,7 @@ static void split_on_connect(uvmqtt__transport_t *t, int status) {
   ck_assert_int_eq(status, 0);
   uv_buf_t b = uv_buf_init((char *)c->send_bin, (unsigned)(c->send_bin_len / 2));
   ck_assert_int_eq(uvmqtt__transport_write(t, &b, 1, NULL), 1);
-  uv_timer_init(t->loop, &split_timer);
+  uv_timer_init(uvmqtt__poller_loop(t->poller), &split_timer);
   split_timer.data = c;
   uv_timer_start(&split_timer, split_rest_cb, 20, 0);
 }
@@ -1305,7 +1374,7 @@ START_TEST(broker_start_stop_restart) {
   test_broker_cleanup(&b);
   ck_assert_int_eq(b.pid, 0);
   ck_assert_int_ne(stat(dir, &st), 0);
-  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  finish_loop(&loop);
 }
 END_TEST
 
@@ -1377,6 +1446,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(tc, transport_close_during_connect);
   tcase_add_test(tc, transport_close_in_on_connect);
   tcase_add_test(tc, transport_close_in_on_read);
+  tcase_add_test(tc, transport_close_other_in_same_batch);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("read_pool");

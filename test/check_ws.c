@@ -394,10 +394,13 @@ START_TEST(ws_transport_close_in_every_state) {
   node_start("ws_fake.js", args, 0);
   test_loop_start(&g_loop, &g_watchdog, WATCHDOG_MS, NULL);
   uvmqtt__ws_options_t o = {"/mqtt", "http://localhost", NULL, 0};
-  ck_assert_int_eq(uvmqtt__transport_ws_init(&tr.t, &g_loop, &tr_cbs, NULL, &o), 0);
+  uvmqtt__poller_t *poller = uvmqtt__poller_new(&g_loop);
+  ck_assert_ptr_nonnull(poller);
+  ck_assert_int_eq(uvmqtt__transport_ws_init(&tr.t, poller, &tr_cbs, NULL, &o), 0);
   ck_assert_int_eq(uvmqtt__transport_connect(&tr.t, "127.0.0.1", (uint16_t)g_node.port), 0);
   if (_i == 0) tr_close();
   uv_run(&g_loop, UV_RUN_DEFAULT);
+  uvmqtt__poller_free(poller);
   test_loop_finish(&g_loop, &g_watchdog);
   ck_assert_int_eq(tr.closes, 1);
   ck_assert_int_eq(tr.writes, 0);

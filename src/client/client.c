@@ -22,14 +22,12 @@ void uvmqtt_options_init(uvmqtt_options_t *opts) {
   opts->delivery.kind = UVMQTT_DELIVERY_UNTIL_DELIVERED;
 }
 
-/* A client id for brokers that need one (3.1.1 with a persistent session):
- * unique enough across processes and clients. */
 /* A client id for a client that gave none on 3.1.1: "uvmqtt-" and 16 hex
  * digits, 23 characters, the most a 3.1.1 broker must accept. Ids must
  * differ, or the broker disconnects the older holder: a process-wide
  * counter goes through splitmix64 (a bijection, so two counters never give
  * one id), offset by a start that differs per process. */
-static char *make_client_id(int *err) {
+static void make_client_id(char out[32]) {
   static atomic_uint_fast64_t counter;
   static atomic_uint_fast64_t base;
   uint64_t b = atomic_load(&base);
@@ -42,9 +40,7 @@ static char *make_client_id(int *err) {
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
   x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
   x ^= x >> 31;
-  char id[32];
-  snprintf(id, sizeof id, "uvmqtt-%016llx", (unsigned long long)x);
-  return uvmqtt__strdup(id, err);
+  snprintf(out, 32, "uvmqtt-%016llx", (unsigned long long)x);
 }
 
 static void creds_free(uvmqtt__creds_t *cr) {
@@ -55,25 +51,34 @@ static void creds_free(uvmqtt__creds_t *cr) {
 }
 
 static void own_uris_free(uvmqtt__client_t *c) {
-  if (c->own_uris == NULL) return;
+  if (c->extra == NULL || c->extra->own_uris == NULL) return;
   for (uint32_t i = 0; i < c->cfg->uri_count; i++)
-    uvmqtt__free(c->own_uris[i]);
-  uvmqtt__free(c->own_uris);
-  c->own_uris = NULL;
+    uvmqtt__free(c->extra->own_uris[i]);
+  uvmqtt__free(c->extra->own_uris);
+  c->extra->own_uris = NULL;
+}
+
+uvmqtt__client_extra_t *uvmqtt__client_extra(uvmqtt__client_t *c) {
+  if (c->extra == NULL) c->extra = uvmqtt__calloc(1, sizeof *c->extra);
+  return c->extra;
 }
 
 void uvmqtt__client_free(uvmqtt__client_t *c) {
   uvmqtt__session_free(&c->sess, UVMQTT_ECLOSED);
   uvmqtt__requests_free(c);
   if (c->cfg) own_uris_free(c);
-  uvmqtt__free(c->client_id);
-  creds_free(c->creds);
-  uvmqtt__free(c->env_proxy);
-  if (c->auth) uvmqtt__free(c->auth->initial);
-  uvmqtt__free(c->auth);
+  if (c->client_id != uvmqtt__client_inline_id(c)) uvmqtt__free(c->client_id);
   uvmqtt__free(c->spare_write);
   uvmqtt__subs_free(c);
   uvmqtt__servers_free(c);
+  uvmqtt__client_extra_t *x = c->extra;
+  if (x != NULL) {
+    creds_free(x->creds);
+    uvmqtt__free(x->env_proxy);
+    if (x->auth) uvmqtt__free(x->auth->initial);
+    uvmqtt__free(x->auth);
+    uvmqtt__free(x);
+  }
   if (c->cfg) uvmqtt__config_put(c->lp, c->cfg);
   uvmqtt__free(c);
 }
@@ -111,8 +116,21 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
   if (loop == NULL || client == NULL || opts == NULL) return UVMQTT_EINVAL;
   int err = validate_options(opts);
   if (err) return err;
-  uvmqtt__client_t *c = uvmqtt__calloc(1, sizeof *c);
+  /* The id lives behind the struct, in the same allocation. */
+  char made[32];
+  const char *id = opts->client_id;
+  if (id == NULL || id[0] == '\0') {
+    id = "";
+    if (opts->version != UVMQTT_V5) {
+      make_client_id(made);
+      id = made;
+    }
+  }
+  size_t id_len = strlen(id);
+  uvmqtt__client_t *c = uvmqtt__calloc(1, sizeof *c + id_len + 1);
   if (c == NULL) return UVMQTT_ENOMEM;
+  c->client_id = uvmqtt__client_inline_id(c);
+  memcpy(c->client_id, id, id_len + 1);
   client->loop = loop;
   client->impl = c;
   c->handle = client;
@@ -126,12 +144,6 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
   err = uvmqtt__config_get(c->lp, opts, cbs, &c->cfg);
   if (err == 0) err = uvmqtt__servers_init(c, opts->server_order);
   c->sub_id_dispatch = opts->sub_id_dispatch;
-  if (err == 0) {
-    c->client_id =
-        (opts->client_id && opts->client_id[0])
-            ? uvmqtt__strdup(opts->client_id, &err)
-            : (opts->version == UVMQTT_V5 ? uvmqtt__strdup("", &err) : make_client_id(&err));
-  }
   if (err) {
     uvmqtt__loop_t *lp = c->lp;
     uvmqtt__client_free(c);
@@ -141,15 +153,17 @@ int uvmqtt_client_init(uv_loop_t *loop, uvmqtt_client_t *client, const uvmqtt_op
   }
   if (err == 0 && opts->auth) {
     size_t n = strlen(opts->auth->method);
-    c->auth = uvmqtt__calloc(1, sizeof *c->auth + n + 1);
-    if (c->auth) {
-      memcpy(c->auth->method, opts->auth->method, n + 1);
-      c->auth->method_len = n;
-      c->auth->fn = opts->auth->auth;
-      c->auth->state = opts->auth->state;
-      c->auth->initial_len = opts->auth->initial_len;
+    uvmqtt__client_extra_t *x = uvmqtt__client_extra(c);
+    uvmqtt__auth_t *a = x ? uvmqtt__calloc(1, sizeof *a + n + 1) : NULL;
+    if (a) {
+      x->auth = a;
+      memcpy(a->method, opts->auth->method, n + 1);
+      a->method_len = n;
+      a->fn = opts->auth->auth;
+      a->state = opts->auth->state;
+      a->initial_len = opts->auth->initial_len;
       if (opts->auth->initial_len)
-        c->auth->initial = uvmqtt__memdup(opts->auth->initial_data, opts->auth->initial_len, &err);
+        a->initial = uvmqtt__memdup(opts->auth->initial_data, opts->auth->initial_len, &err);
     } else {
       err = UVMQTT_ENOMEM;
     }
@@ -200,11 +214,12 @@ static uvmqtt__client_t *impl_of(uvmqtt_client_t *client, int *err) {
 }
 
 int uvmqtt__auth_start(uvmqtt__client_t *c, uint8_t reason, uvmqtt_bytes_t *data) {
-  data->data = c->auth->initial;
-  data->len = (uint32_t)c->auth->initial_len;
-  if (c->auth->fn == NULL) return 0;
+  const uvmqtt__auth_t *a = c->extra->auth;
+  data->data = a->initial;
+  data->len = (uint32_t)a->initial_len;
+  if (a->fn == NULL) return 0;
   uvmqtt_auth_reply_t out = {NULL, 0};
-  if (c->auth->fn(c->auth->state, NULL, reason, &out) < 0 || out.len > 65535 ||
+  if (a->fn(a->state, NULL, reason, &out) < 0 || out.len > 65535 ||
       (out.len && out.data == NULL))
     return UVMQTT_EAUTH;
   data->data = out.data;
@@ -216,7 +231,7 @@ int uvmqtt_reauthenticate(uvmqtt_client_t *client) {
   int err = 0;
   uvmqtt__client_t *c = impl_of(client, &err);
   if (c == NULL) return err;
-  if (c->auth == NULL) return UVMQTT_EINVAL;
+  if (c->extra == NULL || c->extra->auth == NULL) return UVMQTT_EINVAL;
   if (c->state != UVMQTT__C_CONNECTED || c->sess.state != UVMQTT__S_ONLINE) return UVMQTT_ENOTCONN;
   if (c->sess.reauth) return UVMQTT_EBUSY;
   uvmqtt_bytes_t data;
@@ -289,19 +304,21 @@ int uvmqtt_subscribe(uvmqtt_client_t *client, const uvmqtt_topic_sub_t *subs, si
   uvmqtt_props_t with_id;
   if (c->sub_id_dispatch && c->cfg->version == UVMQTT_V5 && on_message != NULL &&
       !(props && (UVMQTT_HAS(props, UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER) || props->sub_id_count))) {
+    uvmqtt__client_extra_t *x = uvmqtt__client_extra(c);
+    if (x == NULL) return UVMQTT_ENOMEM;
     if (props)
       with_id = *props;
     else
       memset(&with_id, 0, sizeof with_id);
-    c->next_sub_id = c->next_sub_id % 268435455u + 1;
+    x->next_sub_id = x->next_sub_id % 268435455u + 1;
     with_id.has |= 1ull << UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER;
-    with_id.subscription_id = c->next_sub_id;
+    with_id.subscription_id = x->next_sub_id;
     props = &with_id;
+    x->giving_sub_id = with_id.subscription_id;
   }
   uvmqtt__subs_batch_t batch;
-  c->giving_sub_id = props == &with_id ? with_id.subscription_id : 0;
   err = uvmqtt__subs_prepare(c, subs, count, props, on_message, arg, &batch);
-  c->giving_sub_id = 0;
+  if (c->extra) c->extra->giving_sub_id = 0;
   if (err) return err;
   uvmqtt_packet_t p;
   memset(&p, 0, sizeof p);
@@ -424,7 +441,8 @@ int uvmqtt_client_set_credentials(uvmqtt_client_t *client, const char *username,
   uvmqtt__client_t *c = impl_of(client, &err);
   if (c == NULL) return err;
   if (password_len && password == NULL) return UVMQTT_EINVAL;
-  uvmqtt__creds_t *cr = uvmqtt__calloc(1, sizeof *cr);
+  uvmqtt__client_extra_t *x = uvmqtt__client_extra(c);
+  uvmqtt__creds_t *cr = x ? uvmqtt__calloc(1, sizeof *cr) : NULL;
   if (cr == NULL) return UVMQTT_ENOMEM;
   cr->username = uvmqtt__strdup(username, &err);
   cr->password = password ? uvmqtt__memdup(password, password_len, &err) : NULL;
@@ -435,8 +453,8 @@ int uvmqtt_client_set_credentials(uvmqtt_client_t *client, const char *username,
     return err;
   }
   /* This client's alone: the options it shares stay as they are. */
-  creds_free(c->creds);
-  c->creds = cr;
+  creds_free(x->creds);
+  x->creds = cr;
   return 0;
 }
 
@@ -447,21 +465,23 @@ int uvmqtt_client_set_uri(uvmqtt_client_t *client, const char *uri) {
   uvmqtt__uri_t parsed;
   err = uvmqtt__uri_parse(uri, &parsed);
   if (err) return err;
+  uvmqtt__client_extra_t *x = uvmqtt__client_extra(c);
+  if (x == NULL) return UVMQTT_ENOMEM;
   char *copy = uvmqtt__strdup(uri, &err);
   if (err) return err;
-  if (c->own_uris == NULL) {
+  if (x->own_uris == NULL) {
     /* A private server list, so the clients sharing the options keep theirs. */
-    c->own_uris = uvmqtt__calloc(c->cfg->uri_count, sizeof *c->own_uris);
-    for (uint32_t i = 0; c->own_uris && err == 0 && i < c->cfg->uri_count; i++)
-      c->own_uris[i] = uvmqtt__strdup(c->cfg->uris[i], &err);
-    if (c->own_uris == NULL || err) {
+    x->own_uris = uvmqtt__calloc(c->cfg->uri_count, sizeof *x->own_uris);
+    for (uint32_t i = 0; x->own_uris && err == 0 && i < c->cfg->uri_count; i++)
+      x->own_uris[i] = uvmqtt__strdup(c->cfg->uris[i], &err);
+    if (x->own_uris == NULL || err) {
       own_uris_free(c);
       uvmqtt__free(copy);
       return UVMQTT_ENOMEM;
     }
   }
   uint32_t i = c->uri_index % c->cfg->uri_count;
-  uvmqtt__free(c->own_uris[i]);
-  c->own_uris[i] = copy;
+  uvmqtt__free(x->own_uris[i]);
+  x->own_uris[i] = copy;
   return 0;
 }

@@ -120,7 +120,34 @@ typedef struct uvmqtt__loop_s {
   uint32_t max_connecting;
   uvmqtt__client_t *wait_head, *wait_tail; /* attempts waiting for a slot */
   uvmqtt__config_t *configs;
+  uvmqtt__poller_t *poller; /* every client's socket */
 } uvmqtt__loop_t;
+
+/* What few clients use: per-client overrides, v5 extras, the state of a
+ * server list. Allocated on first use (uvmqtt__client_extra), so the
+ * thousands of plain clients of a gateway carry one pointer for all of it.
+ * Every field reads as zero while the block does not exist. */
+typedef struct uvmqtt__client_extra_s {
+  char **own_uris;                     /* a private copy of cfg->uris after uvmqtt_client_set_uri */
+  struct uvmqtt__creds_s *creds;       /* after uvmqtt_client_set_credentials */
+  struct uvmqtt__auth_s *auth;         /* enhanced authentication (v5), or NULL */
+  struct uvmqtt__requests_s *requests; /* uvmqtt_request() state, or NULL */
+  /* The proxy the environment names for the current attempt
+   * (proxy_from_env), parsed. */
+  struct uvmqtt__proxy_config_s *env_proxy;
+  /* The server list (servers.c): with several servers, per URI when its
+   * penalty ends (it is tried last until then) and its failures in a row. */
+  struct uvmqtt__server_s {
+    uint64_t bad_until;
+    uint32_t failures;
+  } * servers;
+  /* sub_id_dispatch: an open-addressing index from identifier to a stored
+   * subscription of that call. */
+  struct uvmqtt__sub_s **sub_index;
+  uint32_t sub_index_cap, sub_index_len;
+  uint32_t next_sub_id;   /* sub_id_dispatch: the identifiers given so far */
+  uint32_t giving_sub_id; /* during uvmqtt_subscribe(): the identifier its call gets */
+} uvmqtt__client_extra_t;
 
 /* Ordered by size so that thousands of idle clients carry no padding:
  * pointers and 64-bit values, then 32-bit values, then bytes. */
@@ -131,13 +158,10 @@ struct uvmqtt__client_s {
   uvmqtt__loop_t *lp;
   uvmqtt__client_t *pace_next;
   uvmqtt__config_t *cfg; /* the options, shared with the loop's clients that have the same */
-  /* Per client: the id (the broker may assign one) and what pre_connect
-   * hooks replaced for this client alone. */
+  /* Per client: the id given (or made up) at init, behind the struct
+   * (uvmqtt__client_inline_id), or a copy of the one the broker assigned. */
   char *client_id;
-  char **own_uris;                     /* a private copy of cfg->uris after uvmqtt_client_set_uri */
-  struct uvmqtt__creds_s *creds;       /* after uvmqtt_client_set_credentials */
-  struct uvmqtt__auth_s *auth;         /* enhanced authentication (v5), or NULL */
-  struct uvmqtt__requests_s *requests; /* uvmqtt_request() state, or NULL */
+  uvmqtt__client_extra_t *extra;
   /* The deadline of the state the client is in, each state reading only its
    * own: the attempt's timeout (CONNECTING, WAIT_CONNACK, DROPPING), the next
    * attempt (WAIT_RETRY), the end of the drain and then of the wait for EOF
@@ -149,19 +173,7 @@ struct uvmqtt__client_s {
   uvmqtt__write_t *writes; /* pending writes, in order */
   uvmqtt__write_t *spare_write;
   uvmqtt__sub_t *subs;
-  /* sub_id_dispatch: an open-addressing index from identifier to a stored
-   * subscription of that call. */
-  uvmqtt__sub_t **sub_index;
   uvmqtt_close_cb close_cb;
-  /* The proxy the environment names for the current attempt
-   * (proxy_from_env), parsed. */
-  struct uvmqtt__proxy_config_s *env_proxy;
-  /* The server list (servers.c): with several servers, per URI when its
-   * penalty ends (it is tried last until then) and its failures in a row. */
-  struct uvmqtt__server_s {
-    uint64_t bad_until;
-    uint32_t failures;
-  } * servers;
 
   uint32_t heap_idx;
   uint32_t uri_index; /* the place in the server list */
@@ -170,9 +182,6 @@ struct uvmqtt__client_s {
   uint32_t attempt;  /* attempts made since the last good connection */
   uint32_t failures; /* losses and failed attempts since then: what the policy is told */
   uint32_t sub_batches;
-  uint32_t next_sub_id;   /* sub_id_dispatch: the identifiers given so far */
-  uint32_t giving_sub_id; /* during uvmqtt_subscribe(): the identifier its call gets */
-  uint32_t sub_index_cap, sub_index_len;
   /* What uvmqtt_client_stats() cannot derive. */
   uint32_t stat_attempts;
   uint32_t stat_reconnects;
@@ -213,10 +222,18 @@ typedef struct uvmqtt__auth_s {
  * re-authentication). Returns 0 or UVMQTT_EAUTH. */
 int uvmqtt__auth_start(uvmqtt__client_t *c, uint8_t reason, uvmqtt_bytes_t *data);
 
+/* Where the client's initial id lives: right behind the struct. */
+static inline char *uvmqtt__client_inline_id(uvmqtt__client_t *c) {
+  return (char *)(c + 1);
+}
+
+/* The client's extra block, made on first use; NULL when out of memory. */
+uvmqtt__client_extra_t *uvmqtt__client_extra(uvmqtt__client_t *c);
+
 /* The current server of the list. */
 static inline const char *uvmqtt__client_uri(const uvmqtt__client_t *c) {
   uint32_t i = c->uri_index % c->cfg->uri_count;
-  return c->own_uris ? c->own_uris[i] : c->cfg->uris[i];
+  return c->extra && c->extra->own_uris ? c->extra->own_uris[i] : c->cfg->uris[i];
 }
 
 /* Subscriptions (subs.c). A subscribe first prepares its entries (every

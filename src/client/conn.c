@@ -141,16 +141,18 @@ static int build_connect(uvmqtt__client_t *c, uvmqtt_packet_t *p) {
     if (c->cfg->will_props && c->cfg->version == UVMQTT_V5) cn->will_props = *c->cfg->will_props;
   }
   /* Credentials a pre_connect hook set win over the options. */
-  const char *username = c->creds ? c->creds->username : c->cfg->username;
+  const uvmqtt__creds_t *cr = c->extra ? c->extra->creds : NULL;
+  const uvmqtt__auth_t *auth = c->extra ? c->extra->auth : NULL;
+  const char *username = cr ? cr->username : c->cfg->username;
   if (username) {
     cn->has_username = 1;
     cn->username.data = (const uint8_t *)username;
     cn->username.len = (uint32_t)strlen(username);
   }
-  if (c->creds ? c->creds->has_password : c->cfg->has_password) {
+  if (cr ? cr->has_password : c->cfg->has_password) {
     cn->has_password = 1;
-    cn->password.data = c->creds ? c->creds->password : c->cfg->password;
-    cn->password.len = (uint32_t)(c->creds ? c->creds->password_len : c->cfg->password_len);
+    cn->password.data = cr ? cr->password : c->cfg->password;
+    cn->password.len = (uint32_t)(cr ? cr->password_len : c->cfg->password_len);
   }
   if (c->cfg->version == UVMQTT_V5) {
     if (c->cfg->connect_props) p->props = *c->cfg->connect_props;
@@ -158,14 +160,14 @@ static int build_connect(uvmqtt__client_t *c, uvmqtt_packet_t *p) {
       p->props.has |= 1ull << UVMQTT_PROP_MAXIMUM_PACKET_SIZE;
       p->props.maximum_packet_size = c->sess.our_max_packet;
     }
-    if (c->auth) {
+    if (auth) {
       /* Every attempt starts the mechanism afresh. */
       uvmqtt_bytes_t data;
       int err = uvmqtt__auth_start(c, 0x00, &data);
       if (err) return err;
       p->props.has |= 1ull << UVMQTT_PROP_AUTHENTICATION_METHOD;
-      p->props.authentication_method.data = (const uint8_t *)c->auth->method;
-      p->props.authentication_method.len = (uint32_t)c->auth->method_len;
+      p->props.authentication_method.data = (const uint8_t *)auth->method;
+      p->props.authentication_method.len = (uint32_t)auth->method_len;
       if (data.len) {
         p->props.has |= 1ull << UVMQTT_PROP_AUTHENTICATION_DATA;
         p->props.authentication_data = data;
@@ -184,10 +186,12 @@ static int pick_proxy(uvmqtt__client_t *c, const uvmqtt__uri_t *uri,
   int tls = uri->scheme == UVMQTT__SCHEME_TLS || uri->scheme == UVMQTT__SCHEME_WSS;
   const char *url = uvmqtt__proxy_from_env(tls, uri->host);
   if (url == NULL) return 0;
-  if (c->env_proxy == NULL) c->env_proxy = uvmqtt__malloc(sizeof *c->env_proxy);
-  if (c->env_proxy == NULL) return UVMQTT_ENOMEM;
-  int err = uvmqtt__proxy_parse(url, c->env_proxy);
-  *out = c->env_proxy;
+  uvmqtt__client_extra_t *x = uvmqtt__client_extra(c);
+  if (x == NULL) return UVMQTT_ENOMEM;
+  if (x->env_proxy == NULL) x->env_proxy = uvmqtt__malloc(sizeof *x->env_proxy);
+  if (x->env_proxy == NULL) return UVMQTT_ENOMEM;
+  int err = uvmqtt__proxy_parse(url, x->env_proxy);
+  *out = x->env_proxy;
   return err;
 }
 
@@ -210,17 +214,17 @@ static void run_attempt(uvmqtt__client_t *c) {
   if (err == 0) err = pick_proxy(c, &uri, &proxy);
   if (err == 0) {
     if (uri.scheme == UVMQTT__SCHEME_TLS) {
-      err = uvmqtt__transport_tls_init(&c->tr, c->handle->loop, &uvmqtt__client_transport_cbs,
+      err = uvmqtt__transport_tls_init(&c->tr, c->lp->poller, &uvmqtt__client_transport_cbs,
                                        &c->cfg->tls);
     } else if (uri.scheme == UVMQTT__SCHEME_WS || uri.scheme == UVMQTT__SCHEME_WSS) {
       /* The strings are read by connect() below, while the URI is alive. */
       uvmqtt__ws_options_t wo = {c->cfg->ws_path != NULL ? c->cfg->ws_path : uri.path,
                                  c->cfg->ws_origin, (const char *const *)c->cfg->ws_headers,
                                  c->cfg->ws_header_count};
-      err = uvmqtt__transport_ws_init(&c->tr, c->handle->loop, &uvmqtt__client_transport_cbs,
+      err = uvmqtt__transport_ws_init(&c->tr, c->lp->poller, &uvmqtt__client_transport_cbs,
                                       uri.scheme == UVMQTT__SCHEME_WSS ? &c->cfg->tls : NULL, &wo);
     } else {
-      uvmqtt__transport_tcp_init(&c->tr, c->handle->loop, &uvmqtt__client_transport_cbs);
+      uvmqtt__transport_tcp_init(&c->tr, c->lp->poller, &uvmqtt__client_transport_cbs);
     }
     c->tr.data = c;
     c->tr.bind = c->cfg->has_bind ? (const struct sockaddr *)&c->cfg->bind : NULL;
@@ -482,7 +486,7 @@ static int ev_connack(void *owner, const uvmqtt_packet_t *p) {
     if (copy) {
       memcpy(copy, id.data, id.len);
       copy[id.len] = '\0';
-      uvmqtt__free(c->client_id);
+      if (c->client_id != uvmqtt__client_inline_id(c)) uvmqtt__free(c->client_id);
       c->client_id = copy;
     }
   }
@@ -512,7 +516,7 @@ static int ev_message(void *owner, const uvmqtt_packet_t *p, uvmqtt_bytes_t topi
   /* A subscription the client gave an identifier to is found by it; the
    * others by matching their filters. */
   uvmqtt__sub_t *s = NULL;
-  if (c->sub_index != NULL && m.props &&
+  if (c->extra && c->extra->sub_index != NULL && m.props &&
       (m.props->sub_id_count || UVMQTT_HAS(m.props, UVMQTT_PROP_SUBSCRIPTION_IDENTIFIER)))
     s = uvmqtt__subs_by_id(c, m.props->subscription_id);
   if (s == NULL && c->subs) s = uvmqtt__subs_match(c, topic);
@@ -571,12 +575,13 @@ static uint64_t ev_now(void *owner) {
  * and checks the broker's last word at success. */
 static int ev_auth(void *owner, const uvmqtt_packet_t *p) {
   uvmqtt__client_t *c = owner;
-  if (c->auth == NULL || c->auth->fn == NULL) return UVMQTT_EAUTH;
+  const uvmqtt__auth_t *a = c->extra ? c->extra->auth : NULL;
+  if (a == NULL || a->fn == NULL) return UVMQTT_EAUTH;
   uvmqtt_bytes_t in = {(const uint8_t *)"", 0};
   if (UVMQTT_HAS(&p->props, UVMQTT_PROP_AUTHENTICATION_DATA)) in = p->props.authentication_data;
   uint8_t reason = p->type == UVMQTT_CONNACK ? 0x00 : p->reason;
   uvmqtt_auth_reply_t out = {NULL, 0};
-  if (c->auth->fn(c->auth->state, &in, reason, &out) < 0) return UVMQTT_EAUTH;
+  if (a->fn(a->state, &in, reason, &out) < 0) return UVMQTT_EAUTH;
   if (c->closing) return 1;
   if (reason != 0x18) return 0;
   if (out.len > 65535 || (out.len && out.data == NULL)) return UVMQTT_EAUTH;

@@ -1,5 +1,6 @@
 /* What the clients of one libuv loop share: one timer for all their
- * deadlines, and the pacing of connection attempts.
+ * deadlines, one poller for all their sockets (transport/poller.h), and the
+ * pacing of connection attempts.
  *
  * A gateway holds thousands of clients in one loop. A uv_timer_t each costs
  * 152 bytes per client and a libuv timer-heap entry per deadline change;
@@ -167,6 +168,10 @@ uvmqtt__loop_t *uvmqtt__loop_ref(uv_loop_t *loop, uint32_t max_connecting) {
     lp = lp->next;
   if (lp == NULL) {
     lp = uvmqtt__calloc(1, sizeof *lp);
+    if (lp != NULL && (lp->poller = uvmqtt__poller_new(loop)) == NULL) {
+      uvmqtt__free(lp);
+      lp = NULL;
+    }
     if (lp != NULL) {
       lp->loop = loop;
       lp->max_connecting = DEFAULT_MAX_CONNECTING;
@@ -202,6 +207,8 @@ void uvmqtt__loop_unref(uvmqtt__loop_t *lp) {
   uv_mutex_unlock(&registry_lock);
   if (!last) return;
   lp->closing = 1;
+  /* Every client's transport has closed: nothing is in the poller. */
+  uvmqtt__poller_free(lp->poller);
   if (lp->timer_open)
     uv_close((uv_handle_t *)&lp->timer, on_loop_timer_closed);
   else

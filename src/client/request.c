@@ -48,10 +48,14 @@ static void unlink_rq(uvmqtt__requests_t *rs, rq_t *rq) {
   }
 }
 
+static uvmqtt__requests_t *requests_of(const uvmqtt__client_t *c) {
+  return c->extra ? c->extra->requests : NULL;
+}
+
 static void finish(rq_t *rq, int status, const uvmqtt_message_t *m) {
   if (rq->finished) return;
   rq->finished = 1;
-  unlink_rq(rq->c->requests, rq);
+  unlink_rq(rq->c->extra->requests, rq);
   rq->cb(rq->c->handle, status, m, rq->arg);
 }
 
@@ -69,12 +73,12 @@ static void rq_published(uvmqtt_client_t *client, int status, uint8_t reason, vo
 static void rq_message(uvmqtt_client_t *client, const uvmqtt_message_t *m, void *arg) {
   (void)arg;
   uvmqtt__client_t *c = client->impl;
-  if (c == NULL || c->requests == NULL || m->props == NULL ||
+  if (c == NULL || requests_of(c) == NULL || m->props == NULL ||
       !UVMQTT_HAS(m->props, UVMQTT_PROP_CORRELATION_DATA))
     return;
   uvmqtt_bytes_t cd = m->props->correlation_data;
   if (cd.len != CORR_LEN) return;
-  for (rq_t *rq = c->requests->pending; rq; rq = rq->next) {
+  for (rq_t *rq = requests_of(c)->pending; rq; rq = rq->next) {
     if (memcmp(rq->corr, cd.data, CORR_LEN) == 0) {
       finish(rq, 0, m);
       maybe_free(rq);
@@ -84,22 +88,24 @@ static void rq_message(uvmqtt_client_t *client, const uvmqtt_message_t *m, void 
 }
 
 static int ensure_requests(uvmqtt__client_t *c) {
-  if (c->requests) return 0;
-  c->requests = uvmqtt__calloc(1, sizeof *c->requests);
-  if (c->requests == NULL) return UVMQTT_ENOMEM;
+  uvmqtt__client_extra_t *x = uvmqtt__client_extra(c);
+  if (x == NULL) return UVMQTT_ENOMEM;
+  if (x->requests) return 0;
+  x->requests = uvmqtt__calloc(1, sizeof *x->requests);
+  if (x->requests == NULL) return UVMQTT_ENOMEM;
   /* Correlation Data must differ from that of the client's earlier runs
    * too: a late response to one of them must not answer a new request. */
   uint64_t seed = uv_hrtime() ^ (uint64_t)(uintptr_t)c;
   for (int i = 0; i < 8; i++) {
     seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-    c->requests->prefix[i] = (uint8_t)(seed >> 56);
+    x->requests->prefix[i] = (uint8_t)(seed >> 56);
   }
   return 0;
 }
 
 /* Subscribes to the response topic the first time it is used. */
 static int ensure_subscribed(uvmqtt__client_t *c, const char *topic) {
-  for (rq_topic_t *t = c->requests->topics; t; t = t->next)
+  for (rq_topic_t *t = requests_of(c)->topics; t; t = t->next)
     if (strcmp(t->name, topic) == 0) return 0;
   size_t n = strlen(topic);
   rq_topic_t *t = uvmqtt__malloc(sizeof *t + n + 1);
@@ -114,8 +120,8 @@ static int ensure_subscribed(uvmqtt__client_t *c, const char *topic) {
     uvmqtt__free(t);
     return err;
   }
-  t->next = c->requests->topics;
-  c->requests->topics = t;
+  t->next = requests_of(c)->topics;
+  requests_of(c)->topics = t;
   return 0;
 }
 
@@ -151,7 +157,7 @@ int uvmqtt_request(uvmqtt_client_t *client, const char *topic, const void *paylo
   rq->c = c;
   rq->cb = cb;
   rq->arg = arg;
-  uvmqtt__requests_t *rs = c->requests;
+  uvmqtt__requests_t *rs = requests_of(c);
   uint64_t n = ++rs->counter;
   memcpy(rq->corr, rs->prefix, 8);
   for (int i = 0; i < 8; i++)
@@ -178,17 +184,17 @@ int uvmqtt_request(uvmqtt_client_t *client, const char *topic, const void *paylo
 
 uint64_t uvmqtt__requests_next(const uvmqtt__client_t *c) {
   uint64_t next = 0;
-  if (c->requests == NULL) return 0;
-  for (const rq_t *rq = c->requests->pending; rq; rq = rq->next)
+  if (requests_of(c) == NULL) return 0;
+  for (const rq_t *rq = requests_of(c)->pending; rq; rq = rq->next)
     if (next == 0 || rq->deadline < next) next = rq->deadline;
   return next;
 }
 
 void uvmqtt__requests_expire(uvmqtt__client_t *c, uint64_t now) {
-  if (c->requests == NULL) return;
+  if (requests_of(c) == NULL) return;
   /* One at a time from the head: a callback may issue or end requests. */
   for (;;) {
-    rq_t *rq = c->requests->pending;
+    rq_t *rq = requests_of(c)->pending;
     while (rq && rq->deadline > now)
       rq = rq->next;
     if (rq == NULL || c->closing) return;
@@ -198,7 +204,7 @@ void uvmqtt__requests_expire(uvmqtt__client_t *c, uint64_t now) {
 }
 
 void uvmqtt__requests_free(uvmqtt__client_t *c) {
-  uvmqtt__requests_t *rs = c->requests;
+  uvmqtt__requests_t *rs = requests_of(c);
   if (rs == NULL) return;
   /* The session is gone: every PUBLISH has completed, so each request
    * still pending is freed once answered. */
@@ -214,5 +220,5 @@ void uvmqtt__requests_free(uvmqtt__client_t *c) {
     uvmqtt__free(t);
   }
   uvmqtt__free(rs);
-  c->requests = NULL;
+  c->extra->requests = NULL;
 }

@@ -30,7 +30,12 @@ static uint32_t count(const uvmqtt__client_t *c) {
 }
 
 static const char *uri_at(const uvmqtt__client_t *c, uint32_t i) {
-  return c->own_uris ? c->own_uris[i] : c->cfg->uris[i];
+  return c->extra && c->extra->own_uris ? c->extra->own_uris[i] : c->cfg->uris[i];
+}
+
+/* The per-server state, or NULL with a single server. */
+static struct uvmqtt__server_s *servers_of(const uvmqtt__client_t *c) {
+  return c->extra ? c->extra->servers : NULL;
 }
 
 int uvmqtt__servers_init(uvmqtt__client_t *c, uint8_t order) {
@@ -38,56 +43,62 @@ int uvmqtt__servers_init(uvmqtt__client_t *c, uint8_t order) {
   c->server_order = order;
   c->uri_index = 0;
   if (count(c) < 2) return 0;
-  c->servers = uvmqtt__calloc(count(c), sizeof *c->servers);
-  if (c->servers == NULL) return UVMQTT_ENOMEM;
+  uvmqtt__client_extra_t *x = uvmqtt__client_extra(c);
+  if (x == NULL) return UVMQTT_ENOMEM;
+  x->servers = uvmqtt__calloc(count(c), sizeof *x->servers);
+  if (x->servers == NULL) return UVMQTT_ENOMEM;
   if (order == UVMQTT_SERVERS_RANDOM_START)
     c->uri_index = (uint32_t)(mix(uv_hrtime() ^ (uint64_t)(uintptr_t)c) % count(c));
   return 0;
 }
 
 void uvmqtt__servers_free(uvmqtt__client_t *c) {
-  uvmqtt__free(c->servers);
-  c->servers = NULL;
+  if (c->extra == NULL) return;
+  uvmqtt__free(c->extra->servers);
+  c->extra->servers = NULL;
 }
 
 const char *uvmqtt__servers_pick(uvmqtt__client_t *c, uint64_t now) {
   uint32_t n = count(c);
   uint32_t start = c->uri_index % n;
-  if (c->servers == NULL) return uri_at(c, start);
+  struct uvmqtt__server_s *sv = servers_of(c);
+  if (sv == NULL) return uri_at(c, start);
   uint32_t best = start;
   /* The first server from the current one on that is not serving a
    * penalty; when all are, the one whose penalty ends first, so that a
    * cluster that is entirely down is still tried in turn. */
   for (uint32_t k = 0; k < n; k++) {
     uint32_t i = (start + k) % n;
-    if (c->servers[i].bad_until <= now) {
+    if (sv[i].bad_until <= now) {
       best = i;
       break;
     }
-    if (c->servers[i].bad_until < c->servers[best].bad_until) best = i;
+    if (sv[i].bad_until < sv[best].bad_until) best = i;
   }
   c->uri_index = best;
   return uri_at(c, best);
 }
 
 void uvmqtt__servers_good(uvmqtt__client_t *c) {
-  if (c->servers == NULL) return;
+  struct uvmqtt__server_s *sv = servers_of(c);
+  if (sv == NULL) return;
   uint32_t i = c->uri_index % count(c);
-  c->servers[i].bad_until = 0;
-  c->servers[i].failures = 0;
+  sv[i].bad_until = 0;
+  sv[i].failures = 0;
 }
 
 const char *uvmqtt__servers_failed(uvmqtt__client_t *c, uint64_t now, int was_connected) {
   uint32_t i = c->uri_index % count(c);
   const char *failed = uri_at(c, i);
-  if (c->servers == NULL) return failed;
+  struct uvmqtt__server_s *sv = servers_of(c);
+  if (sv == NULL) return failed;
   /* Sticky: a connection that was up is tried again first, where the
    * session lives; only a failed attempt moves the client on. */
   if (c->server_order == UVMQTT_SERVERS_STICKY && was_connected) return failed;
-  uint32_t f = c->servers[i].failures < 16 ? c->servers[i].failures++ : 16;
+  uint32_t f = sv[i].failures < 16 ? sv[i].failures++ : 16;
   uint64_t penalty = (uint64_t)SERVER_PENALTY_MIN_MS << f;
   if (penalty > SERVER_PENALTY_MAX_MS) penalty = SERVER_PENALTY_MAX_MS;
-  c->servers[i].bad_until = now + penalty;
+  sv[i].bad_until = now + penalty;
   c->uri_index = (i + 1) % count(c);
   return failed;
 }

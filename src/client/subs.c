@@ -37,35 +37,39 @@ static void index_put(uvmqtt__sub_t **tab, uint32_t cap, uvmqtt__sub_t *s) {
  * share it and their callback). Out of memory leaves it out: its messages
  * are then matched by filter. */
 static void index_add(uvmqtt__client_t *c, uvmqtt__sub_t *s) {
-  if (s->sub_id == 0) return;
-  if ((c->sub_index_len + 1) * 2 > c->sub_index_cap) {
-    uint32_t cap = c->sub_index_cap ? c->sub_index_cap * 2 : 64;
+  /* An identifier was given from the extra block, so it exists. */
+  uvmqtt__client_extra_t *x = c->extra;
+  if (s->sub_id == 0 || x == NULL) return;
+  if ((x->sub_index_len + 1) * 2 > x->sub_index_cap) {
+    uint32_t cap = x->sub_index_cap ? x->sub_index_cap * 2 : 64;
     uvmqtt__sub_t **tab = uvmqtt__calloc(cap, sizeof *tab);
     if (tab == NULL) return;
-    for (uint32_t i = 0; i < c->sub_index_cap; i++)
-      if (c->sub_index[i]) index_put(tab, cap, c->sub_index[i]);
-    uvmqtt__free(c->sub_index);
-    c->sub_index = tab;
-    c->sub_index_cap = cap;
+    for (uint32_t i = 0; i < x->sub_index_cap; i++)
+      if (x->sub_index[i]) index_put(tab, cap, x->sub_index[i]);
+    uvmqtt__free(x->sub_index);
+    x->sub_index = tab;
+    x->sub_index_cap = cap;
   }
-  if (uvmqtt__subs_by_id(c, s->sub_id) == NULL) c->sub_index_len++;
-  index_put(c->sub_index, c->sub_index_cap, s);
+  if (uvmqtt__subs_by_id(c, s->sub_id) == NULL) x->sub_index_len++;
+  index_put(x->sub_index, x->sub_index_cap, s);
 }
 
 /* After removals: the index again from the list (rare: unsubscribes). */
 static void index_rebuild(uvmqtt__client_t *c) {
-  if (c->sub_index == NULL) return;
-  memset(c->sub_index, 0, c->sub_index_cap * sizeof *c->sub_index);
-  c->sub_index_len = 0;
+  uvmqtt__client_extra_t *x = c->extra;
+  if (x == NULL || x->sub_index == NULL) return;
+  memset(x->sub_index, 0, x->sub_index_cap * sizeof *x->sub_index);
+  x->sub_index_len = 0;
   for (uvmqtt__sub_t *s = c->subs; s; s = s->next)
     index_add(c, s);
 }
 
 uvmqtt__sub_t *uvmqtt__subs_by_id(uvmqtt__client_t *c, uint32_t id) {
-  if (c->sub_index == NULL || id == 0) return NULL;
-  for (uint32_t i = slot_of(id, c->sub_index_cap); c->sub_index[i] != NULL;
-       i = (i + 1) & (c->sub_index_cap - 1))
-    if (c->sub_index[i]->sub_id == id) return c->sub_index[i];
+  const uvmqtt__client_extra_t *x = c->extra;
+  if (x == NULL || x->sub_index == NULL || id == 0) return NULL;
+  for (uint32_t i = slot_of(id, x->sub_index_cap); x->sub_index[i] != NULL;
+       i = (i + 1) & (x->sub_index_cap - 1))
+    if (x->sub_index[i]->sub_id == id) return x->sub_index[i];
   return NULL;
 }
 
@@ -106,7 +110,8 @@ int uvmqtt__subs_prepare(uvmqtt__client_t *c, const uvmqtt_topic_sub_t *subs, si
     s->on_message = cb;
     s->arg = arg;
     s->batch = batch;
-    s->sub_id = c->giving_sub_id; /* the identifier the client gave this call, or 0 */
+    /* The identifier the client gave this call, or 0. */
+    s->sub_id = c->extra ? c->extra->giving_sub_id : 0;
     s->is_new = find(c, in->filter.data, in->filter.len, NULL) == NULL;
     if (props && c->cfg->version == UVMQTT_V5) s->props = uvmqtt__props_clone(props, &err);
   }
@@ -273,9 +278,11 @@ void uvmqtt__subs_resend(uvmqtt__client_t *c, uint64_t now) {
 }
 
 void uvmqtt__subs_free(uvmqtt__client_t *c) {
-  uvmqtt__free(c->sub_index);
-  c->sub_index = NULL;
-  c->sub_index_cap = c->sub_index_len = 0;
+  if (c->extra != NULL) {
+    uvmqtt__free(c->extra->sub_index);
+    c->extra->sub_index = NULL;
+    c->extra->sub_index_cap = c->extra->sub_index_len = 0;
+  }
   while (c->subs) {
     uvmqtt__sub_t *s = c->subs;
     c->subs = s->next;

@@ -1,14 +1,14 @@
 /* The TCP transport: resolve a name, try each address until one connects,
- * then a non-blocking socket watched by one uv_poll_t.
+ * then a non-blocking socket in the loop's poller (poller.h).
  *
  * Why not uv_tcp_t: a gateway holds thousands of idle connections, and a
  * uv_tcp_t is 248 bytes of stream machinery (write queues, connect and
- * shutdown requests, accept state) where a uv_poll_t is 160. The socket
+ * shutdown requests, accept state), and even a uv_poll_t is 160. The socket
  * calls the stream would make are few and done here: connect, recv,
  * sendmsg, shutdown. State that only a connection attempt needs (the
  * resolver's request, the address list) lives in one allocation while the
  * attempt runs, and writes the socket did not take at once wait in a FIFO,
- * so an open idle connection holds its poll handle and a few fields.
+ * so an open idle connection holds its fd and a few fields.
  *
  * With an HTTP proxy, the connection goes to the proxy, and a CONNECT step
  * runs between the TCP connection and on_connect: the owner (or TLS or
@@ -68,7 +68,6 @@ typedef struct uvmqtt__tcp_write_s {
 } write_req_t;
 
 static void try_next_addr(uvmqtt__transport_t *t);
-static void on_poll(uv_poll_t *h, int status, int events);
 
 static int os_error(void) {
   return errno == 0 ? UV_EIO : -errno;
@@ -82,13 +81,19 @@ static void start_reading(uvmqtt__transport_t *t) {
 /* Watches what the connection needs now: input while reading, room to
  * write while writes wait (or the connect completes). */
 static int watch(uvmqtt__transport_t *t) {
-  if (!t->poll_open || uv_is_closing((uv_handle_t *)&t->h.poll)) return 0;
+  if (t->fd < 0 || t->deferred) return 0;
   int events = 0;
   if (t->state == UVMQTT__T_CONNECTING || t->wq_head != NULL) events |= UV_WRITABLE;
   if (t->reading) events |= UV_READABLE;
   if (events == t->events) return 0;
-  t->events = (uint8_t)events;
-  return events ? uv_poll_start(&t->h.poll, events, on_poll) : uv_poll_stop(&t->h.poll);
+  int r = uvmqtt__poller_watch(t->poller, t, t->fd, t->events, events);
+  if (r == 0) t->events = (uint8_t)events;
+  return r;
+}
+
+static void unwatch(uvmqtt__transport_t *t) {
+  (void)uvmqtt__poller_watch(t->poller, t, t->fd, t->events, 0);
+  t->events = 0;
 }
 
 static void stop_reading(uvmqtt__transport_t *t) {
@@ -147,12 +152,11 @@ static void fail_writes(uvmqtt__transport_t *t, int status) {
   }
 }
 
-/* Completes a close once the resolver and the handle have called back.
- * Only ever reached from a libuv callback, so on_close is always
- * asynchronous. */
+/* Completes a close once the socket is closed. Only ever reached from a
+ * libuv callback, so on_close is always asynchronous. */
 static void maybe_finish_close(uvmqtt__transport_t *t) {
   if (t->state != UVMQTT__T_CLOSING) return;
-  if (t->poll_open) return;
+  if (t->deferred || t->fd >= 0) return;
   dial_end(t);
   proxy_free(t);
   if (t->reading) {
@@ -163,10 +167,10 @@ static void maybe_finish_close(uvmqtt__transport_t *t) {
   t->cb->on_close(t);
 }
 
-static void handle_closed_cb(uv_handle_t *handle) {
-  uvmqtt__transport_t *t = handle->data;
-  t->poll_open = 0;
-  t->events = 0;
+/* From the loop, after close_handle: the socket closes, and what waited
+ * for it goes on. */
+void uvmqtt__transport_tcp_deferred(uvmqtt__transport_t *t) {
+  t->deferred = 0;
   if (t->fd >= 0) {
     close(t->fd);
     t->fd = -1;
@@ -180,10 +184,15 @@ static void handle_closed_cb(uv_handle_t *handle) {
     maybe_finish_close(t);
 }
 
-/* Closes the socket's handle; its close callback goes on from there. */
+/* Takes the socket (if any) out of the poller, and has the poller call
+ * back from the loop, where the socket closes and the transport goes on
+ * (the next address, or on_close): the owner never hears of either from
+ * inside its own call. */
 static void close_handle(uvmqtt__transport_t *t) {
-  if (t->poll_open && !uv_is_closing((uv_handle_t *)&t->h.poll))
-    uv_close((uv_handle_t *)&t->h.poll, handle_closed_cb);
+  if (t->deferred) return;
+  unwatch(t);
+  t->deferred = 1;
+  uvmqtt__poller_defer(t->poller, t);
 }
 
 static void proxy_read(uvmqtt__transport_t *t, ssize_t nread, const uint8_t *data);
@@ -277,8 +286,7 @@ static void do_write(uvmqtt__transport_t *t) {
       /* Reported through the read side, once (after EOF the owner is
        * closing already): the queued writes end with the close. */
       int err = (int)n;
-      t->events = 0;
-      (void)uv_poll_stop(&t->h.poll);
+      unwatch(t);
       if (!t->reading) return;
       t->reading = 0;
       uvmqtt__read_pool_unref();
@@ -343,18 +351,21 @@ static void connected(uvmqtt__transport_t *t) {
   t->cb->on_connect(t, 0);
 }
 
-/* libuv reports a socket error (POLLERR) as UV_EBADF and stops the handle;
- * the socket itself says what happened. */
+/* The poller reports a socket error (EPOLLERR) as UV_EBADF; the socket
+ * itself says what happened. The socket leaves the poller, which would
+ * report the error again and again. */
 static int socket_error(uvmqtt__transport_t *t, int status) {
   int err = 0;
   socklen_t len = sizeof err;
-  t->events = 0;
+  unwatch(t);
   if (getsockopt(t->fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err != 0) return -err;
   return status;
 }
 
-static void on_poll(uv_poll_t *h, int status, int events) {
-  uvmqtt__transport_t *t = h->data;
+void uvmqtt__transport_tcp_ready(uvmqtt__transport_t *t, int status, int events) {
+  /* An event of this batch for a socket a callback took out meanwhile. */
+  if (t->deferred || t->events == 0) return;
+  events &= t->events;
   if (t->state == UVMQTT__T_CONNECTING) {
     if (status < 0) {
       t->dial->last_error = socket_error(t, status);
@@ -369,7 +380,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
     /* What arrived before the error (a reset) is read first, as the
      * stream would: it may say why the peer gave up. recv then reports the
      * error itself. */
-    t->events = 0;
+    unwatch(t);
     if (t->reading) do_read(t);
     if (t->state != UVMQTT__T_OPEN || !t->reading) return;
     status = socket_error(t, status);
@@ -403,8 +414,9 @@ static int bind_local(uvmqtt__transport_t *t) {
   return bind(t->fd, t->bind, len) == 0 ? 0 : os_error();
 }
 
-/* Opens a socket for `ai` and starts connecting. Returns 0 (the poll
- * handle is open and watches the connect) or an error (nothing open). */
+/* Opens a socket for `ai` and starts connecting. Returns 0 (the poller
+ * watches the connect, or the socket closes from the loop) or an error
+ * (nothing open). */
 static int start_connect(uvmqtt__transport_t *t, const struct addrinfo *ai) {
   t->fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
   if (t->fd < 0) return os_error();
@@ -416,14 +428,11 @@ static int start_connect(uvmqtt__transport_t *t, const struct addrinfo *ai) {
     while (c < 0 && errno == EINTR);
     if (c < 0 && errno != EINPROGRESS) r = os_error();
   }
-  if (r == 0) r = uv_poll_init_socket(t->loop, &t->h.poll, t->fd);
   if (r != 0) {
     close(t->fd);
     t->fd = -1;
     return r;
   }
-  t->h.poll.data = t;
-  t->poll_open = 1;
   t->events = 0;
   /* Even a connect that completed at once reports from the loop. */
   r = watch(t);
@@ -449,11 +458,8 @@ static void try_next_addr(uvmqtt__transport_t *t) {
     if (r == 0) return;
     d->last_error = r;
     /* on_connect must come from the loop: the next address is tried from
-     * a callback, through a handle that closes at once. */
-    uv_idle_init(t->loop, &t->h.idle);
-    t->h.idle.data = t;
-    t->poll_open = 1;
-    uv_close((uv_handle_t *)&t->h.idle, handle_closed_cb);
+     * the poller's callback. */
+    close_handle(t);
     return;
   }
   int err = d->last_error;
@@ -517,7 +523,7 @@ static int tcp_connect(uvmqtt__transport_t *t, const char *host, uint16_t port) 
   hints.ai_protocol = IPPROTO_TCP;
   hints.ai_flags = AI_NUMERICSERV;
   dial_t *d = dial_begin(t, UV_EAI_NONAME);
-  int r = d != NULL ? uv_getaddrinfo(t->loop, &d->req, resolved_cb, dial, service, &hints)
+  int r = d != NULL ? uv_getaddrinfo(uvmqtt__poller_loop(t->poller), &d->req, resolved_cb, dial, service, &hints)
                     : UVMQTT_ENOMEM;
   if (r < 0) {
     dial_end(t);
@@ -647,17 +653,10 @@ static void tcp_close(uvmqtt__transport_t *t) {
   /* The resolver calls back either way: with UV_EAI_CANCELED, or with its
    * result when the lookup was already running. */
   if (t->dial != NULL && t->dial->resolving) uv_cancel((uv_req_t *)&t->dial->req);
-  if (t->poll_open) {
-    /* Between two attempts the handle is already closing. */
-    close_handle(t);
-    return;
-  }
-  /* Nothing is in flight but perhaps the resolver; on_close must come from
-   * the loop either way: a handle that closes at once brings it. */
-  uv_idle_init(t->loop, &t->h.idle);
-  t->h.idle.data = t;
-  t->poll_open = 1;
-  uv_close((uv_handle_t *)&t->h.idle, handle_closed_cb);
+  /* The socket, if any, closes from the loop, and on_close follows there,
+   * without waiting for the resolver (its callback finds the transport
+   * gone). Between two attempts that callback is queued already. */
+  close_handle(t);
 }
 
 /* ---- The HTTP CONNECT step --------------------------------------------------------------- */
@@ -779,14 +778,14 @@ static const uvmqtt__transport_vtbl_t tcp_vtbl = {
     .close = tcp_close,
 };
 
-void uvmqtt__transport_tcp_init(uvmqtt__transport_t *t, uv_loop_t *loop,
+void uvmqtt__transport_tcp_init(uvmqtt__transport_t *t, uvmqtt__poller_t *poller,
                                 const uvmqtt__transport_cbs_t *cb) {
   void *data = t->data;
   memset(t, 0, sizeof(*t));
   t->data = data;
   t->vt = &tcp_vtbl;
   t->cb = cb;
-  t->loop = loop;
+  t->poller = poller;
   t->fd = -1;
   t->state = UVMQTT__T_IDLE;
 }

@@ -979,7 +979,7 @@ int uvmqtt__transport_tls_handed_over(const uvmqtt__transport_t *t) {
   return t->vt == &tls_vtbl && conn_of(t)->rec != NULL;
 }
 
-int uvmqtt__transport_tls_init(uvmqtt__transport_t *t, uv_loop_t *loop,
+int uvmqtt__transport_tls_init(uvmqtt__transport_t *t, uvmqtt__poller_t *poller,
                                const uvmqtt__transport_cbs_t *cb, uvmqtt__tls_ctx_t **ctx) {
   if (*ctx == NULL) {
     int err = uvmqtt__tls_ctx_new(NULL, ctx);
@@ -995,7 +995,7 @@ int uvmqtt__transport_tls_init(uvmqtt__transport_t *t, uv_loop_t *loop,
   s->ctx = *ctx;
   s->slot = -1;
   s->t = t;
-  uvmqtt__transport_tcp_init(t, loop, &s->cbs);
+  uvmqtt__transport_tcp_init(t, poller, &s->cbs);
   s->tcp = t->vt;
   t->vt = &tls_vtbl;
   return 0;

@@ -52,7 +52,7 @@ int uvmqtt__transport_tls_handed_over(const uvmqtt__transport_t *t);
  * used, or, when *ctx is NULL, a default one is built there first. The state
  * is released by close() (before on_close) or by a connect() that fails.
  * Returns 0, UVMQTT_ENOMEM or an error of uvmqtt__tls_ctx_new(). */
-int uvmqtt__transport_tls_init(uvmqtt__transport_t *t, uv_loop_t *loop,
+int uvmqtt__transport_tls_init(uvmqtt__transport_t *t, uvmqtt__poller_t *poller,
                                const uvmqtt__transport_cbs_t *cb, uvmqtt__tls_ctx_t **ctx);
 
 #endif

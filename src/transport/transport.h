@@ -2,14 +2,16 @@
  *
  * One small vtable that TCP, TLS and WebSocket fill. The
  * transport has no timer of its own: the client enforces the connect timeout
- * by closing it, so an idle connection costs one uv_poll_t and a few
- * fields.
+ * by closing it, and its socket sits in the loop's poller (poller.h), so an
+ * idle connection costs the fields below.
  */
 #ifndef UVMQTT_TRANSPORT_H
 #define UVMQTT_TRANSPORT_H
 
 #include <stdint.h>
 #include <uv.h>
+
+#include "transport/poller.h"
 
 typedef struct uvmqtt__transport_s uvmqtt__transport_t;
 
@@ -73,7 +75,9 @@ struct uvmqtt__transport_s {
   void *data; /* the owner's */
   const uvmqtt__transport_vtbl_t *vt;
   const uvmqtt__transport_cbs_t *cb;
-  uv_loop_t *loop;
+  uvmqtt__poller_t *poller; /* the loop's (the owner's) */
+  /* The poller's list of transports waiting for a callback from the loop. */
+  struct uvmqtt__transport_s *defer_next;
   size_t pending_bytes; /* accepted by write(), not yet completed */
   /* Writes the socket did not take at once, in order (tcp.c). */
   struct uvmqtt__tcp_write_s *wq_head, *wq_tail;
@@ -91,22 +95,17 @@ struct uvmqtt__transport_s {
   struct uvmqtt__proxy_step_s *proxy;
   int fd; /* the socket, or -1 */
   uint8_t state;
-  uint8_t poll_open; /* the handle is initialised and needs closing */
+  /* The socket is closing, or a callback waits for the loop: the poller
+   * calls back (uvmqtt__transport_tcp_deferred) before anything goes on. */
+  uint8_t deferred;
   uint8_t reading;
-  uint8_t events;       /* what the poll handle watches (UV_READABLE, UV_WRITABLE) */
+  uint8_t events;       /* what the poller watches (UV_READABLE, UV_WRITABLE); 0: not in it */
   uint8_t shut_pending; /* shutdown() waits for the queued writes */
-  /* The socket's poll handle; before an attempt's socket exists, an idle
-   * handle that closes at once stands in, so that callbacks that must come
-   * from the loop (on_close, the next address after a failure) do. */
-  union {
-    uv_poll_t poll;
-    uv_idle_t idle;
-  } h;
 };
 
-/* Prepares a TCP transport on `loop`: clears every field except `data`.
- * Never allocates. */
-void uvmqtt__transport_tcp_init(uvmqtt__transport_t *t, uv_loop_t *loop,
+/* Prepares a TCP transport on the poller's loop: clears every field except
+ * `data`. Never allocates. The poller must outlive the transport's close. */
+void uvmqtt__transport_tcp_init(uvmqtt__transport_t *t, uvmqtt__poller_t *poller,
                                 const uvmqtt__transport_cbs_t *cb);
 
 /* Like connect(), but tries the entries of `list` in order (each with the

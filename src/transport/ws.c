@@ -522,7 +522,7 @@ static int valid_options(const uvmqtt__ws_options_t *o) {
   return 1;
 }
 
-int uvmqtt__transport_ws_init(uvmqtt__transport_t *t, uv_loop_t *loop,
+int uvmqtt__transport_ws_init(uvmqtt__transport_t *t, uvmqtt__poller_t *poller,
                               const uvmqtt__transport_cbs_t *cb, uvmqtt__tls_ctx_t **tls,
                               const uvmqtt__ws_options_t *opts) {
   uvmqtt__ws_options_t o = {0};
@@ -549,13 +549,13 @@ int uvmqtt__transport_ws_init(uvmqtt__transport_t *t, uv_loop_t *loop,
   s->t = t;
   s->over_tls = tls != NULL;
   if (tls != NULL) {
-    int err = uvmqtt__transport_tls_init(t, loop, &s->cbs, tls);
+    int err = uvmqtt__transport_tls_init(t, poller, &s->cbs, tls);
     if (err) {
       conn_free(s);
       return err;
     }
   } else {
-    uvmqtt__transport_tcp_init(t, loop, &s->cbs);
+    uvmqtt__transport_tcp_init(t, poller, &s->cbs);
   }
   s->lower = t->vt;
   t->vt = &ws_vtbl;

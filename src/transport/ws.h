@@ -15,14 +15,14 @@ typedef struct {
   size_t header_count;
 } uvmqtt__ws_options_t;
 
-/* Prepares a WebSocket transport on `loop`, like uvmqtt__transport_tcp_init.
+/* Prepares a WebSocket transport on the poller's loop, like uvmqtt__transport_tcp_init.
  * With `tls` (wss://) it runs over the TLS transport and *tls is created on
  * first use as uvmqtt__transport_tls_init does; NULL: over TCP. The strings
  * in `opts` are referenced, not copied: they must outlive the transport.
  * connect() then resolves, connects, upgrades, and reports on_connect once
  * the server accepted the upgrade, or with a UVMQTT_EWS* error. Returns 0,
  * UVMQTT_ENOMEM or UVMQTT_EINVAL (a header line holding CR or LF). */
-int uvmqtt__transport_ws_init(uvmqtt__transport_t *t, uv_loop_t *loop,
+int uvmqtt__transport_ws_init(uvmqtt__transport_t *t, uvmqtt__poller_t *poller,
                               const uvmqtt__transport_cbs_t *cb, uvmqtt__tls_ctx_t **tls,
                               const uvmqtt__ws_options_t *opts);
 
