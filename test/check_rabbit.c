@@ -259,6 +259,133 @@ START_TEST(rabbit_failover_no_loss) {
 }
 END_TEST
 
+/* ---- 1b. Two nodes down at once ----------------------------------------------------------------
+ *
+ * The schedule the rolling one above avoids: node 1 is killed mid-run,
+ * node 2 while node 1 is still down, then node 1 comes back, and node 2
+ * after it. With two of three nodes down the client id Raft cluster has no
+ * leader: node 3 takes no new MQTT connection, and node 1, restarting, may
+ * wait about 100 s before it accepts (see above). The clients that lost
+ * their node wait that out, their messages kept (until-delivered) and
+ * their sessions on the mirrored queues; everything must arrive once a
+ * majority is back. */
+#define TD_KILL2_MS    3000 /* after the first kill */
+#define TD_RESTART1_MS 1000 /* after the second kill */
+#define TD_WATCHDOG    300000
+
+static struct {
+  int first_back, second_restarted, second_back;
+  uint64_t t_second_kill, t_first_back;
+} td;
+
+static void td_restart_first(void) {
+  test_scene.phase = "node 1 restarting, node 2 down";
+  printf("rabbit: two down: node 1 restarting after %d messages\n", fo.published);
+  ck_assert_int_eq(test_rabbit_spawn(&g_rb, 0), 0);
+}
+
+static void td_kill_second(void) {
+  test_scene.phase = "nodes 1 and 2 down";
+  sc.at_kill[1] = fo.published;
+  td.t_second_kill = test_mono_ms();
+  printf("rabbit: two down: kill -9 node 2 after %d messages, node 1 still down\n", fo.published);
+  kill_node(1);
+  test_scene_after(TD_RESTART1_MS, td_restart_first);
+}
+
+static void td_kill_first(void) {
+  test_scene.phase = "node 1 killed";
+  sc.at_kill[0] = fo.published;
+  printf("rabbit: two down: kill -9 node 1 after %d of %d messages\n", fo.published, FO_MSGS);
+  kill_node(0);
+  test_scene_after(TD_KILL2_MS, td_kill_second);
+}
+
+static void td_check(uv_timer_t *t) {
+  (void)t;
+  test_failover_poll_t s = test_failover_poll(&fo);
+  if (!td.first_back && td.t_second_kill && test_rabbit_ready(&g_rb, 0)) {
+    td.first_back = 1;
+    td.t_first_back = test_mono_ms();
+    printf("rabbit: two down: node 1 accepts again %lld ms after its restart, node 2 still "
+           "down (%d published, %d acknowledged); node 2 restarting\n",
+           g_rb.boot_ms[0], fo.published, s.done);
+    test_scene.phase = "node 2 restarting";
+    ck_assert_int_eq(test_rabbit_spawn(&g_rb, 1), 0);
+    td.second_restarted = 1;
+  }
+  if (td.second_restarted && !td.second_back && test_rabbit_ready(&g_rb, 1)) {
+    td.second_back = 1;
+    printf("rabbit: two down: node 2 accepts again %lld ms after its restart\n", g_rb.boot_ms[1]);
+  }
+  int settled = fo.t_published && s.all_up && test_mono_ms() - fo.t_published > FO_SETTLE_MS;
+  if (td.first_back && s.done == FO_MSGS && (s.complete == FO_SUBS || settled) && !fo.finishing) {
+    fo.finishing = 1;
+    test_scene_after(500, test_failover_finish);
+  }
+}
+
+static void td_schedule(void) {
+  test_scene_after(FO_FIRST_KILL_MS, td_kill_first);
+}
+
+START_TEST(rabbit_failover_two_down) {
+  memset(&fo, 0, sizeof fo);
+  memset(&sc, 0, sizeof sc);
+  memset(&td, 0, sizeof td);
+  uint64_t t_test = test_mono_ms();
+  rabbit_up();
+  test_scene_start(TD_WATCHDOG, print_logs);
+  fo.pubs_n = FO_PUBS;
+  fo.subs_n = FO_SUBS;
+  fo.per_pub = FO_PER_PUB;
+  fo.tick_ms = FO_TICK_MS;
+  fo.topic = "rabbit/td";
+  fo.label = "rabbit: two down";
+  fo.policy.min_ms = 100;
+  fo.policy.max_ms = 1000;
+  fo.check = td_check;
+  fo.on_publishing = td_schedule;
+  test_failover_start(&fo);
+  test_scene_run();
+
+  int failed = 0, pub_losses = 0, missing = 0, total_dups = 0;
+  for (int i = 0; i < FO_PUBS; i++) {
+    failed += fo.pubs[i].failed;
+    pub_losses += fo.pubs[i].losses;
+  }
+  printf("rabbit: two down: %d messages from %d publishers (%d connection losses, %d publishes "
+         "failed) to %d subscribers; kills after %d and %d messages; node 1 back %llu ms after "
+         "node 2 died; test %llu ms in all\n",
+         FO_MSGS, FO_PUBS, pub_losses, failed, FO_SUBS, sc.at_kill[0], sc.at_kill[1],
+         (unsigned long long)(td.t_first_back - td.t_second_kill),
+         (unsigned long long)(test_mono_ms() - t_test));
+  for (int j = 0; j < FO_SUBS; j++) {
+    test_peer_t *p = &fo.subs[j];
+    printf("  %s: %d unique of %d, %d duplicates, %d losses, reconnects with session %d, "
+           "without %d\n",
+           p->id, p->unique, FO_MSGS, p->dups, p->losses, p->sp1, p->sp0);
+    total_dups += p->dups;
+    missing += FO_MSGS - p->unique;
+    if (p->unique < FO_MSGS) {
+      printf("  %s misses, e.g. publisher/seq", p->id);
+      test_failover_print_missing(&fo, p, 10);
+    }
+  }
+  printf("rabbit: two down: %d deliveries missing, %d duplicates in all\n", missing, total_dups);
+  ck_assert_int_gt(pub_losses, 0);
+  ck_assert_int_eq(td.first_back, 1);
+  ck_assert_int_eq(failed, 0);
+  for (int i = 0; i < FO_PUBS; i++)
+    ck_assert_int_eq(fo.pubs[i].done, FO_PER_PUB);
+  for (int j = 0; j < FO_SUBS; j++)
+    ck_assert_msg(fo.subs[j].unique == FO_MSGS, "%s missed %d messages", fo.subs[j].id,
+                  FO_MSGS - fo.subs[j].unique);
+  test_failover_free(&fo);
+  test_rabbit_cleanup(&g_rb);
+}
+END_TEST
+
 /* ---- 2. A deadline message while every node is down
  * ---------------------------------------------- */
 
@@ -342,6 +469,10 @@ Suite *uvmqtt_test_suite(void) {
   TCase *tc = tcase_create("failover");
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, rabbit_failover_no_loss);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("two_down");
+  tcase_set_timeout(tc, 400);
+  tcase_add_test(tc, rabbit_failover_two_down);
   suite_add_tcase(s, tc);
   tc = tcase_create("deadline");
   tcase_set_timeout(tc, 400);

@@ -170,10 +170,10 @@ typedef struct client_s {
   const uint8_t *send_bin; /* written from on_connect after `send` */
   size_t send_bin_len;
   int close_on_connect;
-  int close_on_read;           /* close from the first on_read */
-  size_t expect;               /* close once this many bytes came back */
-  int close_in_close;          /* call close again from on_close */
-  struct client_s *close_next; /* closed from this one's on_close */
+  int close_on_read;            /* close from the first on_read */
+  size_t expect;                /* close once this many bytes came back */
+  int close_in_close;           /* call close again from on_close */
+  struct client_s *close_next;  /* closed from this one's on_close */
   struct client_s *close_other; /* closed from this one's first on_read */
   /* Received bytes. */
   uint8_t *rx;

@@ -219,8 +219,7 @@ int uvmqtt__auth_start(uvmqtt__client_t *c, uint8_t reason, uvmqtt_bytes_t *data
   data->len = (uint32_t)a->initial_len;
   if (a->fn == NULL) return 0;
   uvmqtt_auth_reply_t out = {NULL, 0};
-  if (a->fn(a->state, NULL, reason, &out) < 0 || out.len > 65535 ||
-      (out.len && out.data == NULL))
+  if (a->fn(a->state, NULL, reason, &out) < 0 || out.len > 65535 || (out.len && out.data == NULL))
     return UVMQTT_EAUTH;
   data->data = out.data;
   data->len = (uint32_t)out.len;

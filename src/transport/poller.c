@@ -19,9 +19,9 @@
 struct uvmqtt__poller_s {
   uv_loop_t *loop;
   uvmqtt__transport_t *defer_head, *defer_tail;
-  uv_poll_t poll; /* watches epfd, from the first socket on */
-  uv_idle_t idle; /* runs while transports are deferred */
-  int epfd;       /* -1 until the first socket */
+  uv_poll_t poll;   /* watches epfd, from the first socket on */
+  uv_idle_t idle;   /* runs while transports are deferred */
+  int epfd;         /* -1 until the first socket */
   uint32_t watched; /* sockets in the set; the poll handle is active while > 0 */
   uint8_t poll_open, idle_open, closing, open_handles;
 };
@@ -110,8 +110,7 @@ static int open_set(uvmqtt__poller_t *p) {
   return 0;
 }
 
-int uvmqtt__poller_watch(uvmqtt__poller_t *p, uvmqtt__transport_t *t, int fd, int was,
-                         int events) {
+int uvmqtt__poller_watch(uvmqtt__poller_t *p, uvmqtt__transport_t *t, int fd, int was, int events) {
   if (events == was) return 0;
   if (events == 0) {
     /* Removed rather than left with an empty mask: epoll reports errors

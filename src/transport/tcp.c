@@ -523,7 +523,8 @@ static int tcp_connect(uvmqtt__transport_t *t, const char *host, uint16_t port) 
   hints.ai_protocol = IPPROTO_TCP;
   hints.ai_flags = AI_NUMERICSERV;
   dial_t *d = dial_begin(t, UV_EAI_NONAME);
-  int r = d != NULL ? uv_getaddrinfo(uvmqtt__poller_loop(t->poller), &d->req, resolved_cb, dial, service, &hints)
+  int r = d != NULL ? uv_getaddrinfo(uvmqtt__poller_loop(t->poller), &d->req, resolved_cb, dial,
+                                     service, &hints)
                     : UVMQTT_ENOMEM;
   if (r < 0) {
     dial_end(t);
