@@ -761,10 +761,12 @@ END_TEST
 /* The poller hands out a batch of events at once. Two sockets are made
  * readable before the loop runs, so both are in one batch: the first
  * reader closes the other, whose event later in the batch must go unheard
- * (and, under the sanitizers, touch nothing freed). */
+ * (and, under the sanitizers, touch nothing freed). _i sockets have a poll
+ * handle of their own, the others are in the loop's epoll set. */
 START_TEST(transport_close_other_in_same_batch) {
   uv_loop_t loop;
   ck_assert_int_eq(uv_loop_init(&loop), 0);
+  uvmqtt__poller_set_direct_max(test_poller(&loop), (uint32_t)_i);
   int lfd = socket(AF_INET, SOCK_STREAM, 0);
   ck_assert_int_ge(lfd, 0);
   struct sockaddr_in sin;
@@ -789,6 +791,7 @@ START_TEST(transport_close_other_in_same_batch) {
     uv_run(&loop, UV_RUN_ONCE);
   ck_assert_int_eq(c[0].connect_status, 0);
   ck_assert_int_eq(c[1].connect_status, 0);
+  ck_assert_int_eq((c[0].t.direct != NULL) + (c[1].t.direct != NULL), _i);
   int peer[2];
   for (int i = 0; i < 2; i++) {
     peer[i] = accept(lfd, NULL, NULL);
@@ -869,6 +872,8 @@ static void run_with_failing_alloc(int n, client_t *c) {
   ck_assert_int_eq(echo_start(&srv, &loop, "127.0.0.1", ECHO_BACK), 0);
   g.srv = &srv;
   client_init(c, &loop, 16);
+  /* The same allocations whatever UVMQTT_DIRECT_POLL_MAX says. */
+  uvmqtt__poller_set_direct_max(test_poller(&loop), 1);
   c->send = "x";
   c->expect = 1;
   allocs_until_failure = n;
@@ -890,8 +895,15 @@ START_TEST(transport_alloc_failures) {
   run_with_failing_alloc(1, &c);
   ck_assert_int_eq(c.connects, 0);
   ck_assert_int_eq(c.connect_status, UVMQTT_ENOMEM);
-  /* 2: the read pool's buffer. */
+  /* 2: the socket's own poll handle: it goes to the loop's epoll set
+   * instead, and the round trip is whole. */
   run_with_failing_alloc(2, &c);
+  ck_assert_int_eq(c.connects, 1);
+  ck_assert_int_eq(c.connect_status, 0);
+  ck_assert_int_eq(c.read_errors, 0);
+  ck_assert_uint_eq(c.rx_len, 1);
+  /* 3: the read pool's buffer. */
+  run_with_failing_alloc(3, &c);
   ck_assert_int_eq(c.connects, 1);
   ck_assert_int_eq(c.connect_status, 0);
   ck_assert_int_eq(c.read_errors, 1);
@@ -1446,7 +1458,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_test(tc, transport_close_during_connect);
   tcase_add_test(tc, transport_close_in_on_connect);
   tcase_add_test(tc, transport_close_in_on_read);
-  tcase_add_test(tc, transport_close_other_in_same_batch);
+  tcase_add_loop_test(tc, transport_close_other_in_same_batch, 0, 3);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("read_pool");

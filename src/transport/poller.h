@@ -19,6 +19,7 @@
 #ifndef UVMQTT_POLLER_H
 #define UVMQTT_POLLER_H
 
+#include <stdint.h>
 #include <uv.h>
 
 typedef struct uvmqtt__poller_s uvmqtt__poller_t;
@@ -40,6 +41,14 @@ uv_loop_t *uvmqtt__poller_loop(const uvmqtt__poller_t *p);
  * or a negative error (epoll's, as -errno), with nothing changed then. */
 int uvmqtt__poller_watch(uvmqtt__poller_t *p, struct uvmqtt__transport_s *t, int fd, int was,
                          int events);
+
+/* The socket of `t` is closing: releases what the poller kept for it
+ * beyond the registration (which watch(..., 0) removed). */
+void uvmqtt__poller_forget(uvmqtt__poller_t *p, struct uvmqtt__transport_s *t);
+
+/* How many sockets of this loop may have a poll handle of their own (see
+ * poller.c), for tests. */
+void uvmqtt__poller_set_direct_max(uvmqtt__poller_t *p, uint32_t n);
 
 /* Queues `t` for uvmqtt__transport_tcp_deferred() from the loop, after the
  * transports queued before it. `t` must not be queued already. */

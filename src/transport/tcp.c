@@ -191,6 +191,7 @@ void uvmqtt__transport_tcp_deferred(uvmqtt__transport_t *t) {
 static void close_handle(uvmqtt__transport_t *t) {
   if (t->deferred) return;
   unwatch(t);
+  uvmqtt__poller_forget(t->poller, t);
   t->deferred = 1;
   uvmqtt__poller_defer(t->poller, t);
 }
