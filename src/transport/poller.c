@@ -24,7 +24,7 @@
  * saves a gateway of thousands, whose first few connections are then
  * direct. UVMQTT_DIRECT_POLL_MAX overrides it (0: every socket in the set,
  * as the sanitizer stage of the tests runs). */
-#define DIRECT_MAX_DEFAULT 32u
+#define DIRECT_MAX_DEFAULT 16u
 
 /* A socket's own poll handle; freed in its close callback. */
 typedef struct uvmqtt__poller_direct_s {

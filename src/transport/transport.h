@@ -76,11 +76,17 @@ struct uvmqtt__transport_s {
   const uvmqtt__transport_vtbl_t *vt;
   const uvmqtt__transport_cbs_t *cb;
   uvmqtt__poller_t *poller; /* the loop's (the owner's) */
-  /* The poller's list of transports waiting for a callback from the loop. */
-  struct uvmqtt__transport_s *defer_next;
-  /* The socket's own poll handle, for the first few sockets of a loop
-   * (poller.c); NULL: the socket is in the loop's epoll set. */
-  struct uvmqtt__poller_direct_s *direct;
+  /* Never both at once: a deferred transport's socket is out of the
+   * poller (close_handle releases the handle before it defers), and
+   * nothing registers the socket again until the deferral has run. */
+  union {
+    /* The socket's own poll handle, for the first few sockets of a loop
+     * (poller.c); NULL: the socket is in the loop's epoll set. */
+    struct uvmqtt__poller_direct_s *direct;
+    /* While `deferred`: the poller's list of transports waiting for a
+     * callback from the loop. */
+    struct uvmqtt__transport_s *defer_next;
+  };
   size_t pending_bytes; /* accepted by write(), not yet completed */
   /* Writes the socket did not take at once, in order (tcp.c). */
   struct uvmqtt__tcp_write_s *wq_head, *wq_tail;
