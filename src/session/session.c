@@ -8,6 +8,7 @@
  * named error instead of looping through reconnects). */
 #include "session/session.h"
 
+#include <stddef.h>
 #include <string.h>
 
 #include "base/alloc.h"
@@ -1114,8 +1115,18 @@ static int session_publish(uvmqtt__session_t *s, const char *topic, const void *
   if (topic_len > 0 && direct_ok(s, p, props))
     return publish_direct(s, (const uint8_t *)topic, topic_len, payload, len, p, now);
 
+  /* Cleared as far as the encoder reads it: the header, the PUBLISH, and
+   * the properties in v5 only (3.1.1 ignores them; they are most of the
+   * struct, and clearing them for every queued message was measurable). */
   uvmqtt_packet_t pkt;
-  memset(&pkt, 0, sizeof pkt);
+  memset(&pkt, 0, offsetof(uvmqtt_packet_t, props));
+  memset(&pkt.u.publish, 0, sizeof pkt.u.publish);
+  if (s->version == UVMQTT_V5) {
+    if (props)
+      pkt.props = *props;
+    else
+      memset(&pkt.props, 0, sizeof pkt.props);
+  }
   pkt.type = UVMQTT_PUBLISH;
   pkt.packet_id = p->qos ? 1 : 0; /* patched when it gets an id */
   pkt.u.publish.topic.data = (const uint8_t *)topic;
@@ -1124,7 +1135,6 @@ static int session_publish(uvmqtt__session_t *s, const char *topic, const void *
   pkt.u.publish.payload.len = (uint32_t)len;
   pkt.u.publish.qos = p->qos;
   pkt.u.publish.retain = p->retain;
-  if (props) pkt.props = *props;
   ssize_t size = uvmqtt_encode_size(&pkt, s->version);
   if (size < 0) return (int)size;
   if (connected(s) && s->broker_max_packet && (size_t)size > s->broker_max_packet)
