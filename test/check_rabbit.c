@@ -184,24 +184,53 @@ static void fo_schedule(void) {
   test_scene_after(FO_FIRST_KILL_MS, fo_kill_next);
 }
 
-START_TEST(rabbit_failover_no_loss) {
+/* Starts the cluster and the clients, and runs a schedule to its end. */
+static void fo_run(const char *topic, const char *label, uint64_t watchdog_ms, uv_timer_cb check,
+                   void (*schedule)(void)) {
   memset(&fo, 0, sizeof fo);
   memset(&sc, 0, sizeof sc);
-  uint64_t t_test = test_mono_ms();
   rabbit_up();
-  test_scene_start(FO_WATCHDOG, print_logs);
+  test_scene_start(watchdog_ms, print_logs);
   fo.pubs_n = FO_PUBS;
   fo.subs_n = FO_SUBS;
   fo.per_pub = FO_PER_PUB;
   fo.tick_ms = FO_TICK_MS;
-  fo.topic = "rabbit/fo";
-  fo.label = "rabbit: failover";
+  fo.topic = topic;
+  fo.label = label;
   fo.policy.min_ms = 100;
   fo.policy.max_ms = 1000;
-  fo.check = fo_check;
-  fo.on_publishing = fo_schedule;
+  fo.check = check;
+  fo.on_publishing = schedule;
   test_failover_start(&fo);
   test_scene_run();
+}
+
+/* Adds a subscriber's duplicates and missing messages to the totals and
+ * names a few it misses. */
+static void fo_tally(const test_peer_t *p, int *missing, int *dups) {
+  *dups += p->dups;
+  *missing += FO_MSGS - p->unique;
+  if (p->unique < FO_MSGS) {
+    printf("  %s misses, e.g. publisher/seq", p->id);
+    test_failover_print_missing(&fo, p, 10);
+  }
+}
+
+/* No publish failed, and every subscriber has every message: mirrored
+ * queues and a PUBACK only once every mirror has the message, so nothing
+ * acknowledged may be lost, for any subscriber. */
+static void fo_assert_complete(int failed) {
+  ck_assert_int_eq(failed, 0);
+  for (int i = 0; i < FO_PUBS; i++)
+    ck_assert_int_eq(fo.pubs[i].done, FO_PER_PUB);
+  for (int j = 0; j < FO_SUBS; j++)
+    ck_assert_msg(fo.subs[j].unique == FO_MSGS, "%s missed %d messages", fo.subs[j].id,
+                  FO_MSGS - fo.subs[j].unique);
+}
+
+START_TEST(rabbit_failover_no_loss) {
+  uint64_t t_test = test_mono_ms();
+  fo_run("rabbit/fo", "rabbit: failover", FO_WATCHDOG, fo_check, fo_schedule);
 
   uint64_t end = test_mono_ms();
   int total_dups = 0, failed = 0, pub_losses = 0, pub_refused = 0;
@@ -230,12 +259,7 @@ START_TEST(rabbit_failover_no_loss) {
            "attempts, reconnects with session %d, without %d\n",
            p->id, p->unique, FO_MSGS, p->dups, p->received - sc.recv_at_last[j], p->losses,
            p->refused, p->sp1, p->sp0);
-    total_dups += p->dups;
-    missing += FO_MSGS - p->unique;
-    if (p->unique < FO_MSGS) {
-      printf("  %s misses, e.g. publisher/seq", p->id);
-      test_failover_print_missing(&fo, p, 10);
-    }
+    fo_tally(p, &missing, &total_dups);
   }
   printf("rabbit: failover: %d deliveries missing, %d duplicates in all\n", missing, total_dups);
   /* The node kills must have been felt, or the test shows nothing. */
@@ -245,15 +269,7 @@ START_TEST(rabbit_failover_no_loss) {
   ck_assert_int_ge(fo.subs[FO_OFFLINE_SUB].sp1, 1);
   ck_assert_int_eq(fo.subs[FO_OFFLINE_SUB].sp0, 0);
   ck_assert_int_gt(sc.backlog, 1000);
-  ck_assert_int_eq(failed, 0);
-  for (int i = 0; i < FO_PUBS; i++)
-    ck_assert_int_eq(fo.pubs[i].done, FO_PER_PUB);
-  /* Mirrored queues and a PUBACK only once every mirror has the message:
-   * nothing acknowledged may be lost, for any subscriber. */
-  for (int j = 0; j < FO_SUBS; j++) {
-    ck_assert_msg(fo.subs[j].unique == FO_MSGS, "%s missed %d messages", fo.subs[j].id,
-                  FO_MSGS - fo.subs[j].unique);
-  }
+  fo_assert_complete(failed);
   test_failover_free(&fo);
   test_rabbit_cleanup(&g_rb);
 }
@@ -330,24 +346,9 @@ static void td_schedule(void) {
 }
 
 START_TEST(rabbit_failover_two_down) {
-  memset(&fo, 0, sizeof fo);
-  memset(&sc, 0, sizeof sc);
   memset(&td, 0, sizeof td);
   uint64_t t_test = test_mono_ms();
-  rabbit_up();
-  test_scene_start(TD_WATCHDOG, print_logs);
-  fo.pubs_n = FO_PUBS;
-  fo.subs_n = FO_SUBS;
-  fo.per_pub = FO_PER_PUB;
-  fo.tick_ms = FO_TICK_MS;
-  fo.topic = "rabbit/td";
-  fo.label = "rabbit: two down";
-  fo.policy.min_ms = 100;
-  fo.policy.max_ms = 1000;
-  fo.check = td_check;
-  fo.on_publishing = td_schedule;
-  test_failover_start(&fo);
-  test_scene_run();
+  fo_run("rabbit/td", "rabbit: two down", TD_WATCHDOG, td_check, td_schedule);
 
   int failed = 0, pub_losses = 0, missing = 0, total_dups = 0;
   for (int i = 0; i < FO_PUBS; i++) {
@@ -365,22 +366,12 @@ START_TEST(rabbit_failover_two_down) {
     printf("  %s: %d unique of %d, %d duplicates, %d losses, reconnects with session %d, "
            "without %d\n",
            p->id, p->unique, FO_MSGS, p->dups, p->losses, p->sp1, p->sp0);
-    total_dups += p->dups;
-    missing += FO_MSGS - p->unique;
-    if (p->unique < FO_MSGS) {
-      printf("  %s misses, e.g. publisher/seq", p->id);
-      test_failover_print_missing(&fo, p, 10);
-    }
+    fo_tally(p, &missing, &total_dups);
   }
   printf("rabbit: two down: %d deliveries missing, %d duplicates in all\n", missing, total_dups);
   ck_assert_int_gt(pub_losses, 0);
   ck_assert_int_eq(td.first_back, 1);
-  ck_assert_int_eq(failed, 0);
-  for (int i = 0; i < FO_PUBS; i++)
-    ck_assert_int_eq(fo.pubs[i].done, FO_PER_PUB);
-  for (int j = 0; j < FO_SUBS; j++)
-    ck_assert_msg(fo.subs[j].unique == FO_MSGS, "%s missed %d messages", fo.subs[j].id,
-                  FO_MSGS - fo.subs[j].unique);
+  fo_assert_complete(failed);
   test_failover_free(&fo);
   test_rabbit_cleanup(&g_rb);
 }

@@ -520,6 +520,18 @@ static uint32_t fixed_header_len(const uint8_t *p) {
   return n + 1;
 }
 
+/* What the encoded PUBLISH of `len` bytes in m->data says of itself: where
+ * its topic and packet id sit, its QoS and its retain flag. */
+static void msg_set_layout(uvmqtt__msg_t *m, uint32_t len) {
+  uint32_t fixed = fixed_header_len(m->data);
+  m->len = len;
+  m->topic_off = fixed + 2;
+  m->topic_len = (uint16_t)((m->data[fixed] << 8) | m->data[fixed + 1]);
+  m->qos = (m->data[0] >> 1) & 3;
+  m->retain = m->data[0] & 1;
+  m->id_off = m->qos ? m->topic_off + m->topic_len : 0;
+}
+
 static size_t put_varint(uint8_t *p, uint32_t v) {
   size_t n = 0;
   do {
@@ -646,17 +658,13 @@ static uvmqtt__msg_t *out_pub_to_msg(uvmqtt__session_t *s, const uvmqtt__out_pub
   if (m == NULL) return NULL;
   memset(m, 0, sizeof *m);
   memcpy(m->data, s->act->out.buf + op->off, op->len);
-  uint32_t fixed = fixed_header_len(m->data);
+  msg_set_layout(m, op->len);
   m->seq = op->seq;
   m->created = now;
   m->deadline = op->deadline;
   m->cb = op->cb;
   m->arg = op->arg;
-  m->len = op->len;
-  m->topic_off = fixed + 2;
-  m->topic_len = (uint16_t)((m->data[fixed] << 8) | m->data[fixed + 1]);
   m->conn = s->conn;
-  m->retain = m->data[0] & 1;
   m->policy = op->policy;
   return m;
 }
@@ -1158,21 +1166,15 @@ static int session_publish(uvmqtt__session_t *s, const char *topic, const void *
     undrop(s, &dropped);
     return (int)n;
   }
-  uint32_t fixed = fixed_header_len(m->data);
   memset(m, 0, sizeof *m);
+  msg_set_layout(m, (uint32_t)size);
   m->seq = s->next_seq++;
   m->created = now;
   m->deadline = (p->policy == UVMQTT_DELIVERY_DEADLINE) ? now + p->deadline_ms : 0;
   m->cb = p->cb;
   m->arg = p->arg;
-  m->len = (uint32_t)size;
-  m->topic_off = fixed + 2;
-  m->topic_len = (uint16_t)topic_len;
-  m->id_off = p->qos ? fixed + 2 + (uint32_t)topic_len : 0;
   m->conn = s->conn;
   m->alias = alias;
-  m->qos = p->qos;
-  m->retain = p->retain;
   m->policy = p->policy;
   m->state = UVMQTT__MSG_QUEUED;
   if (s->store) {
@@ -1895,24 +1897,18 @@ static void restore_one(void *arg, const uvmqtt_store_record_t *rec) {
   }
   memset(m, 0, sizeof *m);
   memcpy(m->data, rec->packet, rec->len);
-  uint32_t fixed = fixed_header_len(m->data);
+  msg_set_layout(m, rec->len);
   m->seq = rec->seq;
   m->created = ctx->now;
   if (rec->deadline_unix_ms) {
     int64_t local = (int64_t)rec->deadline_unix_ms - s->wall_offset_ms;
     m->deadline = local > 0 ? (uint64_t)local : 1;
   }
-  m->len = rec->len;
-  m->topic_off = fixed + 2;
-  m->topic_len = (uint16_t)p.u.publish.topic.len;
-  m->qos = p.u.publish.qos;
-  m->id_off = m->qos ? fixed + 2 + m->topic_len : 0;
   m->policy = rec->policy ? rec->policy : UVMQTT_DELIVERY_UNTIL_DELIVERED;
   m->restored = 1;
   if (s->next_seq <= rec->seq) s->next_seq = rec->seq + 1;
   s->act->queued++;
   s->act->queued_bytes += m->len;
-  m->retain = m->data[0] & 1;
   m->alias = UVMQTT_HAS(&p.props, UVMQTT_PROP_TOPIC_ALIAS) ? p.props.topic_alias : 0;
   /* A message that may have gone out under its id keeps it; so does one
    * past PUBREC, whose PUBREL goes next. A record that claims an id in use
