@@ -109,6 +109,11 @@ static int make_clients(bench_t *b) {
     } else if (cl->role == BENCH_ROLE_SUB) {
       expand_topic(cl->topic, sizeof cl->topic, o->topic, cl->index, cl->id);
     }
+    if (cl->role == BENCH_ROLE_PUB && o->size <= BENCH_KEPT_PAYLOAD) {
+      cl->payload = malloc(o->size ? o->size : 1);
+      if (cl->payload == NULL) return -1;
+      memset(cl->payload, 'x', o->size);
+    }
     if (cl->role == BENCH_ROLE_SUB) {
       cl->track = calloc(1, sizeof *cl->track);
       if (cl->track == NULL) return -1;
@@ -124,6 +129,7 @@ static void free_clients(bench_t *b) {
     free((void *)cl->bind_addr);
     if (cl->track) bench_track_free(cl->track);
     free(cl->track);
+    free(cl->payload);
   }
   free(b->clients);
   b->clients = NULL;
@@ -166,8 +172,6 @@ static void connect_one(bench_t *b, bench_client_t *cl) {
 /* Payloads up to this size are built on the stack; larger ones on the heap.
  * Each publish builds its own, so publishers on different threads (Paho)
  * never share a buffer. */
-#define STACK_PAYLOAD 4096
-
 /* Driver calls run with the engine unlocked: a threaded library may hold its
  * own lock while it calls back into the engine, and the two locks must never
  * be taken in opposite orders. Callers leave the engine consistent first. */
@@ -182,10 +186,12 @@ static int call_publish(bench_t *b, bench_client_t *cl, const uint8_t *payload) 
  * publishes, as a clock read per message would cost more than a publish
  * (each driver pays the same). */
 static int publish_one(bench_t *b, bench_client_t *cl, uint64_t now) {
-  uint8_t stack[STACK_PAYLOAD];
-  uint8_t *payload = b->o->size <= STACK_PAYLOAD ? stack : malloc(b->o->size);
-  if (payload == NULL) return -1;
-  memset(payload, 'x', b->o->size);
+  uint8_t *payload = cl->payload;
+  if (payload == NULL) {
+    payload = malloc(b->o->size);
+    if (payload == NULL) return -1;
+    memset(payload, 'x', b->o->size);
+  }
   bench_stamp_t st = {now, cl->seq, cl->index};
   bench_stamp_write(payload, &st);
   /* Counted before the call: a threaded library may complete it before the
@@ -194,7 +200,7 @@ static int publish_one(bench_t *b, bench_client_t *cl, uint64_t now) {
   cl->seq++;
   b->r.pub_sent++;
   int rc = call_publish(b, cl, payload);
-  if (payload != stack) free(payload);
+  if (payload != cl->payload) free(payload);
   if (rc < 0) {
     cl->sent--;
     cl->seq--;

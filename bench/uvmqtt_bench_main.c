@@ -183,13 +183,14 @@ static int drv_subscribe(bench_t *b, bench_client_t *cl, const char *filter, int
   return rc;
 }
 
+/* Built once, as an application publishing at a fixed QoS would. */
+static const uvmqtt_publish_opts_t publish_opts[3] = {{.qos = 0}, {.qos = 1}, {.qos = 2}};
+
 static int drv_publish(bench_t *b, bench_client_t *cl, const void *payload, size_t len, int qos) {
   (void)b;
   uv_client_t *u = cl->drv;
-  uvmqtt_publish_opts_t po;
-  memset(&po, 0, sizeof po);
-  po.qos = (uint8_t)qos;
-  return uvmqtt_publish(&u->client, cl->topic, payload, len, &po, on_published, NULL);
+  return uvmqtt_publish(&u->client, cl->topic, payload, len, &publish_opts[qos], on_published,
+                        NULL);
 }
 
 static void close_now(bench_client_t *cl) {

@@ -18,12 +18,6 @@ struct bench_track_pub_s {
 
 /* The stamp is written in the host's byte order: sender and receiver run on
  * the same machine, and uv_hrtime values are only comparable there anyway. */
-void bench_stamp_write(uint8_t *payload, const bench_stamp_t *stamp) {
-  memcpy(payload, &stamp->sent_ns, 8);
-  memcpy(payload + 8, &stamp->seq, 4);
-  memcpy(payload + 12, &stamp->publisher, 4);
-}
-
 int bench_stamp_read(const uint8_t *payload, size_t len, bench_stamp_t *stamp) {
   if (len < BENCH_HEADER_LEN) return -1;
   memcpy(&stamp->sent_ns, payload, 8);

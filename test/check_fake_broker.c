@@ -678,9 +678,11 @@ END_TEST
 
 /* ---- Graceful disconnect and connect options ------------------------------------------------- */
 
-#define BURST_QOS0      80 /* 1 KiB each: more than 64 KiB, beyond one socket write */
+/* 4 KiB each: 320 KiB, past the output's high water (UVMQTT__OUT_HIGH_WATER,
+ * 256 KiB), so that the last of them wait in the queue. */
+#define BURST_QOS0      80
 #define BURST_QOS1      10
-#define BURST_PAYLOAD   1024
+#define BURST_PAYLOAD   4096
 #define BURST_NOT_FIRED 1 /* burst_status before the callback ran */
 
 static void burst_cb(uvmqtt_client_t *c, int status, uint8_t reason, void *arg) {

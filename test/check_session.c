@@ -722,6 +722,87 @@ START_TEST(session_drop_policy_fails_at_loss) {
 }
 END_TEST
 
+/* A QoS 0 message published while nothing waits goes straight into the
+ * output: its bytes are exactly the encoder's for every topic length (the
+ * copy and the topic check work in words), and every check of the general
+ * path still refuses what it must, leaving no block behind. */
+START_TEST(session_qos0_direct_bytes_and_refusals) {
+  fixture_t f;
+  uint8_t version = _i ? UVMQTT_V5 : UVMQTT_V311;
+  setup_session(&f, version, 1, 0);
+  connack(&f, 0, NULL);
+  drain(&f);
+  static const size_t payload_lens[] = {0, 1, 64, 300};
+  static uint8_t payload[300];
+  for (size_t i = 0; i < sizeof payload; i++)
+    payload[i] = (uint8_t)(i * 7);
+  char topic[81];
+  uvmqtt__publish_t o;
+  memset(&o, 0, sizeof o);
+  o.policy = UVMQTT_DELIVERY_UNTIL_DELIVERED;
+  for (size_t tl = 1; tl <= 80; tl++) {
+    for (size_t k = 0; k < tl; k++)
+      topic[k] = (char)(k % 9 == 8 ? '/' : 'a' + (int)(k % 26));
+    topic[tl] = 0;
+    for (size_t pi = 0; pi < 4; pi++) {
+      size_t pl = payload_lens[pi];
+      ck_assert_int_eq(uvmqtt__session_publish(&f.s, topic, payload, pl, &o, 1), 0);
+      ck_assert_ptr_null(f.s.act->queue.head);
+      ck_assert_ptr_null(f.s.act->out.pubs[f.s.act->out.npubs - 1].msg);
+      uvmqtt_packet_t pkt;
+      memset(&pkt, 0, sizeof pkt);
+      pkt.type = UVMQTT_PUBLISH;
+      pkt.u.publish.topic.data = (const uint8_t *)topic;
+      pkt.u.publish.topic.len = (uint32_t)tl;
+      pkt.u.publish.payload.data = payload;
+      pkt.u.publish.payload.len = (uint32_t)pl;
+      uint8_t want[512];
+      ssize_t n = uvmqtt_encode(&pkt, version, want, sizeof want);
+      ck_assert_int_gt(n, 0);
+      int done = f.done;
+      ck_assert_int_eq(drain(&f), 1);
+      ck_assert_int_eq(f.done, done + 1);
+      ck_assert_uint_eq(f.raw_len, (size_t)n);
+      ck_assert_mem_eq(f.raw, want, (size_t)n);
+    }
+    /* A wildcard or a byte that is not UTF-8 at each place: refused, and
+     * the block the refused message would have needed is gone. */
+    for (size_t k = 0; k < tl; k++) {
+      static const struct {
+        uint8_t byte;
+        int err;
+      } bad[] = {{'+', UVMQTT_ETOPICWILD}, {'#', UVMQTT_ETOPICWILD}, {0xFF, UVMQTT_EBADUTF8}};
+      for (size_t b = 0; b < 3; b++) {
+        char saved = topic[k];
+        topic[k] = (char)bad[b].byte;
+        ck_assert_ptr_null(f.s.act);
+        ck_assert_int_eq(uvmqtt__session_publish(&f.s, topic, "x", 1, &o, 1), bad[b].err);
+        ck_assert_ptr_null(f.s.act);
+        topic[k] = saved;
+      }
+    }
+  }
+  /* Multi-byte UTF-8 takes the full scan, and passes. */
+  ck_assert_int_eq(
+      uvmqtt__session_publish(&f.s, "caf\xc3\xa9/\xe2\x82\xac/long-enough", "x", 1, &o, 1), 0);
+  ck_assert_int_eq(drain(&f), 1);
+  /* The queue bounds count what the output holds. */
+  f.s.max_queued = 2;
+  ck_assert_int_eq(uvmqtt__session_publish(&f.s, "q", "x", 1, &o, 1), 0);
+  ck_assert_int_eq(uvmqtt__session_publish(&f.s, "q", "x", 1, &o, 1), 0);
+  ck_assert_int_eq(uvmqtt__session_publish(&f.s, "q", "x", 1, &o, 1), UVMQTT_EQUEUEFULL);
+  ck_assert_int_eq(drain(&f), 2);
+  f.s.max_queued = 100;
+  /* Larger than the broker's Maximum Packet Size: never on this connection. */
+  f.s.broker_max_packet = 32;
+  ck_assert_int_eq(uvmqtt__session_publish(&f.s, "big", payload, 64, &o, 1), UVMQTT_EPKTTOOBIG);
+  ck_assert_ptr_null(f.s.act);
+  ck_assert_int_eq(uvmqtt__session_publish(&f.s, "small", payload, 8, &o, 1), 0);
+  ck_assert_int_eq(drain(&f), 1);
+  teardown(&f);
+}
+END_TEST
+
 START_TEST(session_queue_bounds) {
   fixture_t f;
   setup_session(&f, UVMQTT_V311, 0, 0);
@@ -1304,8 +1385,8 @@ START_TEST(session_nothing_after_disconnect) {
 }
 END_TEST
 
-/* Defect 1, the flood: a stop with 100 KiB of QoS 0 queued ends in
- * DISCONNECT as the very last bytes. */
+/* Defect 1, the flood: a stop with QoS 0 queued past the output's high
+ * water (300 KiB) ends in DISCONNECT as the very last bytes. */
 START_TEST(session_disconnect_is_last_after_flood) {
   fixture_t f;
   setup_session(&f, UVMQTT_V311, 1, 0);
@@ -1314,8 +1395,9 @@ START_TEST(session_disconnect_is_last_after_flood) {
   uvmqtt__publish_t o;
   memset(&o, 0, sizeof o);
   o.policy = UVMQTT_DELIVERY_UNTIL_DELIVERED;
-  for (int i = 0; i < 100; i++)
+  for (int i = 0; i < 300; i++)
     ck_assert_int_eq(uvmqtt__session_publish(&f.s, "bulk", payload, sizeof payload, &o, 1), 0);
+  ck_assert_ptr_nonnull(f.s.act->queue.head); /* the rest wait in the queue */
   ck_assert_int_eq(uvmqtt__session_stop(&f.s, 0, 2), 0);
   drain(&f);
   uint8_t last = 0;
@@ -2254,6 +2336,7 @@ Suite *uvmqtt_test_suite(void) {
   tcase_add_loop_test(flows, session_connect_and_connack, 0, 2);
   tcase_add_loop_test(flows, session_publish_qos1_acked, 0, 2);
   tcase_add_loop_test(flows, session_publish_qos2_flow, 0, 2);
+  tcase_add_loop_test(flows, session_qos0_direct_bytes_and_refusals, 0, 2);
   tcase_add_test(flows, session_v5_puback_failure_reason_is_data);
   tcase_add_loop_test(flows, session_unexpected_acks_ignored, 0, 2);
   tcase_add_loop_test(flows, session_incoming_qos2_exactly_once, 0, 2);

@@ -262,8 +262,8 @@ int uvmqtt_publish(uvmqtt_client_t *client, const char *topic, const void *paylo
   if (d.kind > UVMQTT_DELIVERY_CUSTOM) return UVMQTT_EINVAL;
   if (d.kind == UVMQTT_DELIVERY_CUSTOM && c->sess.decide == NULL) return UVMQTT_EINVAL;
   if (d.kind == UVMQTT_DELIVERY_DROP && c->state != UVMQTT__C_CONNECTED) return UVMQTT_ENOTCONN;
+  /* Every field set once, no clearing first: this runs per message. */
   uvmqtt__publish_t p;
-  memset(&p, 0, sizeof p);
   if (opts) {
     /* One byte at a time: an application that zeroes its options and then
      * sets a field has stored them in pieces of different widths, and one
@@ -271,6 +271,10 @@ int uvmqtt_publish(uvmqtt_client_t *client, const char *topic, const void *paylo
     p.qos = *(const volatile uint8_t *)&opts->qos;
     p.retain = *(const volatile uint8_t *)&opts->retain;
     p.props = opts->props;
+  } else {
+    p.qos = 0;
+    p.retain = 0;
+    p.props = NULL;
   }
   p.policy = d.kind;
   p.deadline_ms = d.deadline_ms;
@@ -278,10 +282,11 @@ int uvmqtt_publish(uvmqtt_client_t *client, const char *topic, const void *paylo
   p.arg = arg;
   err = uvmqtt__session_publish(&c->sess, topic, payload, len, &p, uvmqtt__now(c));
   if (err) return err;
-  if (uvmqtt__session_pending(&c->sess))
-    uvmqtt__client_schedule_flush(c);
-  else if (d.kind == UVMQTT_DELIVERY_DEADLINE)
+  if (uvmqtt__session_pending(&c->sess)) {
+    if (!c->flush_scheduled) uvmqtt__client_schedule_flush(c); /* once per batch, not per message */
+  } else if (d.kind == UVMQTT_DELIVERY_DEADLINE) {
     uvmqtt__client_arm(c);
+  }
   return 0;
 }
 

@@ -16,52 +16,17 @@
 #define ALWAYS_INLINE inline
 #endif
 
-#define HIGH_BITS 0x8080808080808080ull
-#define LOW_BITS  0x0101010101010101ull
-#define PLUS8     0x2B2B2B2B2B2B2B2Bull
-#define HASH8     0x2323232323232323ull
-
-/* High bit of every byte of x that is zero, exact once x has no byte with
- * its high bit set (the classic (x - 0x01..) & ~x trick). */
-static inline uint64_t zero_bytes(uint64_t x) {
-  return (x - LOW_BITS) & ~x;
-}
-
-/* True when the eight bytes at s are all ASCII, none is NUL and, when
- * `wild` is set, none is '+' or '#'. A byte >= 0x80 sets its own high bit,
- * so the zero-byte tests only ever run on ASCII lanes that matter. */
+/* True when the eight bytes of v are all ASCII, none is NUL and, when
+ * `wild` is set, none is '+' or '#' (uvmqtt__topic_word_bad() in utf8.h). */
 static ALWAYS_INLINE int clean_word(uint64_t v, int wild) {
-  uint64_t bad = v | zero_bytes(v);
-  if (wild) bad |= zero_bytes(v ^ PLUS8) | zero_bytes(v ^ HASH8);
-  return (bad & HIGH_BITS) == 0;
+  if (wild) return uvmqtt__topic_word_bad(v) == 0;
+  return ((v | ((v - 0x0101010101010101ull) & ~v)) & 0x8080808080808080ull) == 0;
 }
 
 static ALWAYS_INLINE int clean8(const uint8_t *s, int wild) {
   uint64_t v;
   memcpy(&v, s, sizeof v);
   return clean_word(v, wild);
-}
-
-/* The 1 to 7 bytes at s in one word: every byte of the string (some twice,
- * from two overlapping loads) and a plain letter in what is left. Read
- * straight from the string: a padded copy, stored byte by byte and loaded
- * as one word, stalls the load until the stores retire (measured: most of
- * the scan's time for a short topic). The lanes are checked independently,
- * so their order does not matter. */
-static inline uint64_t short_word(const uint8_t *s, size_t len) {
-  if (len >= 4) {
-    uint32_t a, b;
-    memcpy(&a, s, 4);
-    memcpy(&b, s + len - 4, 4);
-    return a | (uint64_t)b << 32;
-  }
-  if (len >= 2) {
-    uint16_t a, b;
-    memcpy(&a, s, 2);
-    memcpy(&b, s + len - 2, 2);
-    return 0x6161616100000000ull | (uint64_t)b << 16 | a;
-  }
-  return 0x6161616161616100ull | s[0];
 }
 
 static inline int cont(uint8_t c) {
@@ -96,7 +61,7 @@ static ALWAYS_INLINE int scan(const uint8_t *s, size_t len, int wild) {
      * through the byte loop, which says why. (An empty string may come
      * without data.) */
     if (len == 0) return 0;
-    if (clean_word(short_word(s, len), wild)) return 0;
+    if (clean_word(uvmqtt__utf8_short_word(s, len), wild)) return 0;
   }
   while (i < len) {
     if (len - i >= 8) {

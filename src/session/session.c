@@ -1050,49 +1050,73 @@ static int direct_ok(const uvmqtt__session_t *s, const uvmqtt__publish_t *p,
          !(policy == UVMQTT_DELIVERY_DEADLINE && p->deadline_ms == 0); /* stale at once */
 }
 
-/* Encodes a QoS 0 PUBLISH (checked by the caller but for its topic) straight
- * into the output: no message is allocated and the bytes are copied once.
- * The queue bounds count it until its write completes, as they count a
- * queued QoS 0 message in the output. */
+/* Copies a topic of up to 64 bytes without a call: most are short, and a
+ * call to memcpy costs more than the copy. Longer ones use memcpy. */
+static inline void copy_topic(uint8_t *d, const uint8_t *t, size_t n) {
+  if (n >= 16 && n <= 64) {
+    /* 16-byte blocks, the last one overlapping the one before. */
+    for (size_t i = 0; i + 16 < n; i += 16)
+      memcpy(d + i, t + i, 16);
+    memcpy(d + n - 16, t + n - 16, 16);
+  } else if (n >= 8 && n < 16) {
+    memcpy(d, t, 8);
+    memcpy(d + n - 8, t + n - 8, 8);
+  } else if (n >= 4 && n < 8) {
+    memcpy(d, t, 4);
+    memcpy(d + n - 4, t + n - 4, 4);
+  } else {
+    memcpy(d, t, n);
+  }
+}
+
+/* Encodes a QoS 0 PUBLISH that direct_ok() let through straight into the
+ * output: no message is allocated and the bytes are copied once. The queue
+ * bounds count it until its write completes, as they count a queued QoS 0
+ * message in the output. */
 static int publish_direct(uvmqtt__session_t *s, const uint8_t *topic, size_t topic_len,
                           const void *payload, size_t len, const uvmqtt__publish_t *p,
                           uint64_t now) {
   size_t rem = 2 + topic_len + (s->version == UVMQTT_V5 ? 1u : 0u) + len;
   if (rem > UVMQTT_MAX_REMAINING_LENGTH) return UVMQTT_EPKTTOOBIG;
-  size_t total = 1u + (size_t)uvmqtt_varint_size((uint32_t)rem) + rem;
-  int g = gate(s, UVMQTT_PUBLISH, total);
-  if (g < 0) return g;
-  int err = uvmqtt__utf8_scan(topic, topic_len, 1);
+  size_t total = 1u + (rem < 128 ? 1u : rem < 16384 ? 2u : rem < 2097152 ? 3u : 4u) + rem;
+  /* [MQTT-3.1.2-24]: nothing larger than the broker's Maximum Packet Size. */
+  if (s->broker_max_packet && total > s->broker_max_packet) return UVMQTT_EPKTTOOBIG;
+  int err = uvmqtt__topic_check(topic, topic_len);
   if (err) return err;
-  uint32_t queued = s->act ? s->act->queued : 0;
-  size_t queued_bytes = s->act ? s->act->queued_bytes : 0;
-  if (queued + 1 > s->max_queued || queued_bytes + total > s->max_queued_bytes)
+  uvmqtt__session_active_t *a = s->act;
+  if (a == NULL || a->out.cap - a->out.len < total || a->out.npubs == a->out.pubs_cap) {
+    uint32_t queued = a ? a->queued : 0;
+    size_t queued_bytes = a ? a->queued_bytes : 0;
+    if (queued + 1 > s->max_queued || queued_bytes + total > s->max_queued_bytes)
+      return UVMQTT_EQUEUEFULL;
+    if (out_reserve(s, total) != 0 || out_pubs_reserve(s) != 0) return UVMQTT_ENOMEM;
+    a = s->act;
+  } else if (a->queued + 1 > s->max_queued || a->queued_bytes + total > s->max_queued_bytes) {
     return UVMQTT_EQUEUEFULL;
-  if (out_reserve(s, total) != 0 || out_pubs_reserve(s) != 0) return UVMQTT_ENOMEM;
-  uint8_t *b = s->act->out.buf + s->act->out.len;
-  size_t n = 0;
-  b[n++] = (uint8_t)((UVMQTT_PUBLISH << 4) | (p->retain ? 1u : 0u));
-  n += put_varint(b + n, (uint32_t)rem);
+  }
+  uint8_t *b = a->out.buf + a->out.len;
+  b[0] = (uint8_t)((UVMQTT_PUBLISH << 4) | (p->retain ? 1u : 0u));
+  size_t n = 1 + put_varint(b + 1, (uint32_t)rem);
   b[n++] = (uint8_t)(topic_len >> 8);
   b[n++] = (uint8_t)topic_len;
-  memcpy(b + n, topic, topic_len);
+  copy_topic(b + n, topic, topic_len);
   n += topic_len;
   if (s->version == UVMQTT_V5) b[n++] = 0; /* no properties */
   if (len) memcpy(b + n, payload, len);
   n += len;
-  uvmqtt__out_pub_t *op = &s->act->out.pubs[s->act->out.npubs++];
+  uvmqtt__out_pub_t *op = &a->out.pubs[a->out.npubs++];
   op->msg = NULL;
   op->cb = p->cb;
   op->arg = p->arg;
   op->seq = s->next_seq++;
   op->deadline = p->policy == UVMQTT_DELIVERY_DEADLINE ? now + p->deadline_ms : 0;
-  op->off = (uint32_t)s->act->out.len;
+  op->off = (uint32_t)a->out.len;
   op->len = (uint32_t)n;
   op->policy = p->policy;
-  s->act->out.len += n;
+  a->out.len += n;
+  a->queued++;
+  a->queued_bytes += n;
   uvmqtt__session_set_time(s, UVMQTT__T_SEND, now);
-  s->act->queued++;
-  s->act->queued_bytes += n;
   return 0;
 }
 
@@ -1120,8 +1144,8 @@ static int session_publish(uvmqtt__session_t *s, const char *topic, const void *
     if (p->retain && !s->broker_retain) return UVMQTT_ERETAINNOTSUP;
     if (alias > s->broker_alias_max) return UVMQTT_ETOPICALIAS;
   }
-  if (topic_len > 0 && direct_ok(s, p, props))
-    return publish_direct(s, (const uint8_t *)topic, topic_len, payload, len, p, now);
+  /* uvmqtt__session_publish() took every QoS 0 message direct_ok() lets
+   * through; this one waits in the queue. */
 
   /* Cleared as far as the encoder reads it: the header, the PUBLISH, and
    * the properties in v5 only (3.1.1 ignores them; they are most of the
@@ -1966,6 +1990,24 @@ static int session_take_output(uvmqtt__session_t *s, uvmqtt__output_t *out) {
 }
 
 static void session_written(uvmqtt__session_t *s, uvmqtt__output_t *out, int status, uint64_t now) {
+  /* While busy, keep the buffer for the next output rather than allocating
+   * again; an idle connection keeps none. After a write that succeeded the
+   * bytes are not needed (only a failed write turns records back into
+   * messages), so the buffer passes on and the waiting messages move into
+   * it before any completion runs: what a completion callback publishes then
+   * finds the queue empty and goes straight to the output, instead of every
+   * message of a steady stream passing through the queue. */
+  const uvmqtt__session_active_t *a = s->act;
+  int busy = a && (a->queue.head != NULL || a->window.head != NULL || a->resend.head != NULL);
+  int keep_buf = busy && a->out.buf == NULL && out->cap <= UVMQTT__OUT_HIGH_WATER * 2;
+  if (status == 0) {
+    if (keep_buf) {
+      s->act->out.buf = out->buf;
+      s->act->out.cap = out->cap;
+      out->buf = NULL;
+    }
+    session_pump(s, now);
+  }
   /* A callback may publish: that goes to the session's output, never to
    * this one. */
   uint32_t npubs = out->npubs;
@@ -1981,11 +2023,9 @@ static void session_written(uvmqtt__session_t *s, uvmqtt__output_t *out, int sta
   size_t hint = out->len < UVMQTT__OUT_HIGH_WATER * 2 ? out->len : UVMQTT__OUT_HIGH_WATER * 2;
   s->out_hint = (uint16_t)((hint + UVMQTT__OUT_HINT_UNIT - 1) / UVMQTT__OUT_HINT_UNIT);
   s->out_pubs_hint = (uint16_t)(npubs < UINT16_MAX ? npubs : UINT16_MAX);
-  /* While busy, keep the buffer for the next output rather than allocating
-   * again; an idle connection keeps none. */
-  const uvmqtt__session_active_t *a = s->act;
-  int busy = a && (a->queue.head != NULL || a->window.head != NULL || a->resend.head != NULL);
-  if (busy && s->act->out.buf == NULL && out->cap <= UVMQTT__OUT_HIGH_WATER * 2) {
+  a = s->act;
+  busy = a && (a->queue.head != NULL || a->window.head != NULL || a->resend.head != NULL);
+  if (out->buf && busy && a->out.buf == NULL && out->cap <= UVMQTT__OUT_HIGH_WATER * 2) {
     s->act->out.buf = out->buf;
     s->act->out.cap = out->cap;
   } else {
@@ -2041,6 +2081,20 @@ void uvmqtt__session_lost(uvmqtt__session_t *s, int status, uint64_t now) {
 
 int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void *payload,
                             size_t len, const uvmqtt__publish_t *p, uint64_t now) {
+  /* A steady stream of QoS 0 messages goes straight into the output, after
+   * the checks session_publish() would make for it: no block is walked, so
+   * no enter()/leave(), but a block allocated for a message that then
+   * failed is freed as leave() would. */
+  if (topic != NULL && p != NULL && (payload != NULL || len == 0) &&
+      len <= UVMQTT_MAX_REMAINING_LENGTH && (s->version != UVMQTT_V5 || p->props == NULL) &&
+      (!*(const volatile uint8_t *)&p->retain || s->broker_retain) && direct_ok(s, p, NULL)) {
+    size_t topic_len = strlen(topic);
+    if (topic_len - 1 < 65535) { /* 1 to 65535 */
+      int err = publish_direct(s, (const uint8_t *)topic, topic_len, payload, len, p, now);
+      if (err && s->depth == 0 && s->act && act_idle(s->act)) act_free(s);
+      return err;
+    }
+  }
   enter(s);
   int err = session_publish(s, topic, payload, len, p, now);
   leave(s);

@@ -234,15 +234,13 @@ static void do_read(uvmqtt__transport_t *t) {
   }
 }
 
-/* Sends from bufs[first..] what the socket takes. Returns the bytes sent,
- * 0 when it takes nothing now, or a negative error. */
-static ssize_t send_bufs(int fd, const uv_buf_t *bufs, unsigned nbufs) {
-  struct iovec iov[MAX_IOV];
-  unsigned n = nbufs < MAX_IOV ? nbufs : MAX_IOV;
-  for (unsigned i = 0; i < n; i++) {
-    iov[i].iov_base = bufs[i].base;
-    iov[i].iov_len = bufs[i].len;
-  }
+/* One sendmsg() carries at most this much: loopback TCP builds segments of
+ * up to 64 KiB and pushes each call's as one burst. Measured on loopback
+ * into a fast reader: the same bytes cost the kernel about 40% less time
+ * in 64 KiB calls than in calls of 150 KiB and more. */
+#define SEND_CHUNK (64u * 1024u)
+
+static ssize_t send_iov(int fd, struct iovec *iov, unsigned n) {
   struct msghdr msg;
   memset(&msg, 0, sizeof msg);
   msg.msg_iov = iov;
@@ -253,9 +251,45 @@ static ssize_t send_bufs(int fd, const uv_buf_t *bufs, unsigned nbufs) {
   do
     r = sendmsg(fd, &msg, MSG_NOSIGNAL);
   while (r < 0 && errno == EINTR);
-  if (r >= 0) return r;
-  if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-  return os_error();
+  return r;
+}
+
+/* Sends what the socket takes of bufs, in calls of at most SEND_CHUNK
+ * bytes and MAX_IOV buffers, until it takes less than offered. Returns the
+ * bytes sent, 0 when it takes nothing now, or a negative error. */
+static ssize_t send_bufs(int fd, const uv_buf_t *bufs, unsigned nbufs) {
+  size_t sent = 0, off = 0; /* off: into bufs[0] */
+  while (nbufs > 0) {
+    struct iovec iov[MAX_IOV];
+    unsigned n = 0;
+    size_t want = 0;
+    while (n < nbufs && n < MAX_IOV && want < SEND_CHUNK) {
+      size_t len = bufs[n].len - (n == 0 ? off : 0);
+      if (len > SEND_CHUNK - want) len = SEND_CHUNK - want;
+      iov[n].iov_base = bufs[n].base + (n == 0 ? off : 0);
+      iov[n].iov_len = len;
+      want += len;
+      n++;
+    }
+    ssize_t r = send_iov(fd, iov, n);
+    if (r < 0) {
+      if (sent > 0) return (ssize_t)sent;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+      return os_error();
+    }
+    sent += (size_t)r;
+    if ((size_t)r < want) break;
+    /* Past what went: whole buffers, then into the next. */
+    size_t left = (size_t)r;
+    while (nbufs > 0 && left >= bufs[0].len - off) {
+      left -= bufs[0].len - off;
+      off = 0;
+      bufs++;
+      nbufs--;
+    }
+    off += left;
+  }
+  return (ssize_t)sent;
 }
 
 /* Moves `w` past `n` sent bytes. */
