@@ -550,11 +550,14 @@ static void big_on_connect(uvmqtt__transport_t *t, int status) {
   c->connect_status = status;
   ck_assert_int_eq(status, 0);
   /* Many buffers, so the partial write lands inside one of them and the
-   * rest must be re-sliced. */
+   * rest must be re-sliced; the first is shorter, so that no boundary
+   * between buffers meets one of the 64 KiB sendmsg calls either. */
   uv_buf_t bufs[BIG_BUFS];
-  size_t each = BIG_SIZE / BIG_BUFS;
-  for (unsigned i = 0; i < BIG_BUFS; i++)
-    bufs[i] = uv_buf_init((char *)big_data + i * each, each);
+  size_t each = BIG_SIZE / BIG_BUFS, skew = 1000;
+  bufs[0] = uv_buf_init((char *)big_data, (unsigned)(each - skew));
+  for (unsigned i = 1; i < BIG_BUFS; i++)
+    bufs[i] = uv_buf_init((char *)big_data + i * each - skew, (unsigned)each);
+  bufs[BIG_BUFS - 1].len += skew;
   big_write_result = uvmqtt__transport_write(t, bufs, BIG_BUFS, &big_write_done);
   big_queue_after_write = t->vt->write_queue_size(t);
 }
