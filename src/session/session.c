@@ -1990,24 +1990,6 @@ static int session_take_output(uvmqtt__session_t *s, uvmqtt__output_t *out) {
 }
 
 static void session_written(uvmqtt__session_t *s, uvmqtt__output_t *out, int status, uint64_t now) {
-  /* While busy, keep the buffer for the next output rather than allocating
-   * again; an idle connection keeps none. After a write that succeeded the
-   * bytes are not needed (only a failed write turns records back into
-   * messages), so the buffer passes on and the waiting messages move into
-   * it before any completion runs: what a completion callback publishes then
-   * finds the queue empty and goes straight to the output, instead of every
-   * message of a steady stream passing through the queue. */
-  const uvmqtt__session_active_t *a = s->act;
-  int busy = a && (a->queue.head != NULL || a->window.head != NULL || a->resend.head != NULL);
-  int keep_buf = busy && a->out.buf == NULL && out->cap <= UVMQTT__OUT_HIGH_WATER * 2;
-  if (status == 0) {
-    if (keep_buf) {
-      s->act->out.buf = out->buf;
-      s->act->out.cap = out->cap;
-      out->buf = NULL;
-    }
-    session_pump(s, now);
-  }
   /* A callback may publish: that goes to the session's output, never to
    * this one. */
   uint32_t npubs = out->npubs;
@@ -2023,9 +2005,11 @@ static void session_written(uvmqtt__session_t *s, uvmqtt__output_t *out, int sta
   size_t hint = out->len < UVMQTT__OUT_HIGH_WATER * 2 ? out->len : UVMQTT__OUT_HIGH_WATER * 2;
   s->out_hint = (uint16_t)((hint + UVMQTT__OUT_HINT_UNIT - 1) / UVMQTT__OUT_HINT_UNIT);
   s->out_pubs_hint = (uint16_t)(npubs < UINT16_MAX ? npubs : UINT16_MAX);
-  a = s->act;
-  busy = a && (a->queue.head != NULL || a->window.head != NULL || a->resend.head != NULL);
-  if (out->buf && busy && a->out.buf == NULL && out->cap <= UVMQTT__OUT_HIGH_WATER * 2) {
+  /* While busy, keep the buffer for the next output rather than allocating
+   * again; an idle connection keeps none. */
+  const uvmqtt__session_active_t *a = s->act;
+  int busy = a && (a->queue.head != NULL || a->window.head != NULL || a->resend.head != NULL);
+  if (busy && s->act->out.buf == NULL && out->cap <= UVMQTT__OUT_HIGH_WATER * 2) {
     s->act->out.buf = out->buf;
     s->act->out.cap = out->cap;
   } else {
