@@ -284,6 +284,11 @@ struct bench_s {
   uv_timer_t phase_timer;
   uv_async_t wake;
   uint64_t unique; /* new messages over all subscribers, for completion */
+  /* Unpaced publishing refills a client's window once this many or fewer
+   * are outstanding (half the window); paced publishing never does. Worked
+   * out once: it is checked at every completion. */
+  uint64_t refill_at;
+  uint8_t paced;
   bench_result_t r;
 };
 

@@ -601,8 +601,8 @@ void bench_on_published(bench_t *b, bench_client_t *cl, int ok) {
   }
   /* The window refills once half of it completed: in batches, so that the
    * send time read per batch is not one clock read per message. */
-  if (b->o->interval_ms == 0 && cl->sent - cl->done <= b->o->inflight / 2) fill(b, cl);
-  pub_check_finished(b, cl);
+  if (!b->paced && cl->sent - cl->done <= b->refill_at) fill(b, cl);
+  if (cl->done == cl->sent) pub_check_finished(b, cl);
   unlock(b);
 }
 
@@ -666,6 +666,8 @@ int bench_main(const bench_opts_t *o, const bench_driver_t *drv, void *drv_state
   b->o = o;
   b->drv = drv;
   b->drv_state = drv_state;
+  b->paced = o->interval_ms > 0;
+  b->refill_at = o->inflight / 2;
   b->r.clients = o->clients;
   b->tty = isatty(2);
   hist_init(&b->r.latency);
