@@ -1050,9 +1050,9 @@ static int direct_ok(const uvmqtt__session_t *s, const uvmqtt__publish_t *p,
          !(policy == UVMQTT_DELIVERY_DEADLINE && p->deadline_ms == 0); /* stale at once */
 }
 
-/* Copies a topic of up to 64 bytes without a call: most are short, and a
- * call to memcpy costs more than the copy. Longer ones use memcpy. */
-static inline void copy_topic(uint8_t *d, const uint8_t *t, size_t n) {
+/* Copies n bytes; up to 64 without a call: most topics and many payloads
+ * are short, and a call to memcpy costs more than the copy. */
+static inline void copy_short(uint8_t *d, const uint8_t *t, size_t n) {
   if (n >= 16 && n <= 64) {
     /* 16-byte blocks, the last one overlapping the one before. */
     for (size_t i = 0; i + 16 < n; i += 16)
@@ -1064,7 +1064,11 @@ static inline void copy_topic(uint8_t *d, const uint8_t *t, size_t n) {
   } else if (n >= 4 && n < 8) {
     memcpy(d, t, 4);
     memcpy(d + n - 4, t + n - 4, 4);
-  } else {
+  } else if (n >= 1 && n < 4) {
+    d[0] = t[0];
+    d[n / 2] = t[n / 2];
+    d[n - 1] = t[n - 1];
+  } else if (n > 64) {
     memcpy(d, t, n);
   }
 }
@@ -1099,10 +1103,10 @@ static int publish_direct(uvmqtt__session_t *s, const uint8_t *topic, size_t top
   size_t n = 1 + put_varint(b + 1, (uint32_t)rem);
   b[n++] = (uint8_t)(topic_len >> 8);
   b[n++] = (uint8_t)topic_len;
-  copy_topic(b + n, topic, topic_len);
+  copy_short(b + n, topic, topic_len);
   n += topic_len;
   if (s->version == UVMQTT_V5) b[n++] = 0; /* no properties */
-  if (len) memcpy(b + n, payload, len);
+  copy_short(b + n, payload, len);
   n += len;
   uvmqtt__out_pub_t *op = &a->out.pubs[a->out.npubs++];
   op->msg = NULL;
