@@ -4,8 +4,9 @@
  *
  * Usage: uvmqtt-fuzz-corpus OUTDIR
  * Creates OUTDIR/fuzz_decode/ and OUTDIR/fuzz_roundtrip/ in the input
- * layouts those targets document, and OUTDIR/fuzz_ws_handshake/ with a few
- * HTTP response heads. */
+ * layouts those targets document, OUTDIR/fuzz_ws_handshake/ with a few
+ * HTTP response heads and OUTDIR/fuzz_tls_record/ with an input of each
+ * mode and cipher suite. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,6 +88,21 @@ int main(int argc, char **argv) {
     if (write_file(http_dir, http_seeds[i].name, (const uint8_t *)t, 1, (const uint8_t *)t + 1,
                    strlen(t + 1)))
       return 1;
+  }
+
+  /* fuzz_tls_record: byte 0 picks suite (% 3) and mode (/ 3 % 3), byte 1
+   * the content type, cut and tamper position, the rest is the data. */
+  char tls_dir[4096];
+  snprintf(tls_dir, sizeof tls_dir, "%s/fuzz_tls_record", argv[1]);
+  if (make_dir(tls_dir)) return 1;
+  static const uint8_t tls_body[] = "\x30\x0d\x00\x05"
+                                    "a/b/c"
+                                    "payload\0\0\0";
+  for (uint8_t head0 = 0; head0 < 9; head0++) {
+    uint8_t head[2] = {head0, (uint8_t)(head0 * 37u)};
+    char tls_name[32];
+    snprintf(tls_name, sizeof tls_name, "suite%u-mode%u", head0 % 3u, head0 / 3u);
+    if (write_file(tls_dir, tls_name, head, 2, tls_body, sizeof tls_body - 1)) return 1;
   }
 
   pm_gen_t *g = calloc(1, sizeof *g);

@@ -25,7 +25,7 @@ case $duration in
 esac
 here=$(cd "$(dirname "$0")" && pwd)
 bin="$build/fuzz"
-targets="fuzz_decode fuzz_roundtrip fuzz_ws_handshake"
+targets="fuzz_decode fuzz_roundtrip fuzz_ws_handshake fuzz_tls_record"
 
 for t in $targets fuzz_corpus_gen; do
   if [ ! -x "$bin/$t" ]; then
