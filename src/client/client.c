@@ -282,11 +282,10 @@ int uvmqtt_publish(uvmqtt_client_t *client, const char *topic, const void *paylo
   p.arg = arg;
   err = uvmqtt__session_publish(&c->sess, topic, payload, len, &p, uvmqtt__now(c));
   if (err) return err;
-  if (uvmqtt__session_pending(&c->sess)) {
-    if (!c->flush_scheduled) uvmqtt__client_schedule_flush(c); /* once per batch, not per message */
-  } else if (d.kind == UVMQTT_DELIVERY_DEADLINE) {
+  if (uvmqtt__session_pending(&c->sess))
+    uvmqtt__client_schedule_flush(c);
+  else if (d.kind == UVMQTT_DELIVERY_DEADLINE)
     uvmqtt__client_arm(c);
-  }
   return 0;
 }
 

@@ -286,8 +286,15 @@ const char *uvmqtt__servers_failed(uvmqtt__client_t *c, uint64_t now, int was_co
 /* Connection lifecycle (client_conn.c). */
 void uvmqtt__client_start_attempt(uvmqtt__client_t *c);
 void uvmqtt__client_lost(uvmqtt__client_t *c, int status);
-void uvmqtt__client_schedule_flush(uvmqtt__client_t *c);
 void uvmqtt__client_arm(uvmqtt__client_t *c);
+/* Output waits: written from the loop once the current callbacks return.
+ * Inline: a publish calls it for every message, and all but the first of a
+ * batch find it scheduled already. */
+static inline void uvmqtt__client_schedule_flush(uvmqtt__client_t *c) {
+  if (c->flush_scheduled || c->closing) return;
+  c->flush_scheduled = 1;
+  uvmqtt__client_arm(c);
+}
 /* The loop's timer reached the client's deadline. */
 void uvmqtt__client_on_timer(uvmqtt__client_t *c, uint64_t now);
 

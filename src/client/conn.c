@@ -47,12 +47,6 @@ void uvmqtt__client_arm(uvmqtt__client_t *c) {
   uvmqtt__loop_schedule(c->lp, c, next);
 }
 
-void uvmqtt__client_schedule_flush(uvmqtt__client_t *c) {
-  if (c->flush_scheduled || c->closing) return;
-  c->flush_scheduled = 1;
-  uvmqtt__client_arm(c);
-}
-
 /* ---- Output ------------------------------------------------------------------------- */
 
 static int can_write(const uvmqtt__client_t *c) {

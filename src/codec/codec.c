@@ -840,11 +840,7 @@ ssize_t uvmqtt_encode_publish_header(const uvmqtt_packet_t *pkt, uint8_t version
 }
 
 int uvmqtt_varint_size(uint32_t n) {
-  if (n < 128u) return 1;
-  if (n < 16384u) return 2;
-  if (n < 2097152u) return 3;
-  if (n <= UVMQTT_MAX_REMAINING_LENGTH) return 4;
-  return 0;
+  return uvmqtt__varint_size(n);
 }
 
 int uvmqtt_subs_next(uint8_t type, uvmqtt_bytes_t raw, size_t *offset, uvmqtt_topic_sub_t *out) {

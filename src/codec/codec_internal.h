@@ -44,6 +44,16 @@ static inline size_t uvmqtt__varint_write(uint8_t *out, uint32_t v) {
   return n;
 }
 
+/* The bytes uvmqtt__varint_write() takes for `v`, or 0 past
+ * UVMQTT_MAX_REMAINING_LENGTH (inline: the QoS 0 publish path needs it per
+ * message). */
+static inline int uvmqtt__varint_size(uint32_t v) {
+  if (v < 128u) return 1;
+  if (v < 16384u) return 2;
+  if (v < 2097152u) return 3;
+  return v <= UVMQTT_MAX_REMAINING_LENGTH ? 4 : 0;
+}
+
 static inline uint16_t uvmqtt__get16(const uint8_t *p) {
   return (uint16_t)((p[0] << 8) | p[1]);
 }

@@ -532,16 +532,6 @@ static void msg_set_layout(uvmqtt__msg_t *m, uint32_t len) {
   m->id_off = m->qos ? m->topic_off + m->topic_len : 0;
 }
 
-static size_t put_varint(uint8_t *p, uint32_t v) {
-  size_t n = 0;
-  do {
-    uint8_t b = v & 0x7Fu;
-    v >>= 7;
-    p[n++] = (uint8_t)(b | (v ? 0x80u : 0));
-  } while (v);
-  return n;
-}
-
 /* Writes m's PUBLISH with a Topic Alias, rebuilt from its stored bytes
  * (which stay as they are: a resend on another connection needs the full
  * topic): the topic is left out when the alias is bound, and the alias
@@ -576,7 +566,7 @@ static int out_publish_aliased(uvmqtt__session_t *s, uvmqtt__msg_t *m, uint64_t 
   uint8_t *p = s->act->out.buf + s->act->out.len;
   size_t n = 0;
   p[n++] = m->data[0];
-  n += put_varint(p + n, (uint32_t)remaining);
+  n += uvmqtt__varint_write(p + n, (uint32_t)remaining);
   p[n++] = (uint8_t)(topic_out >> 8);
   p[n++] = (uint8_t)topic_out;
   if (topic_out) memcpy(p + n, topic, topic_out);
@@ -585,7 +575,7 @@ static int out_publish_aliased(uvmqtt__session_t *s, uvmqtt__msg_t *m, uint64_t 
     p[n++] = m->data[m->id_off];
     p[n++] = m->data[m->id_off + 1];
   }
-  n += put_varint(p + n, new_plen);
+  n += uvmqtt__varint_write(p + n, new_plen);
   p[n++] = UVMQTT_PROP_TOPIC_ALIAS;
   p[n++] = (uint8_t)(alias >> 8);
   p[n++] = (uint8_t)alias;
@@ -1036,8 +1026,7 @@ static int connected(const uvmqtt__session_t *s) {
  * out at once, and all it needs besides its bytes fits an output record:
  * online, below the output's high water, nothing queued or to resend, no
  * store, no properties or aliases, a policy the session applies itself. */
-static int direct_ok(const uvmqtt__session_t *s, const uvmqtt__publish_t *p,
-                     const uvmqtt_props_t *props) {
+static int direct_ok(const uvmqtt__session_t *s, const uvmqtt__publish_t *p) {
   const uvmqtt__session_active_t *a = s->act;
   /* Field by field: the owner stored them one by one, and a load merged
    * across several of those stores stalls (no store forwarding). */
@@ -1045,31 +1034,30 @@ static int direct_ok(const uvmqtt__session_t *s, const uvmqtt__publish_t *p,
   return *(const volatile uint8_t *)&p->qos == 0 && s->state == UVMQTT__S_ONLINE &&
          (a == NULL || (a->queue.head == NULL && a->resend.head == NULL &&
                         a->out.len < UVMQTT__OUT_HIGH_WATER)) &&
-         s->store == NULL && props == NULL && s->alias_out_max == 0 &&
-         policy != UVMQTT_DELIVERY_CUSTOM &&
+         s->store == NULL && s->alias_out_max == 0 && policy != UVMQTT_DELIVERY_CUSTOM &&
          !(policy == UVMQTT_DELIVERY_DEADLINE && p->deadline_ms == 0); /* stale at once */
 }
 
 /* Copies n bytes; up to 64 without a call: most topics and many payloads
  * are short, and a call to memcpy costs more than the copy. */
 static inline void copy_short(uint8_t *d, const uint8_t *t, size_t n) {
-  if (n >= 16 && n <= 64) {
+  if (n > 64) {
+    memcpy(d, t, n);
+  } else if (n >= 16) {
     /* 16-byte blocks, the last one overlapping the one before. */
     for (size_t i = 0; i + 16 < n; i += 16)
       memcpy(d + i, t + i, 16);
     memcpy(d + n - 16, t + n - 16, 16);
-  } else if (n >= 8 && n < 16) {
+  } else if (n >= 8) {
     memcpy(d, t, 8);
     memcpy(d + n - 8, t + n - 8, 8);
-  } else if (n >= 4 && n < 8) {
+  } else if (n >= 4) {
     memcpy(d, t, 4);
     memcpy(d + n - 4, t + n - 4, 4);
-  } else if (n >= 1 && n < 4) {
+  } else if (n > 0) {
     d[0] = t[0];
     d[n / 2] = t[n / 2];
     d[n - 1] = t[n - 1];
-  } else if (n > 64) {
-    memcpy(d, t, n);
   }
 }
 
@@ -1082,25 +1070,22 @@ static int publish_direct(uvmqtt__session_t *s, const uint8_t *topic, size_t top
                           uint64_t now) {
   size_t rem = 2 + topic_len + (s->version == UVMQTT_V5 ? 1u : 0u) + len;
   if (rem > UVMQTT_MAX_REMAINING_LENGTH) return UVMQTT_EPKTTOOBIG;
-  size_t total = 1u + (rem < 128 ? 1u : rem < 16384 ? 2u : rem < 2097152 ? 3u : 4u) + rem;
-  /* [MQTT-3.1.2-24]: nothing larger than the broker's Maximum Packet Size. */
-  if (s->broker_max_packet && total > s->broker_max_packet) return UVMQTT_EPKTTOOBIG;
+  size_t total = 1u + (size_t)uvmqtt__varint_size((uint32_t)rem) + rem;
+  int g = gate(s, UVMQTT_PUBLISH, total); /* online (direct_ok): 0 or too large */
+  if (g < 0) return g;
   int err = uvmqtt__topic_check(topic, topic_len);
   if (err) return err;
   uvmqtt__session_active_t *a = s->act;
+  if ((a ? a->queued : 0) + 1 > s->max_queued ||
+      (a ? a->queued_bytes : 0) + total > s->max_queued_bytes)
+    return UVMQTT_EQUEUEFULL;
   if (a == NULL || a->out.cap - a->out.len < total || a->out.npubs == a->out.pubs_cap) {
-    uint32_t queued = a ? a->queued : 0;
-    size_t queued_bytes = a ? a->queued_bytes : 0;
-    if (queued + 1 > s->max_queued || queued_bytes + total > s->max_queued_bytes)
-      return UVMQTT_EQUEUEFULL;
     if (out_reserve(s, total) != 0 || out_pubs_reserve(s) != 0) return UVMQTT_ENOMEM;
     a = s->act;
-  } else if (a->queued + 1 > s->max_queued || a->queued_bytes + total > s->max_queued_bytes) {
-    return UVMQTT_EQUEUEFULL;
   }
   uint8_t *b = a->out.buf + a->out.len;
   b[0] = (uint8_t)((UVMQTT_PUBLISH << 4) | (p->retain ? 1u : 0u));
-  size_t n = 1 + put_varint(b + 1, (uint32_t)rem);
+  size_t n = 1 + uvmqtt__varint_write(b + 1, (uint32_t)rem);
   b[n++] = (uint8_t)(topic_len >> 8);
   b[n++] = (uint8_t)topic_len;
   copy_short(b + n, topic, topic_len);
@@ -2075,7 +2060,7 @@ int uvmqtt__session_publish(uvmqtt__session_t *s, const char *topic, const void 
    * failed is freed as leave() would. */
   if (topic != NULL && p != NULL && (payload != NULL || len == 0) &&
       len <= UVMQTT_MAX_REMAINING_LENGTH && (s->version != UVMQTT_V5 || p->props == NULL) &&
-      (!*(const volatile uint8_t *)&p->retain || s->broker_retain) && direct_ok(s, p, NULL)) {
+      (!*(const volatile uint8_t *)&p->retain || s->broker_retain) && direct_ok(s, p)) {
     size_t topic_len = strlen(topic);
     if (topic_len - 1 < 65535) { /* 1 to 65535 */
       int err = publish_direct(s, (const uint8_t *)topic, topic_len, payload, len, p, now);
